@@ -1,0 +1,1 @@
+"""Attacks: off-manifold (pixel), adaptive (BPDA, EOT, latent reparameterisation) and on-manifold."""

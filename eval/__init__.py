@@ -1,0 +1,1 @@
+"""Robustness evaluation, sanity checks and reports."""

@@ -1,0 +1,8 @@
+"""Generators: the interface, the architectures and their trainers."""
+
+from manifold_defense.generators.base import Chain, Generator
+from manifold_defense.generators.dcgan import DefenseGANGenerator, WGANCritic
+from manifold_defense.generators.train import train_vae, train_wgan
+from manifold_defense.generators.vae import VAE
+
+__all__ = ["Generator", "Chain", "VAE", "DefenseGANGenerator", "WGANCritic", "train_vae", "train_wgan"]

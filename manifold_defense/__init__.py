@@ -1,0 +1,11 @@
+"""manifold-defense: defending image classifiers with generative models.
+
+Projection defenses (Defense-GAN, the Robust Manifold Defense), adaptive and on-manifold attacks,
+manifold adversarial training, and generative compressed sensing (CSGM, ILO) on one inversion core.
+"""
+
+__version__ = "0.1.0"
+
+from manifold_defense.validation import InputError, check_compatible  # noqa: E402
+
+__all__ = ["__version__", "InputError", "check_compatible"]

@@ -1,0 +1,281 @@
+"""Checkpoints: atomic writes, safe loads, self-describing models and resumable training loops.
+
+A checkpoint is a plain dict of tensors, numbers and strings, loaded with
+``torch.load(weights_only=True)`` so a file from elsewhere cannot execute code. It records the
+architecture and its constructor arguments, so :func:`load_model` rebuilds the module without the
+caller knowing how it was made, and it carries the training configuration, so resuming a run with a
+different configuration fails instead of silently mixing the two.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+__all__ = [
+    "CheckpointError",
+    "register_architecture",
+    "build_model",
+    "save_checkpoint",
+    "load_checkpoint",
+    "save_model",
+    "load_model",
+    "train_epochs",
+    "FORMAT",
+]
+
+FORMAT = "manifold-defense/1"
+_ARCHITECTURES: dict[str, type[nn.Module]] = {}
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable, corrupted or from an incompatible configuration."""
+
+
+def register_architecture(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator: make a model class rebuildable from ``(name, model.config)``.
+
+    The class must store its constructor keyword arguments (plain Python values) in ``self.config``.
+    """
+
+    def deco(cls: type[nn.Module]) -> type[nn.Module]:
+        if name in _ARCHITECTURES and _ARCHITECTURES[name] is not cls:
+            raise ValueError(f"architecture name {name!r} is already registered")
+        _ARCHITECTURES[name] = cls
+        cls.arch_name = name  # type: ignore[attr-defined]
+        return cls
+
+    return deco
+
+
+def build_model(arch: str, config: Mapping[str, Any] | None = None) -> nn.Module:
+    """Instantiate a registered architecture by name."""
+    _import_all_architectures()
+    if arch not in _ARCHITECTURES:
+        raise CheckpointError(f"unknown architecture {arch!r}; known: {', '.join(sorted(_ARCHITECTURES))}")
+    return _ARCHITECTURES[arch](**dict(config or {}))
+
+
+def _import_all_architectures() -> None:
+    # Registration happens at import time; make sure every module defining architectures is loaded.
+    from manifold_defense import classifiers  # noqa: F401
+    from manifold_defense.generators import dcgan, vae  # noqa: F401
+
+
+def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> None:
+    """Write ``payload`` with ``torch.save`` atomically: a reader sees the old file or the new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(dict(payload), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated zip, wrong format, unsafe pickle ...
+        raise CheckpointError(f"checkpoint {path} is corrupted or not a manifold-defense checkpoint: {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a manifold-defense checkpoint (format {FORMAT!r} expected)")
+    return payload
+
+
+def _model_entry(model: nn.Module) -> dict[str, Any]:
+    arch = getattr(model, "arch_name", None)
+    if arch is None or not hasattr(model, "config"):
+        raise CheckpointError(f"{type(model).__name__} is not a registered architecture; use register_architecture")
+    return {"arch": arch, "config": dict(model.config), "state_dict": model.state_dict()}
+
+
+def save_model(path: str | os.PathLike, model: nn.Module, metadata: Mapping[str, Any] | None = None) -> None:
+    """Save a registered model with its architecture and ``metadata`` (atomically)."""
+    save_checkpoint(path, _payload({"model": model}, {}, metadata or {}, complete=True))
+
+
+def _payload(
+    modules: Mapping[str, nn.Module],
+    extra_state: Mapping[str, Any],
+    metadata: Mapping[str, Any],
+    *,
+    complete: bool,
+) -> dict[str, Any]:
+    from manifold_defense import __version__
+
+    meta = {"library_version": __version__, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **metadata}
+    return {
+        "format": FORMAT,
+        "modules": {k: _model_entry(m) for k, m in modules.items()},
+        "state": dict(extra_state),
+        "metadata": meta,
+        "complete": complete,
+    }
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", *, key: str = "model") -> nn.Module:
+    """Rebuild and load the model saved in ``path``; its metadata is attached as ``model.metadata``."""
+    payload = load_checkpoint(path, map_location=device)
+    entry = payload["modules"].get(key)
+    if entry is None:
+        raise CheckpointError(f"{path} holds no module named {key!r} (has: {', '.join(payload['modules'])})")
+    model = build_model(entry["arch"], entry["config"])
+    try:
+        model.load_state_dict(entry["state_dict"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not match architecture {entry['arch']}: {exc}") from exc
+    model.metadata = dict(payload["metadata"])  # type: ignore[assignment]
+    model.metadata["complete"] = bool(payload.get("complete", False))
+    return model.to(device).eval()
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def _same_config(a: Any, b: Any) -> bool:
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(_same_config(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same_config(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(a, b, rel_tol=1e-9)
+    return a == b
+
+
+def train_epochs(
+    *,
+    path: str | os.PathLike | None,
+    modules: Mapping[str, nn.Module],
+    optimizers: Mapping[str, torch.optim.Optimizer],
+    epochs: int,
+    epoch_fn: Callable[[int], Mapping[str, float]],
+    config: Mapping[str, Any],
+    metadata: Mapping[str, Any] | None = None,
+    schedulers: Mapping[str, Any] | None = None,
+    generator: torch.Generator | None = None,
+    finalize: Callable[[], Mapping[str, Any]] | None = None,
+    desc: str = "train",
+    progress: bool = True,
+) -> list[dict[str, float]]:
+    """Run ``epoch_fn(epoch)`` for ``epochs`` epochs with a checkpoint after each one.
+
+    The one training loop of the library. If ``path`` holds an unfinished run with the same
+    ``config`` it resumes after the last finished epoch (modules, optimizers, schedulers, the
+    data-order ``generator`` and the global RNG are restored); a finished run with fewer epochs is
+    extended. A different ``config`` raises :class:`CheckpointError` rather than mixing two runs.
+    ``finalize()`` runs once at the end; its dict (e.g. test accuracy) is stored as
+    ``metadata["quality"]``. Returns the per-epoch metrics history.
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    schedulers = dict(schedulers or {})
+    config = dict(config)
+    metadata = dict(metadata or {})
+    history: list[dict[str, float]] = []
+    start = 0
+    if path is not None and Path(path).exists():
+        ckpt = load_checkpoint(path)
+        old = ckpt["metadata"].get("config", {})
+        if not _same_config(old, config):
+            diff = sorted(k for k in set(old) | set(config) if not _same_config(old.get(k), config.get(k)))
+            raise CheckpointError(
+                f"{path} was written by a run with another configuration (differs in: {', '.join(diff)}); "
+                "delete it or choose another output path"
+            )
+        state = ckpt["state"]
+        for k, m in modules.items():
+            m.load_state_dict(ckpt["modules"][k]["state_dict"])
+        for k, o in optimizers.items():
+            o.load_state_dict(state["optimizers"][k])
+        for k, s in schedulers.items():
+            s.load_state_dict(state["schedulers"][k])
+        if generator is not None and "data_generator" in state:
+            generator.set_state(state["data_generator"])
+        _set_rng_state(state["rng"])
+        history = [dict(h) for h in state["history"]]
+        start = int(state["epoch"])
+    if start >= epochs and path is not None:
+        return history
+
+    def save(epoch: int, complete: bool, quality: Mapping[str, Any] | None = None) -> None:
+        if path is None:
+            return
+        meta = {**metadata, "config": config, "epochs_done": epoch, "history": history}
+        if quality is not None:
+            meta["quality"] = dict(quality)
+        state = {
+            "epoch": epoch,
+            "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
+            "rng": _rng_state(),
+            "history": history,
+        }
+        if generator is not None:
+            state["data_generator"] = generator.get_state()
+        save_checkpoint(path, _payload(modules, state, meta, complete=complete))
+
+    bar = tqdm(range(start, epochs), desc=desc, disable=not progress, initial=start, total=epochs, unit="epoch")
+    for epoch in bar:
+        t0 = time.perf_counter()
+        for m in modules.values():
+            m.train()
+        metrics = {k: float(v) for k, v in epoch_fn(epoch).items()}
+        for s in schedulers.values():
+            s.step()
+        metrics["epoch"] = epoch + 1
+        metrics["seconds"] = time.perf_counter() - t0
+        history.append(metrics)
+        bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if k not in ("epoch",)})
+        last = epoch + 1 == epochs
+        if not last:
+            save(epoch + 1, complete=False)
+    for m in modules.values():
+        m.eval()
+    quality = dict(finalize()) if finalize is not None else None
+    save(epochs, complete=True, quality=quality)
+    return history
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Exclusive advisory lock on ``path + '.lock'`` (POSIX), so two processes never train one zoo entry."""
+    lock_path = Path(str(path) + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as f:
+        try:
+            import fcntl
+
+            fcntl.flock(f, fcntl.LOCK_EX)
+        except ImportError:  # pragma: no cover - Windows: no locking
+            pass
+        yield

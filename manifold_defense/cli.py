@@ -1,0 +1,215 @@
+"""The ``manifold-defense`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+__all__ = ["main"]
+
+
+def _device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, or auto (default: cpu)")
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import torch
+
+    from manifold_defense import data, zoo
+    from manifold_defense.classifiers import accuracy
+    from manifold_defense.generators.train import reconstruction_mse
+    from manifold_defense.viz import save_image_grid
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    print("manifold-defense demo: 8x8 digits (scikit-learn's bundled copy)")
+    print(f"models are trained on first use and cached under {data.cache_dir() / 'zoo'}")
+    vae = zoo.get("digits-vae", args.device, progress=not args.quiet)
+    clf = zoo.get("digits-classifier", args.device, progress=not args.quiet)
+    test = data.load("digits", "test")
+    x, y = test.images.to(vae.blocks[0][0].weight.device), test.labels
+    rec_mse = reconstruction_mse(vae, x)
+    clean_acc = accuracy(clf, x, y)
+    with torch.inference_mode():
+        rec = vae(vae.encode(x))
+        rec_acc = float((clf(rec).argmax(1).cpu() == y).float().mean())
+        samples = vae(vae.sample_latent(16, torch.Generator(device=x.device).manual_seed(0)))
+    grid = save_image_grid(
+        [x[:16], rec[:16], samples], out / "digits_vae.png",
+        row_labels=["test", "G(E(x))", "samples"], title="digits-vae: test images, reconstructions, samples",
+    )
+    summary = {
+        "dataset": "digits", "n_test": len(y),
+        "generator": {"name": "digits-vae", "test_recon_mse_per_pixel": rec_mse},
+        "classifier": {"name": "digits-classifier", "test_accuracy": clean_acc,
+                       "accuracy_on_reconstructions": rec_acc},
+        "seconds": time.perf_counter() - t0,
+    }
+    (out / "demo.json").write_text(json.dumps(summary, indent=2))
+    n = len(y)
+    se = (clean_acc * (1 - clean_acc) / n) ** 0.5
+    print(f"\n  digits-vae         test reconstruction MSE per pixel: {rec_mse:.4f}")
+    print(f"  digits-classifier  test accuracy: {clean_acc:.2%} ± {se:.2%} (n = {n})")
+    print(f"  classifier on G(E(x)) (what a projection defense feeds it): {rec_acc:.2%}")
+    print(f"\n  wrote {grid} and {out / 'demo.json'}  ({summary['seconds']:.1f} s)")
+    return 0
+
+
+def _cmd_zoo(args: argparse.Namespace) -> int:
+    from manifold_defense import zoo
+
+    if args.zoo_cmd == "list":
+        rows = zoo.status()
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        print(f"{'name':22} {'state':18} {'train s':>8}  quality")
+        for r in rows:
+            q = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.get("quality", {}).items())
+            ts = f"{r['train_seconds']:.0f}" if r.get("train_seconds") else "-"
+            print(f"{r['name']:22} {r['state']:18} {ts:>8}  {q}")
+        return 0
+    if args.zoo_cmd == "path":
+        print(zoo.path(args.name))
+        return 0
+    names = zoo.names() if args.all else args.names
+    if not names:
+        print("zoo build: give model names or --all", file=sys.stderr)
+        return 2
+    for name in names:
+        t0 = time.perf_counter()
+        quality = zoo.build(name, device=args.device, force=args.force, progress=not args.quiet)
+        print(f"{name}: {json.dumps(quality)} ({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+def _load_split(dataset: str, split: str, data_path: str | None, download: bool):
+    from manifold_defense import data
+
+    return data.load(dataset, split, path=data_path, download=download)
+
+
+def _cmd_train_generator(args: argparse.Namespace) -> int:
+    from manifold_defense import data
+    from manifold_defense.generators import VAE, DefenseGANGenerator, WGANCritic, train_vae, train_wgan
+    from manifold_defense.utils import resolve_device
+
+    device = resolve_device(args.device)
+    train = _load_split(args.dataset, "train", args.data_path, args.download)
+    test = _load_split(args.dataset, "test", args.data_path, args.download)
+    shape = data.image_shape(args.dataset)
+    meta = {"dataset": args.dataset, "kind": "generator"}
+    if args.arch == "vae":
+        hidden = args.hidden or ([500, 500] if args.dataset == "mnist" else [256, 256])
+        latent = args.latent_dim or (20 if args.dataset == "mnist" else 8)
+        model = VAE(shape, latent, hidden).to(device)
+        hist = train_vae(model, train.images, x_test=test.images, epochs=args.epochs or 100, batch_size=args.batch_size
+                         or 100, lr=args.lr or 1e-3, seed=args.seed, path=args.out, metadata=meta)
+    else:
+        if args.dataset != "mnist":
+            raise SystemExit("the WGAN generator is built for 28x28 images: use --dataset mnist")
+        model = DefenseGANGenerator(latent_dim=args.latent_dim or 128).to(device)
+        critic = WGANCritic().to(device)
+        hist = train_wgan(model, critic, train.images, x_test=test.images, iterations=args.iterations,
+                          iterations_per_epoch=min(100, args.iterations), batch_size=args.batch_size or 50,
+                          lr=args.lr or 1e-4, seed=args.seed, path=args.out, metadata=meta)
+    print(json.dumps(hist[-1]))
+    print(f"saved {args.out}")
+    return 0
+
+
+def _cmd_train_classifier(args: argparse.Namespace) -> int:
+    from manifold_defense import data
+    from manifold_defense.classifiers import DefenseGANClassifier, DigitsCNN, train_classifier
+    from manifold_defense.utils import resolve_device
+
+    device = resolve_device(args.device)
+    train = _load_split(args.dataset, "train", args.data_path, args.download)
+    test = _load_split(args.dataset, "test", args.data_path, args.download)
+    shape = data.image_shape(args.dataset)
+    if args.arch == "digits":
+        model = DigitsCNN(shape)
+    else:
+        model = DefenseGANClassifier(args.arch.upper(), shape)
+    model = model.to(device)
+    hist = train_classifier(model, train.images, train.labels, test=(test.images, test.labels), epochs=args.epochs,
+                            batch_size=args.batch_size, lr=args.lr, seed=args.seed, path=args.out,
+                            metadata={"dataset": args.dataset, "kind": "classifier"})
+    print(json.dumps(hist[-1]))
+    print(f"saved {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from manifold_defense import __version__
+
+    p = argparse.ArgumentParser(prog="manifold-defense", description=__doc__)
+    p.add_argument("--version", action="version", version=f"manifold-defense {__version__}")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    d = sub.add_parser("demo", help="train (or load) the digits models and show their quality")
+    d.add_argument("--out", default="manifold-defense-demo", help="output folder for PNGs and JSON")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
+    _device_arg(d)
+    d.set_defaults(fn=_cmd_demo)
+
+    z = sub.add_parser("zoo", help="list or build the cached model zoo")
+    zs = z.add_subparsers(dest="zoo_cmd", required=True)
+    zl = zs.add_parser("list", help="models, whether built, training time and quality")
+    zl.add_argument("--json", action="store_true")
+    zb = zs.add_parser("build", help="train models into the cache (resumes an interrupted build)")
+    zb.add_argument("names", nargs="*")
+    zb.add_argument("--all", action="store_true")
+    zb.add_argument("--force", action="store_true", help="retrain even if cached")
+    zb.add_argument("--quiet", action="store_true")
+    _device_arg(zb)
+    zp = zs.add_parser("path", help="cache file of a model")
+    zp.add_argument("name")
+    z.set_defaults(fn=_cmd_zoo)
+
+    for name, fn, hlp in [("train-generator", _cmd_train_generator, "train a VAE or WGAN-GP generator"),
+                          ("train-classifier", _cmd_train_classifier, "train a classifier")]:
+        t = sub.add_parser(name, help=hlp)
+        t.add_argument("--dataset", choices=["digits", "mnist"], default="digits")
+        t.add_argument("--data-path", default=None, help="MNIST file or folder (default: $MANIFOLD_DEFENSE_DATA)")
+        t.add_argument("--download", action="store_true", help="allow torchvision to download MNIST")
+        t.add_argument("--out", required=True, help="checkpoint path (resumes if it holds an unfinished run)")
+        t.add_argument("--seed", type=int, default=0)
+        _device_arg(t)
+        if name == "train-generator":
+            t.add_argument("--arch", choices=["vae", "wgan"], default="vae")
+            t.add_argument("--epochs", type=int, default=None, help="VAE epochs (default 100)")
+            t.add_argument("--iterations", type=int, default=2000, help="WGAN generator iterations")
+            t.add_argument("--latent-dim", type=int, default=None)
+            t.add_argument("--hidden", type=int, nargs="+", default=None, help="VAE hidden widths")
+            t.add_argument("--batch-size", type=int, default=None)
+            t.add_argument("--lr", type=float, default=None)
+        else:
+            t.add_argument("--arch", choices=["a", "b", "c", "d", "digits"], default="digits")
+            t.add_argument("--epochs", type=int, default=10)
+            t.add_argument("--batch-size", type=int, default=128)
+            t.add_argument("--lr", type=float, default=1e-3)
+        t.set_defaults(fn=fn)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from manifold_defense.checkpoint import CheckpointError
+    from manifold_defense.data import DataNotFoundError
+    from manifold_defense.validation import InputError
+
+    try:
+        return int(args.fn(args) or 0)
+    except (InputError, CheckpointError, DataNotFoundError) as exc:
+        print(f"manifold-defense: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

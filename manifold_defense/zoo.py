@@ -1,0 +1,232 @@
+"""Model zoo: trained generators and classifiers, trained on first use and cached.
+
+``get(name)`` returns a trained model in eval mode. The first call trains it (seeded, with a
+checkpoint per epoch, resumable if interrupted) and caches it under
+``$MANIFOLD_DEFENSE_CACHE/zoo/NAME.pt`` (default ``~/.cache/manifold-defense``); later calls load
+it with ``torch.load(weights_only=True)``. No weights are ever downloaded.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from manifold_defense import data
+from manifold_defense.checkpoint import (
+    CheckpointError,
+    _same_config,
+    build_model,
+    file_lock,
+    load_checkpoint,
+    load_model,
+)
+from manifold_defense.utils import resolve_device
+from manifold_defense.validation import InputError
+
+__all__ = ["ZooEntry", "ENTRIES", "get", "build", "path", "status", "names"]
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """How to build one zoo model: architecture, data and training recipe."""
+
+    name: str
+    kind: str  # "generator" or "classifier"
+    dataset: str
+    arch: str
+    arch_config: dict[str, Any]
+    trainer: str  # "vae", "wgan" or "classifier"
+    train_config: dict[str, Any]
+    description: str
+    budget_minutes: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def spec(self) -> dict[str, Any]:
+        return {"arch": self.arch, "arch_config": self.arch_config, "trainer": self.trainer,
+                "train_config": self.train_config, "dataset": self.dataset}
+
+
+def _classifier(name: str, model: str, epochs: int, budget: float) -> ZooEntry:
+    return ZooEntry(
+        name=name, kind="classifier", dataset="mnist", arch="defensegan-classifier",
+        arch_config={"model": model}, trainer="classifier",
+        train_config={"epochs": epochs, "batch_size": 128, "lr": 1e-3, "schedule": "cosine", "seed": 0},
+        description=f"Defense-GAN classifier {model} on MNIST (Adam 1e-3, batch 128, cosine decay, {epochs} epochs)",
+        budget_minutes=budget,
+    )
+
+
+ENTRIES: dict[str, ZooEntry] = {
+    e.name: e
+    for e in [
+        ZooEntry(
+            name="digits-vae", kind="generator", dataset="digits", arch="vae-mlp",
+            arch_config={"image_shape": [1, 8, 8], "latent_dim": 8, "hidden": [256, 256]},
+            trainer="vae", train_config={"epochs": 300, "batch_size": 64, "lr": 1e-3, "seed": 0},
+            description="MLP VAE 64-256-256-8 on the 8x8 digits (CSGM's design, scaled down)",
+            budget_minutes=1.0,
+        ),
+        ZooEntry(
+            name="digits-classifier", kind="classifier", dataset="digits", arch="digits-cnn",
+            arch_config={"input_shape": [1, 8, 8], "num_classes": 10, "width": 32}, trainer="classifier",
+            train_config={"epochs": 40, "batch_size": 64, "lr": 2e-3, "schedule": "cosine", "augment_shift": 1,
+                          "seed": 0},
+            description="Small CNN on the 8x8 digits (random 1-pixel shifts)", budget_minutes=0.5,
+        ),
+        ZooEntry(
+            name="mnist-vae20", kind="generator", dataset="mnist", arch="vae-mlp",
+            arch_config={"image_shape": [1, 28, 28], "latent_dim": 20, "hidden": [500, 500]},
+            trainer="vae", train_config={"epochs": 100, "batch_size": 100, "lr": 1e-3, "seed": 0},
+            description="CSGM's MNIST VAE 784-500-500-20 (Bora et al. 2017: Adam 1e-3, batch 100, 100 epochs)",
+            budget_minutes=15.0,
+        ),
+        ZooEntry(
+            name="mnist-wgan", kind="generator", dataset="mnist", arch="defensegan-generator",
+            arch_config={"latent_dim": 128, "dim": 64}, trainer="wgan",
+            train_config={"iterations": 2000, "iterations_per_epoch": 100, "critic_iters": 5, "gp_weight": 10.0,
+                          "lr": 1e-4, "betas": [0.5, 0.9], "batch_size": 50, "seed": 0},
+            description="Defense-GAN's MNIST generator, WGAN-GP (paper recipe, 2,000 of its 200,000 iterations)",
+            budget_minutes=40.0, extra={"critic": {"arch": "wgan-critic", "config": {"dim": 64}}},
+        ),
+        _classifier("mnist-classifier-a", "A", 5, 5.0),
+        _classifier("mnist-classifier-b", "B", 12, 5.0),
+        _classifier("mnist-classifier-c", "C", 2, 5.0),
+        _classifier("mnist-classifier-d", "D", 20, 5.0),
+    ]
+}
+
+
+def names() -> list[str]:
+    return list(ENTRIES)
+
+
+def _entry(name: str) -> ZooEntry:
+    if name not in ENTRIES:
+        raise InputError(f"unknown zoo model {name!r}; available: {', '.join(ENTRIES)}")
+    return ENTRIES[name]
+
+
+def path(name: str) -> Path:
+    """Cache file of a zoo model (it may not exist yet)."""
+    _entry(name)
+    return data.cache_dir() / "zoo" / f"{name}.pt"
+
+
+def _check_spec(name: str, meta: dict[str, Any], file: Path) -> None:
+    stored = meta.get("zoo_spec")
+    if stored is not None and not _same_config(stored, ENTRIES[name].spec()):
+        raise CheckpointError(
+            f"cached {name} at {file} was trained with a different recipe than this library version's; "
+            f"rebuild it with `manifold-defense zoo build {name} --force` (or delete the file)"
+        )
+
+
+def get(name: str, device: str | torch.device = "cpu", *, train: bool = True, progress: bool = True) -> nn.Module:
+    """A trained zoo model on ``device`` (eval mode), training and caching it on first use.
+
+    With ``train=False`` a missing model raises instead of training.
+    """
+    entry = _entry(name)
+    file = path(name)
+    device = resolve_device(device)
+    if _is_complete(file):
+        model = load_model(file, device)
+        _check_spec(name, model.metadata, file)
+        return model
+    if not train:
+        raise CheckpointError(f"zoo model {name} is not built yet (looked for {file}); "
+                              f"run `manifold-defense zoo build {name}` or call zoo.get({name!r})")
+    build(name, device=device, progress=progress)
+    model = load_model(file, device)
+    return model
+
+
+def _is_complete(file: Path) -> bool:
+    if not file.is_file():
+        return False
+    try:
+        return bool(load_checkpoint(file).get("complete", False))
+    except CheckpointError:
+        return False
+
+
+def build(name: str, *, device: str | torch.device = "cpu", force: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train zoo model ``name`` into the cache (resuming an interrupted build). Returns its quality metrics."""
+    entry = _entry(name)
+    file = path(name)
+    device = resolve_device(device)
+    with file_lock(file):
+        if force and file.exists():
+            file.unlink()
+        if file.exists():
+            try:
+                ckpt = load_checkpoint(file)
+            except CheckpointError:
+                # A corrupted cache entry holds nothing worth keeping: move it aside and retrain.
+                file.rename(file.with_suffix(f".corrupt-{int(time.time())}"))
+            else:
+                _check_spec(name, ckpt["metadata"], file)
+                if ckpt.get("complete"):
+                    return dict(ckpt["metadata"].get("quality", {}))
+        _train(entry, file, device, progress)
+        return dict(load_checkpoint(file)["metadata"].get("quality", {}))
+
+
+def _train(entry: ZooEntry, file: Path, device: torch.device, progress: bool) -> None:
+    from manifold_defense.classifiers import train_classifier
+    from manifold_defense.generators.train import train_vae, train_wgan
+
+    train = data.load(entry.dataset, "train")
+    test = data.load(entry.dataset, "test")
+    model = build_model(entry.arch, entry.arch_config).to(device)
+    cfg = dict(entry.train_config)
+    t0 = time.perf_counter()
+    meta = {"zoo_name": entry.name, "zoo_spec": entry.spec(), "dataset": entry.dataset,
+            "description": entry.description, "kind": entry.kind, "architecture": entry.arch,
+            "latent_dim": getattr(model, "latent_dim", None)}
+    if entry.trainer == "vae":
+        train_vae(model, train.images, x_test=test.images, path=file, metadata=meta, progress=progress, **cfg)
+    elif entry.trainer == "wgan":
+        critic_spec = entry.extra["critic"]
+        critic = build_model(critic_spec["arch"], critic_spec["config"]).to(device)
+        cfg["betas"] = tuple(cfg["betas"])
+        train_wgan(model, critic, train.images, x_test=test.images, path=file, metadata=meta, progress=progress,
+                   **cfg)
+    else:
+        train_classifier(model, train.images, train.labels, test=(test.images, test.labels), path=file,
+                         metadata=meta, progress=progress, **cfg)
+    # Record the wall time of this (possibly resumed) build next to the quality numbers.
+    ckpt = load_checkpoint(file)
+    history = ckpt["metadata"].get("history", [])
+    ckpt["metadata"]["train_seconds"] = float(sum(h.get("seconds", 0.0) for h in history))
+    ckpt["metadata"]["last_build_wall_seconds"] = time.perf_counter() - t0
+    from manifold_defense.checkpoint import save_checkpoint
+
+    save_checkpoint(file, ckpt)
+
+
+def status() -> list[dict[str, Any]]:
+    """One row per zoo entry: name, kind, dataset, whether cached, training time and quality."""
+    rows = []
+    for name, entry in ENTRIES.items():
+        file = path(name)
+        row: dict[str, Any] = {"name": name, "kind": entry.kind, "dataset": entry.dataset,
+                               "budget_minutes": entry.budget_minutes, "description": entry.description,
+                               "state": "not built", "path": str(file)}
+        if file.is_file():
+            try:
+                ckpt = load_checkpoint(file)
+                meta = ckpt["metadata"]
+                done = meta.get("epochs_done")
+                row["state"] = "built" if ckpt.get("complete") else f"partial ({done} epochs)"
+                row["quality"] = meta.get("quality", {})
+                row["train_seconds"] = meta.get("train_seconds")
+            except CheckpointError as exc:
+                row["state"] = f"corrupted ({exc})"
+        rows.append(row)
+    return rows

@@ -1,0 +1,57 @@
+import json
+
+import pytest
+
+from manifold_defense import zoo
+from manifold_defense.checkpoint import load_model
+from manifold_defense.cli import main
+
+
+def test_demo(digits_vae, digits_classifier, tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "test accuracy" in out and "reconstruction MSE" in out
+    summary = json.loads((tmp_path / "demo.json").read_text())
+    assert summary["classifier"]["test_accuracy"] >= 0.95
+    assert summary["generator"]["test_recon_mse_per_pixel"] < 0.04
+    assert (tmp_path / "digits_vae.png").stat().st_size > 5000
+
+
+def test_zoo_list(digits_classifier, capsys):
+    assert main(["zoo", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "digits-classifier" in out and "built" in out and "mnist-wgan" in out
+    assert main(["zoo", "list", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["name"] for r in rows} == set(zoo.names())
+
+
+def test_train_classifier_and_generator(tmp_path):
+    assert main(["train-classifier", "--dataset", "digits", "--arch", "digits", "--epochs", "3",
+                 "--out", str(tmp_path / "c.pt")]) == 0
+    clf = load_model(tmp_path / "c.pt")
+    assert clf.metadata["quality"]["test_accuracy"] > 0.5
+    assert main(["train-generator", "--dataset", "digits", "--arch", "vae", "--epochs", "2", "--latent-dim", "4",
+                 "--hidden", "32", "--out", str(tmp_path / "g.pt")]) == 0
+    assert load_model(tmp_path / "g.pt").latent_dim == 4
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["zoo", "build", "mnist-resnet"], "unknown zoo model"),
+    (["train-generator", "--dataset", "digits", "--arch", "wgan", "--out", "x.pt"], "28x28"),
+])
+def test_exception(argv, match, capsys):
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code, err = exc.code, str(exc)
+    else:
+        err = capsys.readouterr().err
+    assert code != 0 and match in err
+
+
+def test_exception_missing_mnist(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MANIFOLD_DEFENSE_DATA", str(tmp_path))
+    monkeypatch.setenv("MANIFOLD_DEFENSE_CACHE", str(tmp_path))
+    code = main(["train-classifier", "--dataset", "mnist", "--arch", "a", "--out", str(tmp_path / "a.pt")])
+    assert code == 2 and "mnist.npz" in capsys.readouterr().err
