@@ -2,7 +2,8 @@
 
 from manifold_defense.generators.base import Chain, Generator
 from manifold_defense.generators.dcgan import DefenseGANGenerator, WGANCritic
+from manifold_defense.generators.random_relu import RandomReLUGenerator
 from manifold_defense.generators.train import train_vae, train_wgan
 from manifold_defense.generators.vae import VAE
 
-__all__ = ["Generator", "Chain", "VAE", "DefenseGANGenerator", "WGANCritic", "train_vae", "train_wgan"]
+__all__ = ["Generator", "Chain", "VAE", "DefenseGANGenerator", "RandomReLUGenerator", "WGANCritic", "train_vae", "train_wgan"]
