@@ -121,9 +121,11 @@ def _per_sample_loss(loss: str | LossFn) -> LossFn:
         return loss
     if loss == "mse":  # mean over measurement entries (Bora et al.)
         return lambda pred, y: (pred - y).pow(2).flatten(1).mean(1)
+    if loss == "sum":  # ‖A G(z) − y‖²: with A ~ N(0, 1/m) this equals CSGM's mean loss under its A ~ N(0, 1)
+        return lambda pred, y: (pred - y).pow(2).flatten(1).sum(1)
     if loss == "sse":  # ½‖A G(z) − y‖² (Hand & Voroninski)
         return lambda pred, y: 0.5 * (pred - y).pow(2).flatten(1).sum(1)
-    raise InputError(f"unknown loss {loss!r}; use 'mse', 'sse' or a callable (pred, y) -> per-sample loss")
+    raise InputError(f"unknown loss {loss!r}; use 'mse', 'sum', 'sse' or a callable (pred, y) -> per-sample loss")
 
 
 def _device_dtype(generator: nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -355,7 +357,7 @@ def csgm(
     """CSGM (Bora et al. 2017): ``argmin_z loss(A(G(z)), y) + λ‖z‖²`` by gradient descent from ``restarts``
     starting points per sample, all in one batch; the restart with the lowest objective is kept.
 
-    ``loss`` is 'mse' (mean over measurement entries), 'sse' (½ sum) or any callable
+    ``loss`` is 'mse' (mean over measurement entries), 'sum' (‖A G(z) − y‖²), 'sse' (½ sum) or any callable
     ``(A(G(z)), y) → per-sample loss`` (e.g. cross-entropy to target classes for guidance).
     ``tol``/``patience`` enable per-sample early stopping. ``weights`` (same shape as ``y``, 0/1)
     restricts the loss to some measurement entries (used by ILO's cross-validation).
@@ -466,9 +468,10 @@ def ilo(
     layers: Sequence[int] | None = None,
     steps: Sequence[int] | int = 300,
     radii: Sequence[float] | str = "auto",
-    radius_grid: Sequence[float] = (0.0, 0.02, 0.05, 0.1, 0.2, 0.4),
+    radius_grid: Sequence[float] = (0.0, 0.03, 0.1, 0.2, 0.4, 0.8),
     holdout: float = 0.15,
-    lr: float = 0.05,
+    se_rule: float = 1.0,
+    lr: float = 0.2,
     schedule: str | Callable[[int, int], float] = "ramp",
     clamp_output: bool = True,
     csgm_kwargs: dict | None = None,
@@ -483,8 +486,9 @@ def ilo(
        ``‖h − h0‖₁ ≤ ρ·‖h0‖₁`` around ``h0``, the image of the previous stage's solution.
 
     Radii: with ``radii="auto"`` every relative radius ρ of ``radius_grid`` is tried at once (in the
-    batch), fitting on ``1 − holdout`` of the measurement entries; per sample, the ρ whose solution best
-    predicts the held-out entries wins, and is refitted on all measurements. ρ = 0 (stay on the range)
+    batch), fitting on ``1 − holdout`` of the measurement entries; per sample, the smallest ρ whose
+    held-out error is within ``se_rule`` standard errors of the best wins, and is refitted on all
+    measurements. ρ = 0 (stay on the range)
     is a candidate, so a layer never makes the held-out error worse than staying put. This replaces
     the hand-tuned radii of the published code. Pass explicit relative radii (one per layer) to skip it.
     Only for measurement losses ('mse'); each layer's steps default to ``steps``.
@@ -506,7 +510,7 @@ def ilo(
     if isinstance(radii, str):
         if radii != "auto":
             raise InputError(f"radii must be 'auto' or a list of relative radii, got {radii!r}")
-        grid = [float(r) for r in radius_grid]
+        grid = sorted(float(r) for r in radius_grid)
         if not grid or min(grid) < 0:
             raise InputError(f"radius_grid must be non-negative relative radii, got {radius_grid}")
         if not 0 < holdout < 1:
@@ -565,7 +569,14 @@ def ilo(
                 held = 1 - fit_mask.repeat_interleave(k, 0)
                 val = ((pred - y_rep).pow(2) * held).flatten(1).sum(1) / held.flatten(1).sum(1)
             evals += 1 * k
-            pick = val.view(n, k).argmin(1)
+            # One-standard-error rule (Hastie, Tibshirani, Friedman): the smallest radius whose held-out
+            # error is within one SE of the best. The held-out error is a mean of h squared residuals,
+            # so its relative SE is about sqrt(2 / h); with few held-out entries this keeps ILO near the range.
+            h_count = float(held[0].sum())
+            val = val.view(n, k)
+            best_val = val.min(1, keepdim=True).values
+            ok = val <= best_val * (1 + se_rule * math.sqrt(2.0 / max(h_count, 1.0)))
+            pick = ok.to(torch.int8).argmax(1)  # grid is ascending: first admissible = smallest radius
             rho_n = rho[pick]
             start = v.view(n, k, *v.shape[1:])[torch.arange(n, device=device), pick]  # refit from the winner
         else:
