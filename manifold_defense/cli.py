@@ -77,6 +77,8 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
     if args.zoo_cmd == "path":
         print(zoo.path(args.name))
         return 0
+    if args.zoo_cmd == "show":
+        return _zoo_show(args)
     names = zoo.names() if args.all else args.names
     if not names:
         print("zoo build: give model names or --all", file=sys.stderr)
@@ -85,6 +87,32 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         quality = zoo.build(name, device=args.device, force=args.force, progress=not args.quiet)
         print(f"{name}: {json.dumps(quality)} ({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+def _zoo_show(args: argparse.Namespace) -> int:
+    """Sample grid of a zoo generator (and reconstructions when it has an encoder)."""
+    import torch
+
+    from manifold_defense import data, zoo
+    from manifold_defense.viz import save_image_grid
+
+    entry = zoo.ENTRIES.get(args.name)
+    model = zoo.get(args.name, args.device, train=False)
+    if entry is None or entry.kind != "generator":
+        print(f"{args.name} is not a generator; `zoo list` shows classifier accuracies", file=sys.stderr)
+        return 2
+    out = Path(args.out or f"{args.name}.png")
+    with torch.inference_mode():
+        g = torch.Generator(device=next(model.parameters()).device).manual_seed(args.seed)
+        rows = [model(model.sample_latent(args.cols, g)) for _ in range(args.rows)]
+        labels = ["samples"] * args.rows
+        if model.has_encoder:
+            x = data.load(entry.dataset, "test", limit=args.cols).images.to(next(model.parameters()).device)
+            rows += [x, model(model.encode(x))]
+            labels += ["test", "G(E(x))"]
+    save_image_grid(rows, out, row_labels=labels, title=f"{args.name}: {entry.description}")
+    print(f"wrote {out}")
     return 0
 
 
@@ -238,6 +266,13 @@ def build_parser() -> argparse.ArgumentParser:
     _device_arg(zb)
     zp = zs.add_parser("path", help="cache file of a model")
     zp.add_argument("name")
+    zsh = zs.add_parser("show", help="PNG grid of samples from a built zoo generator")
+    zsh.add_argument("name")
+    zsh.add_argument("--out", default=None, help="PNG path (default NAME.png)")
+    zsh.add_argument("--rows", type=int, default=4)
+    zsh.add_argument("--cols", type=int, default=12)
+    zsh.add_argument("--seed", type=int, default=0)
+    _device_arg(zsh)
     z.set_defaults(fn=_cmd_zoo)
 
     r = sub.add_parser("recover", help="compressed sensing / inverse problems: recover images from measurements")

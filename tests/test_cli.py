@@ -26,6 +26,13 @@ def test_zoo_list(digits_classifier, capsys):
     assert {r["name"] for r in rows} == set(zoo.names())
 
 
+def test_zoo_show(digits_vae, digits_classifier, tmp_path, capsys):
+    assert main(["zoo", "show", "digits-vae", "--out", str(tmp_path / "s.png"), "--rows", "2"]) == 0
+    assert (tmp_path / "s.png").stat().st_size > 3000
+    assert main(["zoo", "show", "digits-classifier"]) == 2
+    assert "not a generator" in capsys.readouterr().err
+
+
 def test_train_classifier_and_generator(tmp_path):
     assert main(["train-classifier", "--dataset", "digits", "--arch", "digits", "--epochs", "3",
                  "--out", str(tmp_path / "c.pt")]) == 0
