@@ -353,6 +353,7 @@ def csgm(
     seed: int = 0,
     progress: bool = False,
     weights: torch.Tensor | None = None,
+    negation: bool = False,
 ) -> InversionResult:
     """CSGM (Bora et al. 2017): ``argmin_z loss(A(G(z)), y) + λ‖z‖²`` by gradient descent from ``restarts``
     starting points per sample, all in one batch; the restart with the lowest objective is kept.
@@ -360,7 +361,8 @@ def csgm(
     ``loss`` is 'mse' (mean over measurement entries), 'sum' (‖A G(z) − y‖²), 'sse' (½ sum) or any callable
     ``(A(G(z)), y) → per-sample loss`` (e.g. cross-entropy to target classes for guidance).
     ``tol``/``patience`` enable per-sample early stopping. ``weights`` (same shape as ``y``, 0/1)
-    restricts the loss to some measurement entries (used by ILO's cross-validation).
+    restricts the loss to some measurement entries. ``negation`` tries ``−z`` before every step
+    (see :func:`subgradient`).
     """
     operator = _check_problem(generator, y, operator, loss)
     if restarts < 1:
@@ -382,8 +384,8 @@ def csgm(
         return f + prior_weight * z.pow(2).sum(1) if prior_weight else f
 
     z, f, hist, evals, div = _descend(z0, generator, objective, steps=steps, lr=lr, optimizer=optimizer,
-                                      momentum=momentum, schedule=schedule, tol=tol, patience=patience,
-                                      progress=progress, desc="csgm")
+                                      momentum=momentum, schedule=schedule, negation=negation, tol=tol,
+                                      patience=patience, progress=progress, desc="csgm")
     best, idx = _pick_best(f, n, restarts)
     with torch.no_grad():
         x = generator(z[idx])
@@ -424,30 +426,13 @@ def subgradient(
 ) -> InversionResult:
     """Subgradient descent with negation on ``f(z) = ½‖A G(z) − y‖²`` (Hand & Voroninski 2018; Huang et al.;
     Algorithm 1 of the non-expansive priors paper): each iteration replaces ``z`` by ``−z`` when
-    ``f(−z) < f(z)``, then takes a (sub)gradient step. Plain gradient steps, no prior.
+    ``f(−z) < f(z)``, then takes a plain (sub)gradient step. No prior. This is :func:`csgm` with the
+    'sse' loss, plain gradient descent and the negation step.
     """
-    operator = _check_problem(generator, y, operator, "sse")
-    device, dtype = _device_dtype(generator)
-    y = y.to(device, dtype)
-    n = y.shape[0]
-    gen = torch.Generator().manual_seed(seed)
-    z0 = _init_latents(generator, y, operator, restarts, "random", init_scale, gen)
-    y_rep = y.repeat_interleave(restarts, 0)
-    sse = _per_sample_loss("sse")
-
-    def objective(x: torch.Tensor, z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        return sse(operator(x), y_rep[rows])
-
-    z, f, hist, evals, div = _descend(z0, generator, objective, steps=steps, lr=lr, optimizer="gd",
-                                      negation=negation, tol=tol, patience=patience, progress=progress,
-                                      desc="subgradient")
-    best, idx = _pick_best(f, n, restarts)
-    with torch.no_grad():
-        x = generator(z[idx])
-    hist_best = hist.view(hist.shape[0], n, restarts).min(2).values
-    return InversionResult(z=z[idx], x=x, loss=f[idx], history=hist_best,
-                           generator_evals=evals.view(n, restarts).sum(1), restart=best,
-                           diverged=div.view(n, restarts).any(1), info={"method": "subgradient"})
+    res = csgm(generator, y, operator, loss="sse", optimizer="gd", negation=negation, steps=steps, lr=lr,
+               restarts=restarts, init_scale=init_scale, tol=tol, patience=patience, seed=seed, progress=progress)
+    res.info["method"] = "subgradient"
+    return res
 
 
 def _holdout_mask(y: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
@@ -540,12 +525,10 @@ def ilo(
 
         def run(start: torch.Tensor, center: torch.Tensor, r_abs: torch.Tensor, y_rows: torch.Tensor,
                 w_rows: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+            lossfn = _masked(mse, w_rows, 1)
+
             def objective(x, v, rows):
-                pred = operator(x)
-                if w_rows is None:
-                    return mse(pred, y_rows[rows])
-                w = w_rows[rows].to(pred.dtype)
-                return ((pred - y_rows[rows]).pow(2) * w).flatten(1).sum(1) / w.flatten(1).sum(1)
+                return lossfn(operator(x), y_rows[rows], rows)
 
             def project(v, rows):
                 return center[rows] + project_l1_ball(v - center[rows], r_abs[rows])
