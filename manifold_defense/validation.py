@@ -64,7 +64,7 @@ def check_images(
         raise InputError(f"{name} contains NaN or inf values (in {n_bad} of {x.shape[0]} samples)")
     if bounds is not None:
         lo, hi = bounds
-        xmin, xmax = float(x.min()), float(x.max())
+        xmin, xmax = float(x.detach().min()), float(x.detach().max())
         if xmin < lo - tol or xmax > hi + tol:
             raise InputError(
                 f"{name} has values in [{xmin:.4g}, {xmax:.4g}], outside the model's bounds [{lo}, {hi}]"
