@@ -29,6 +29,7 @@ __all__ = [
     "load_checkpoint",
     "save_model",
     "load_model",
+    "model_from_payload",
     "train_epochs",
     "FORMAT",
 ]
@@ -135,7 +136,13 @@ def _payload(
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", *, key: str = "model") -> nn.Module:
     """Rebuild and load the model saved in ``path``; its metadata is attached as ``model.metadata``."""
-    payload = load_checkpoint(path, map_location=device)
+    return model_from_payload(load_checkpoint(path, map_location=device), device, key=key, source=path)
+
+
+def model_from_payload(payload: Mapping[str, Any], device: str | torch.device = "cpu", *, key: str = "model",
+                       source: str | os.PathLike = "checkpoint") -> nn.Module:
+    """Rebuild a model from an already loaded checkpoint ``payload`` (see :func:`load_model`)."""
+    path = source
     entry = payload["modules"].get(key)
     if entry is None:
         raise CheckpointError(f"{path} holds no module named {key!r} (has: {', '.join(payload['modules'])})")

@@ -188,7 +188,6 @@ def _measurement_picture(op, y):
 def _cmd_recover(args: argparse.Namespace) -> int:
     import math
 
-    import torch
 
     from manifold_defense import data, zoo
     from manifold_defense.baselines import lasso

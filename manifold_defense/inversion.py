@@ -28,7 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from manifold_defense.operators import Identity, Operator
-from manifold_defense.validation import InputError, check_images
+from manifold_defense.validation import InputError
 
 __all__ = [
     "InversionResult",
@@ -524,7 +524,8 @@ def ilo(
             return x.clamp(0, 1) if (last and clamp_output) else x
 
         def run(start: torch.Tensor, center: torch.Tensor, r_abs: torch.Tensor, y_rows: torch.Tensor,
-                w_rows: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                w_rows: torch.Tensor | None, n_steps: int = n_steps, i: int = i, decode=decode
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
             lossfn = _masked(mse, w_rows, 1)
 
             def objective(x, v, rows):

@@ -24,6 +24,7 @@ from manifold_defense.checkpoint import (
     file_lock,
     load_checkpoint,
     load_model,
+    model_from_payload,
 )
 from manifold_defense.utils import resolve_device
 from manifold_defense.validation import InputError
@@ -131,13 +132,12 @@ def get(name: str, device: str | torch.device = "cpu", *, train: bool = True, pr
 
     With ``train=False`` a missing model raises instead of training.
     """
-    entry = _entry(name)
     file = path(name)
     device = resolve_device(device)
-    if _is_complete(file):
-        model = load_model(file, device)
-        _check_spec(name, model.metadata, file)
-        return model
+    payload = _complete_payload(file, device)
+    if payload is not None:
+        _check_spec(name, payload["metadata"], file)
+        return model_from_payload(payload, device, source=file)
     if not train:
         raise CheckpointError(f"zoo model {name} is not built yet (looked for {file}); "
                               f"run `manifold-defense zoo build {name}` or call zoo.get({name!r})")
@@ -146,13 +146,15 @@ def get(name: str, device: str | torch.device = "cpu", *, train: bool = True, pr
     return model
 
 
-def _is_complete(file: Path) -> bool:
+def _complete_payload(file: Path, device: torch.device) -> dict[str, Any] | None:
+    """The cached checkpoint if it holds a finished model, else ``None`` (missing, partial or corrupted)."""
     if not file.is_file():
-        return False
+        return None
     try:
-        return bool(load_checkpoint(file).get("complete", False))
+        payload = load_checkpoint(file, map_location=device)
     except CheckpointError:
-        return False
+        return None
+    return payload if payload.get("complete", False) else None
 
 
 def build(name: str, *, device: str | torch.device = "cpu", force: bool = False, progress: bool = True) -> dict[str, Any]:

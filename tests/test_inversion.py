@@ -3,7 +3,7 @@ import torch
 
 from manifold_defense.generators import VAE, RandomReLUGenerator
 from manifold_defense.inversion import csgm, ilo, invert, project_l1_ball, subgradient
-from manifold_defense.operators import GaussianMeasurements, Identity, Inpainting, Nonlinear
+from manifold_defense.operators import GaussianMeasurements, Identity, Nonlinear
 from manifold_defense.validation import InputError
 
 
