@@ -45,6 +45,7 @@ class _Evil:
         return (print, ("code ran",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_exception_unsafe_pickle_is_refused(tmp_path):
     torch.save({"format": "manifold-defense/1", "x": _Evil()}, tmp_path / "evil.pt")
     with pytest.raises(CheckpointError):
