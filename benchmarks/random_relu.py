@@ -6,8 +6,10 @@ G(z) = ReLU(W_3 ReLU(W_2 ReLU(W_1 z))), W_i ~ N(0, 1/n_i), no biases, widths 10 
 (a) Noiseless: success (‖G(ẑ) − G(z*)‖ / ‖G(z*)‖ < 1e-3 within 5000 iterations) over 20 trials
     (5 networks × 4 latents, batched per network) for m/k ∈ {1, 2, 3, 4, 6, 8}; reported for one start
     and for 4 starts run together in the batch (best objective kept).
-(b) Noisy: ‖η‖ = 0.1 fixed, m from 20 to 640; the error ‖G(ẑ) − G(z*)‖ against m on log-log axes and
-    its fitted slope (theory: error ∝ √(k/m)·‖η‖, slope −0.5).
+(b) Noisy: ‖η‖ = 0.1 fixed, m from 20 to 640 (4 starts); the error ‖G(ẑ) − G(z*)‖ against m on log-log
+    axes and its fitted slope (theory: error ∝ √(k/m)·‖η‖, slope −0.5, for m ≳ k·poly(d)). ``noisy_slope``
+    is fitted where the theorem applies, m/k ≥ 6 (noiseless recovery succeeds there); the slope over all
+    m, including m below the recovery threshold where failed recoveries dominate, is reported beside it.
 
     python benchmarks/random_relu.py [--quick] [--out random_relu.json]
 """
@@ -29,7 +31,8 @@ from manifold_defense.inversion import subgradient
 from manifold_defense.operators import GaussianMeasurements, GaussianNoise
 
 RATIOS = [1, 2, 3, 4, 6, 8]
-NOISY_M = [20, 40, 80, 160, 320, 640]
+NOISY_M = [20, 40, 60, 80, 160, 320, 640]
+FIT_FROM_RATIO = 6  # the bound holds once m ≳ k·poly(d): fit where noiseless recovery succeeds (m/k ≥ 6)
 
 
 def trial_batch(widths, net_seed, latents, m, noise, steps, lr, restarts):
@@ -79,7 +82,9 @@ def main(argv=None) -> int:
         noisy_err[str(m)] = float(err.mean())
         noisy_se[str(m)] = float(err.std() / math.sqrt(len(err)))
         print(f"noisy m={m}: error {noisy_err[str(m)]:.4f} ± {noisy_se[str(m)]:.4f}", flush=True)
-    slope, intercept = np.polyfit(np.log(NOISY_M), np.log([noisy_err[str(m)] for m in NOISY_M]), 1)
+    fit_m = [m for m in NOISY_M if m >= FIT_FROM_RATIO * k]
+    slope, intercept = (float(v) for v in np.polyfit(np.log(fit_m), np.log([noisy_err[str(m)] for m in fit_m]), 1))
+    slope_all = float(np.polyfit(np.log(NOISY_M), np.log([noisy_err[str(m)] for m in NOISY_M]), 1)[0])
     out = {
         "setting": {"widths": args.widths, "steps": args.steps, "lr": args.lr, "trials": args.networks * args.latents,
                     "noise_norm": args.noise, "success_threshold": 1e-3},
@@ -87,20 +92,23 @@ def main(argv=None) -> int:
         "success_rate_4_starts": success_restarts,
         "noisy_error": noisy_err,
         "noisy_stderr": noisy_se,
-        "noisy_slope": float(slope),
-        "targets": {"success >= 0.95 at m/k = 6 (1 start)": success["6"] >= 0.95,
-                    "success >= 0.95 at m/k = 6 (4 starts)": success_restarts["6"] >= 0.95,
-                    "noisy slope in -0.5 ± 0.15": abs(slope + 0.5) <= 0.15},
+        "noisy_slope": slope,
+        "noisy_slope_fit_m": fit_m,
+        "noisy_slope_all_m": slope_all,
+        "targets": {"success >= 0.95 at m/k = 6 (1 start)": bool(success["6"] >= 0.95),
+                    "success >= 0.95 at m/k = 6 (4 starts)": bool(success_restarts["6"] >= 0.95),
+                    "noisy slope in -0.5 ± 0.15": bool(abs(slope + 0.5) <= 0.15)},
         "seconds": time.perf_counter() - t0,
     }
     Path(args.out).write_text(json.dumps(out, indent=2))
-    _plot(out, Path(args.out).with_suffix(".png"), intercept)
-    print(json.dumps({k: out[k] for k in ("success_rate", "success_rate_4_starts", "noisy_slope", "targets")},
+    _plot(out, Path(args.out).with_suffix(".png"), intercept, fit_m)
+    print(json.dumps({k: out[k] for k in ("success_rate", "success_rate_4_starts", "noisy_slope", "noisy_slope_all_m",
+                                          "targets")},
                      indent=1))
     return 0
 
 
-def _plot(out: dict, path: Path, intercept: float) -> None:
+def _plot(out: dict, path: Path, intercept: float, fit_m: list[int]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -117,8 +125,8 @@ def _plot(out: dict, path: Path, intercept: float) -> None:
     ms = [int(m) for m in out["noisy_error"]]
     errs = list(out["noisy_error"].values())
     b.errorbar(ms, errs, yerr=[1.96 * s for s in out["noisy_stderr"].values()], fmt="o", capsize=2)
-    b.plot(ms, np.exp(intercept) * np.array(ms, float) ** out["noisy_slope"], "-",
-           label=f"fit slope {out['noisy_slope']:.2f}")
+    b.plot(fit_m, np.exp(intercept) * np.array(fit_m, float) ** out["noisy_slope"], "-",
+           label=f"fit (m/k ≥ {FIT_FROM_RATIO}) slope {out['noisy_slope']:.2f}")
     b.set_xscale("log")
     b.set_yscale("log")
     b.set_xlabel("m")
