@@ -48,7 +48,8 @@ def predict_labels(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 class Attack:
-    """Base class. Subclasses set ``norm`` and implement ``run(model, x, y, epsilon) → adversarial``.
+    """Base class. Subclasses set ``norm`` and implement ``run(model, x, y, epsilon) → adversarial`` (or
+    ``(adversarial, reference)`` when the ε-ball is centred elsewhere than ``x``, as on the manifold).
 
     ``attack(model, x, y, epsilon=ε)`` validates the inputs, runs the attack, checks that every
     perturbation is within ε (an attack that overshoots is a bug, so it raises), and reports success
@@ -68,10 +69,13 @@ class Attack:
         was_training = model.training
         model.eval()
         try:
-            adv = self.run(model, x.detach(), y, float(epsilon)).detach()
+            out = self.run(model, x.detach(), y, float(epsilon))
         finally:
             model.train(was_training)
-        norms = perturbation_norm(adv - x, self.norm)
+        # On-manifold attacks measure ε around a reference point (the projection G(ẑ(x))), not x.
+        adv, ref = (out if isinstance(out, tuple) else (out, x))
+        adv, ref = adv.detach(), ref.detach()
+        norms = perturbation_norm(adv - ref, self.norm)
         tol = 1e-5 * max(1.0, epsilon)
         if bool((norms > epsilon + tol).any()) or float(adv.min()) < -1e-6 or float(adv.max()) > 1 + 1e-6:
             raise AssertionError(f"{type(self).__name__} produced a perturbation of {self.norm} norm "
