@@ -96,3 +96,24 @@ def test_exception(digits_classifier, digits_vae):
         DefendedModel(digits_classifier, digits_vae, gradient="unrolled-ish")
     with pytest.raises(InputError, match="restarts"):
         ProjectionConfig(restarts=0)
+
+
+def test_pyautoattack_runs_on_defended_model(defended, digits_test):
+    from pyautoattack import AutoAttack
+
+    x, y = digits_test.images[:8], digits_test.labels[:8]
+    aa = AutoAttack(defended, norm="Linf", eps=0.3, version="custom", attacks=["apgd-ce"], seed=0)
+    aa.apgd.n_iter = 5
+    adv, _ = aa.run_standard_evaluation(x, y, batch_size=8)
+    assert float((adv - x).abs().max()) <= 0.3 + 1e-5
+    # BPDA gradients let APGD through the projection: it breaks more than the clean errors.
+    clean_wrong = int((predict(defended, x) != y).sum())
+    assert int((predict(defended, adv) != y).sum()) > clean_wrong
+
+
+def test_torchattacks_runs_on_defended_model(defended, digits_test):
+    torchattacks = pytest.importorskip("torchattacks")
+    x, y = digits_test.images[:8], digits_test.labels[:8]
+    adv = torchattacks.PGD(defended, eps=0.3, alpha=0.05, steps=5, random_start=False)(x, y)
+    assert float((adv - x).abs().max()) <= 0.3 + 1e-5
+    assert int((predict(defended, adv) != y).sum()) > int((predict(defended, x) != y).sum())
