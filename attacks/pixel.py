@@ -59,15 +59,16 @@ class FastGradientSignMethod(Attack):
 
 class ProjectedGradientDescent(Attack):
     """PGD (Madry et al. 2018) in ℓ∞ or ℓ2: ``steps`` ascent steps on the cross-entropy of size
-    ``rel_stepsize·ε``, projection onto the ε-ball and [0, 1], optional random start, ``restarts``
+    ``rel_stepsize·ε`` (default 2.5/steps, so the walk can cross the ball), projection onto the ε-ball and [0, 1], optional random start, ``restarts``
     random starts run together in the batch (a sample counts as broken if any restart breaks it;
     the restart with the highest loss is returned otherwise), ``eot`` gradient samples per step.
     """
 
-    def __init__(self, *, norm: str = "linf", steps: int = 40, rel_stepsize: float = 0.1, random_start: bool = True,
-                 restarts: int = 1, eot: int = 1, seed: int = 0) -> None:
+    def __init__(self, *, norm: str = "linf", steps: int = 40, rel_stepsize: float | None = None,
+                 random_start: bool = True, restarts: int = 1, eot: int = 1, seed: int = 0) -> None:
         if norm not in ("linf", "l2"):
             raise InputError(f"norm must be 'linf' or 'l2', got {norm!r}")
+        rel_stepsize = 2.5 / max(steps, 1) if rel_stepsize is None else rel_stepsize  # Madry et al.: 2.5 ε / steps
         if steps < 1 or restarts < 1 or eot < 1 or rel_stepsize <= 0:
             raise InputError("steps, restarts and eot must be >= 1 and rel_stepsize > 0")
         self.norm, self.steps, self.rel_stepsize = norm, steps, rel_stepsize

@@ -1,0 +1,77 @@
+import json
+
+import pytest
+
+from manifold_defense.attacks import FGSM, L2PGD, LinfPGD
+from manifold_defense.eval import AttackSpec, evaluate, merge_records, sanity_checks, write_report
+from manifold_defense.validation import InputError
+
+
+def _specs():
+    return [AttackSpec("fgsm", FGSM(), [0.05, 0.1], "linf", iterative=False),
+            AttackSpec("pgd_linf", LinfPGD(steps=10), [0.05, 0.1], "linf"),
+            AttackSpec("pgd_l2", L2PGD(steps=10, rel_stepsize=0.2), [0.5], "l2")]
+
+
+def test_smoke_undefended_passes_sanity(digits_classifier, digits_test, tmp_path):
+    x, y = digits_test.images[:48], digits_test.labels[:48]
+    ev = evaluate(digits_classifier, x, y, _specs(), batch_size=16, out_dir=tmp_path, progress=False)
+    clean, _, n = ev.accuracy()
+    assert n == 48 and clean >= 0.9
+    for key in ev.robust:
+        assert ev.accuracy(key)[0] <= clean
+    assert ev.worst_case()[("linf", 0.1)][0] <= min(ev.accuracy(("fgsm", 0.1))[0], ev.accuracy(("pgd_linf", 0.1))[0])
+    sanity_checks(ev, digits_classifier, x, y)
+    assert all(ev.sanity.values()), ev.sanity_details
+    paths = write_report(ev, tmp_path, title="digits undefended")
+    report = json.loads(paths["json"].read_text())
+    assert report["n"] == 48 and "pgd_linf@0.1" in report["robust"] and "linf@0.1" in report["worst_case"]
+    assert "PASS" in paths["markdown"].read_text() and paths["plot"].stat().st_size > 5000
+
+
+def test_resume_skips_finished_batches(digits_classifier, digits_test, tmp_path):
+    x, y = digits_test.images[:32], digits_test.labels[:32]
+    specs = _specs()[:1]
+    first = evaluate(digits_classifier, x, y, specs, batch_size=16, out_dir=tmp_path, stop=16, progress=False)
+    lines = (tmp_path / "records.jsonl").read_text().splitlines()
+    assert len(lines) == 1 + 2  # clean + two epsilons for the first batch
+    (tmp_path / "records.jsonl").write_text("\n".join(lines) + '\n{"kind": "cle')  # a torn last write
+    full = evaluate(digits_classifier, x, y, specs, batch_size=16, out_dir=tmp_path, progress=False)
+    assert len(full.indices) == 32 and full.clean.keys() >= first.clean.keys()
+
+
+def test_shards_merge(digits_classifier, digits_test, tmp_path):
+    x, y = digits_test.images[:32], digits_test.labels[:32]
+    specs = _specs()[1:2]
+    a = evaluate(digits_classifier, x, y, specs, batch_size=16, out_dir=tmp_path / "a", start=0, stop=16,
+                 progress=False)
+    b = evaluate(digits_classifier, x, y, specs, batch_size=16, out_dir=tmp_path / "b", start=16, stop=32,
+                 progress=False)
+    merged = merge_records([tmp_path / "a" / "records.jsonl", tmp_path / "b" / "records.jsonl"],
+                           tmp_path / "all.jsonl")
+    assert merged.indices == list(range(32))
+    key = ("pgd_linf", 0.05)
+    assert merged.accuracy(key)[0] == pytest.approx((a.accuracy(key)[0] + b.accuracy(key)[0]) / 2)
+
+
+def test_failed_check_is_flagged(digits_classifier, digits_test):
+    from manifold_defense.eval.robustness import Evaluation
+
+    ev = Evaluation(indices=[0, 1, 2, 3], clean={i: True for i in range(4)},
+                    robust={("pgd", 0.1): {0: False, 1: False, 2: True, 3: True},
+                            ("pgd", 0.3): {0: True, 1: True, 2: True, 3: True}},
+                    threats={"pgd": "linf"}, iterative={"pgd": True})
+    sanity_checks(ev)
+    assert ev.sanity["monotone_in_epsilon"] is False
+
+
+def test_exception(digits_classifier, digits_test):
+    x, y = digits_test.images[:4], digits_test.labels[:4]
+    with pytest.raises(InputError, match="non-negative"):
+        evaluate(digits_classifier, x, y, [AttackSpec("f", FGSM(), [-0.1], "linf")])
+    with pytest.raises(InputError, match="at least one"):
+        evaluate(digits_classifier, x, y, [])
+    with pytest.raises(InputError, match="empty index range"):
+        evaluate(digits_classifier, x, y, _specs(), start=4)
+    with pytest.raises(InputError, match=r"shape \(4,\)"):
+        evaluate(digits_classifier, x, y[:2], _specs())
