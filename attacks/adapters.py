@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from manifold_defense.attacks.base import Attack
+from manifold_defense.attacks.pixel import project_to_ball
 from manifold_defense.validation import InputError
 
 __all__ = ["CarliniWagnerL2", "AutoAttack", "foolbox_model"]
@@ -76,10 +77,4 @@ class AutoAttack(Attack):
             out = aa.run_standard_evaluation(x, y.to(x.device), batch_size=self.batch_size)
         adv = out[0] if isinstance(out, tuple) else out  # pyautoattack returns (x_adv, y_adv)
         # pyautoattack may overshoot ε by float rounding; project back so the reported norm is honest.
-        delta = adv - x
-        if self.norm == "linf":
-            delta = delta.clamp(-epsilon, epsilon)
-        else:
-            n = delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
-            delta = delta * (epsilon / n.clamp_min(1e-12)).clamp(max=1.0)
-        return (x + delta).clamp(0, 1)
+        return (x + project_to_ball(adv - x, epsilon, self.norm)).clamp(0, 1)

@@ -38,9 +38,7 @@ class LatentPGD(Attack):
         self.projection = projection or ProjectionConfig(steps=200, restarts=4)
 
     def _project(self, x: torch.Tensor) -> torch.Tensor:
-        kw = {k: v for k, v in self.projection.as_dict().items() if k != "stochastic"}
-        if kw["init"] == "encoder" and not getattr(self.generator, "has_encoder", False):
-            kw["init"] = "random"
+        kw = self.projection.csgm_kwargs(self.generator)
         return csgm(self.generator, x, Identity(tuple(self.generator.output_shape)), **kw).z
 
     def _pull_back(self, z0: torch.Tensor, z: torch.Tensor, x0: torch.Tensor, eta: float) -> torch.Tensor:

@@ -35,7 +35,8 @@ def _l2_normalise(g: torch.Tensor) -> torch.Tensor:
     return g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (g.dim() - 1)))
 
 
-def _project(delta: torch.Tensor, epsilon: float, norm: str) -> torch.Tensor:
+def project_to_ball(delta: torch.Tensor, epsilon: float, norm: str) -> torch.Tensor:
+    """Project each perturbation onto the ℓ∞ or ℓ2 ball of radius ε."""
     if norm == "linf":
         return delta.clamp(-epsilon, epsilon)
     n = delta.flatten(1).norm(dim=1).view(-1, *([1] * (delta.dim() - 1)))
@@ -88,13 +89,13 @@ class ProjectedGradientDescent(Attack):
         gen = torch.Generator().manual_seed(self.seed)
         xr = x.repeat(r, *([1] * (x.dim() - 1)))  # restart-major: row = restart * n + sample
         yr = y.to(x.device).repeat(r)
-        delta = _project(self._start(xr, epsilon, gen), epsilon, self.norm)
+        delta = project_to_ball(self._start(xr, epsilon, gen), epsilon, self.norm)
         adv = (xr + delta).clamp(0, 1)
         step = self.rel_stepsize * epsilon
         for _ in range(self.steps):
             g, _ = _input_gradient(model, adv, yr, self.eot)
             direction = g.sign() if self.norm == "linf" else _l2_normalise(g)
-            adv = (xr + _project(adv + step * direction - xr, epsilon, self.norm)).clamp(0, 1)
+            adv = (xr + project_to_ball(adv + step * direction - xr, epsilon, self.norm)).clamp(0, 1)
         with torch.no_grad():
             logits = model(adv)
             loss = F.cross_entropy(logits, yr, reduction="none").view(r, n)

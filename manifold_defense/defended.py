@@ -71,6 +71,19 @@ class ProjectionConfig:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def csgm_kwargs(self, generator: nn.Module, call: int = 0) -> dict:
+        """Keyword arguments of :func:`~manifold_defense.inversion.csgm` for projecting onto ``generator``.
+
+        Falls back to random starts when the generator has no encoder; in stochastic mode the seed
+        changes with ``call`` so every call draws fresh restarts.
+        """
+        kw = {k: v for k, v in self.as_dict().items() if k != "stochastic"}
+        if kw["init"] == "encoder" and not getattr(generator, "has_encoder", False):
+            kw["init"] = "random"
+        if self.stochastic:
+            kw["seed"] = self.seed + 1 + call
+        return kw
+
 
 class DefendedModel(nn.Module):
     """``classifier(G(ẑ(x)))``: a classifier behind a projection onto a generator's range.
@@ -96,15 +109,6 @@ class DefendedModel(nn.Module):
             p.requires_grad_(False)
         self.last_projection: InversionResult | None = None
 
-    def _csgm_kwargs(self) -> dict:
-        cfg = self.projection
-        kw = {k: v for k, v in cfg.as_dict().items() if k not in ("stochastic",)}
-        if kw["init"] == "encoder" and not getattr(self.generator, "has_encoder", False):
-            kw["init"] = "random"
-        if cfg.stochastic:
-            kw["seed"] = cfg.seed + 1 + next(self._calls)
-        return kw
-
     def project(self, x: torch.Tensor) -> InversionResult:
         """Project ``x`` onto the generator's range; ``result.x`` is ``G(ẑ)``, ``result.loss`` the per-sample
         residual ``‖G(ẑ) − x‖² / n`` (plus the prior term if λ > 0)."""
@@ -112,7 +116,8 @@ class DefendedModel(nn.Module):
         # The projection takes gradient steps in z even when the caller runs under inference_mode/no_grad.
         with torch.inference_mode(False), torch.enable_grad():
             target = x.detach().clone()
-            return csgm(self.generator, target, Identity(self.input_shape), **self._csgm_kwargs())
+            kw = self.projection.csgm_kwargs(self.generator, next(self._calls))
+            return csgm(self.generator, target, Identity(self.input_shape), **kw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         res = self.project(x)
