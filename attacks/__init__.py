@@ -5,9 +5,9 @@ straight-through gradient of the projection, so the pixel attacks here are adapt
 """
 
 from manifold_defense.attacks.adapters import AutoAttack, CarliniWagnerL2
-from manifold_defense.attacks.base import Attack, AttackResult, perturbation_norm
+from manifold_defense.attacks.base import Attack, AttackResult, TransferAttack, perturbation_norm
 from manifold_defense.attacks.on_manifold import LatentPGD, OnManifoldPGD
 from manifold_defense.attacks.pixel import FGSM, L2PGD, FastGradientSignMethod, LinfPGD, ProjectedGradientDescent
 
-__all__ = ["LatentPGD", "OnManifoldPGD", "AutoAttack", "CarliniWagnerL2", "Attack", "AttackResult", "perturbation_norm", "FGSM", "FastGradientSignMethod", "LinfPGD", "L2PGD",
+__all__ = ["LatentPGD", "OnManifoldPGD", "AutoAttack", "CarliniWagnerL2", "Attack", "AttackResult", "TransferAttack", "perturbation_norm", "FGSM", "FastGradientSignMethod", "LinfPGD", "L2PGD",
            "ProjectedGradientDescent"]

@@ -9,7 +9,7 @@ from torch import nn
 
 from manifold_defense.validation import InputError, check_images, check_labels
 
-__all__ = ["Attack", "AttackResult", "perturbation_norm", "predict_labels"]
+__all__ = ["Attack", "AttackResult", "TransferAttack", "perturbation_norm", "predict_labels"]
 
 
 @dataclass
@@ -83,3 +83,16 @@ class Attack:
         success = predict_labels(model, adv) != y.to(adv.device)
         return AttackResult(adversarial=adv, success=success.cpu(), norms=norms.cpu(), epsilon=float(epsilon),
                             norm=self.norm)
+
+
+class TransferAttack(Attack):
+    """Craft adversarial inputs with ``attack`` on ``source`` and score them on the attacked model
+    (the non-adaptive protocol of Defense-GAN's paper: FGSM on the undefended classifier, fed to the defense)."""
+
+    def __init__(self, source: nn.Module, attack: Attack) -> None:
+        self.source, self.attack, self.norm = source, attack, attack.norm
+
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float) -> torch.Tensor:
+        self.source.eval()
+        out = self.attack.run(self.source, x, y, epsilon)
+        return out[0] if isinstance(out, tuple) else out

@@ -8,13 +8,20 @@ from manifold_defense.cli import main
 
 
 def test_demo(digits_vae, digits_classifier, tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--quiet"]) == 0
+    assert main(["demo", "--out", str(tmp_path), "--quiet", "--n", "50"]) == 0
     out = capsys.readouterr().out
-    assert "test accuracy" in out and "reconstruction MSE" in out
+    assert "test accuracy" in out and "reconstruction MSE" in out and "pgd_linf_bpda" in out
     summary = json.loads((tmp_path / "demo.json").read_text())
     assert summary["classifier"]["test_accuracy"] >= 0.95
     assert summary["generator"]["test_recon_mse_per_pixel"] < 0.04
-    assert (tmp_path / "digits_vae.png").stat().st_size > 5000
+    for name in ("digits_vae.png", "defense_grid.png", "defended/report.md", "undefended/accuracy_vs_epsilon.png"):
+        assert (tmp_path / name).stat().st_size > 500
+    und, dfd = summary["robustness"]["undefended"], summary["robustness"]["defended"]
+    # The story the demo tells: the projection resists the non-adaptive transfer attack ...
+    assert dfd["robust"]["fgsm_transfer@0.2"]["accuracy"] > und["robust"]["fgsm_transfer@0.2"]["accuracy"] + 0.2
+    # ... and the adaptive BPDA attack is stronger against it than the transfer attack.
+    assert dfd["robust"]["pgd_linf_bpda@0.3"]["accuracy"] <= dfd["robust"]["fgsm_transfer@0.3"]["accuracy"]
+    assert all(und["sanity"].values())
 
 
 def test_zoo_list(digits_classifier, capsys):
