@@ -96,6 +96,8 @@ class ProjectedGradientDescent(Attack):
             g, _ = _input_gradient(model, adv, yr, self.eot)
             direction = g.sign() if self.norm == "linf" else _l2_normalise(g)
             adv = (xr + project_to_ball(adv + step * direction - xr, epsilon, self.norm)).clamp(0, 1)
+        if r == 1:  # nothing to choose: skip a forward pass (a whole projection on a DefendedModel)
+            return adv
         with torch.no_grad():
             logits = model(adv)
             loss = F.cross_entropy(logits, yr, reduction="none").view(r, n)

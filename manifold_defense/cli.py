@@ -21,7 +21,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     from manifold_defense import data, zoo
     from manifold_defense.classifiers import accuracy
-    from manifold_defense.generators.train import reconstruction_mse
     from manifold_defense.viz import save_image_grid
 
     out = Path(args.out)
@@ -33,10 +32,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     clf = zoo.get("digits-classifier", args.device, progress=not args.quiet)
     test = data.load("digits", "test")
     x, y = test.images.to(vae.blocks[0][0].weight.device), test.labels
-    rec_mse = reconstruction_mse(vae, x)
     clean_acc = accuracy(clf, x, y)
     with torch.inference_mode():
         rec = vae(vae.encode(x))
+        rec_mse = float((rec - x).pow(2).mean())
         rec_acc = float((clf(rec).argmax(1).cpu() == y).float().mean())
         samples = vae(vae.sample_latent(16, torch.Generator(device=x.device).manual_seed(0)))
     grid = save_image_grid(
