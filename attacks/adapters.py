@@ -3,6 +3,8 @@
 - :class:`CarliniWagnerL2` — Carlini & Wagner 2017, through foolbox 3 (``L2CarliniWagnerAttack``).
 - :class:`AutoAttack` — Croce & Hein 2020, through pyautoattack: 'standard' (APGD-CE, APGD-T, FAB-T,
   Square) or 'rand' (APGD-CE, APGD-DLR with 20 EOT iterations, for randomised defenses).
+- :class:`HopSkipJump` — Chen, Jordan, Wainwright 2020, through foolbox: decision-based (labels only),
+  so gradient masking cannot stop it; the sanity check that it is not stronger than the white-box attacks.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ import os
 import torch
 from torch import nn
 
+from manifold_defense.attacks.adaptive import crafting_model, describe_projection
 from manifold_defense.attacks.base import Attack
+from manifold_defense.defended import ProjectionConfig
 from manifold_defense.attacks.pixel import project_to_ball
 from manifold_defense.validation import InputError
 
-__all__ = ["CarliniWagnerL2", "AutoAttack", "foolbox_model"]
+__all__ = ["CarliniWagnerL2", "AutoAttack", "HopSkipJump", "foolbox_model"]
 
 
 def foolbox_model(model: nn.Module):
@@ -50,11 +54,14 @@ class CarliniWagnerL2(Attack):
 
 class AutoAttack(Attack):
     """AutoAttack (pyautoattack) in ℓ∞ or ℓ2. ``version`` 'standard', 'rand' or 'custom' (with ``attacks``);
-    ``n_iter`` overrides the APGD iteration count (100 in the published suite) for quick runs.
+    ``n_iter`` overrides the APGD iteration count (100 in the published suite) and ``eot_iter`` the EOT
+    draws of 'rand' (20) for budgets that fit a CPU. Against a DefendedModel it runs on the BPDA model
+    behind ``projection`` (default its own), made stochastic with ``stochastic=True`` — what 'rand' is for.
     """
 
     def __init__(self, *, norm: str = "linf", version: str = "standard", attacks: list[str] | None = None,
-                 n_iter: int | None = None, seed: int = 0, batch_size: int = 250) -> None:
+                 n_iter: int | None = None, eot_iter: int | None = None, seed: int = 0, batch_size: int = 250,
+                 projection: ProjectionConfig | None = None, stochastic: bool = False) -> None:
         if norm not in ("linf", "l2"):
             raise InputError(f"norm must be 'linf' or 'l2', got {norm!r}")
         if version not in ("standard", "rand", "plus", "custom"):
@@ -62,19 +69,52 @@ class AutoAttack(Attack):
         if (version == "custom") != (attacks is not None):
             raise InputError("pass attacks=[...] exactly when version='custom'")
         self.norm, self.version, self.attacks = norm, version, attacks
-        self.n_iter, self.seed, self.batch_size = n_iter, seed, batch_size
+        self.n_iter, self.eot_iter, self.seed, self.batch_size = n_iter, eot_iter, seed, batch_size
+        self.projection, self.stochastic = projection, stochastic
+        self.surrogate_description = ""
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float) -> torch.Tensor:
         from pyautoattack import AutoAttack as _AutoAttack
 
         logging.getLogger("auto-attack").setLevel(logging.WARNING)
-        aa = _AutoAttack(model, norm={"linf": "Linf", "l2": "L2"}[self.norm], eps=epsilon, version=self.version,
+        craft = crafting_model(model, self.projection, gradient="bpda", stochastic=self.stochastic)
+        self.surrogate_description = describe_projection(model, craft)
+        aa = _AutoAttack(craft, norm={"linf": "Linf", "l2": "L2"}[self.norm], eps=epsilon, version=self.version,
                          attacks=self.attacks, seed=self.seed, device=x.device)
         aa.verbose = False
         if self.n_iter is not None:
             aa.apgd.n_iter = aa.apgd_targeted.n_iter = aa.fab.n_iter = self.n_iter
+        if self.eot_iter is not None:
+            aa.apgd.eot_iter = self.eot_iter
         with torch.enable_grad():
             out = aa.run_standard_evaluation(x, y.to(x.device), batch_size=self.batch_size)
         adv = out[0] if isinstance(out, tuple) else out  # pyautoattack returns (x_adv, y_adv)
         # pyautoattack may overshoot ε by float rounding; project back so the reported norm is honest.
         return (x + project_to_ball(adv - x, epsilon, self.norm)).clamp(0, 1)
+
+
+class HopSkipJump(Attack):
+    """HopSkipJump (foolbox), ℓ2 or ℓ∞, decision-based: queries only the predicted label. ``steps``
+    boundary iterations with ``initial_gradient_eval_steps`` … ``max_gradient_eval_steps`` label queries
+    for each gradient-direction estimate (defaults sized for a sanity check on a projection defense,
+    where every query is a projection: ~500 queries per image; foolbox's own defaults use ~50× more).
+    Minimal-perturbation attack; the result is clipped to ε.
+    """
+
+    def __init__(self, *, norm: str = "l2", steps: int = 8, initial_gradient_eval_steps: int = 20,
+                 max_gradient_eval_steps: int = 100, gamma: float = 1.0) -> None:
+        if norm not in ("linf", "l2"):
+            raise InputError(f"norm must be 'linf' or 'l2', got {norm!r}")
+        if steps < 1 or initial_gradient_eval_steps < 1 or max_gradient_eval_steps < initial_gradient_eval_steps:
+            raise InputError("steps >= 1 and 1 <= initial_gradient_eval_steps <= max_gradient_eval_steps")
+        self.norm = norm
+        self.kwargs = {"steps": steps, "initial_gradient_eval_steps": initial_gradient_eval_steps,
+                       "max_gradient_eval_steps": max_gradient_eval_steps, "gamma": gamma, "constraint": norm}
+
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float) -> torch.Tensor:
+        import foolbox as fb
+
+        with torch.no_grad():
+            _, clipped, _ = fb.attacks.HopSkipJumpAttack(**self.kwargs)(foolbox_model(model), x, y.to(x.device),
+                                                                        epsilons=epsilon)
+        return (x + project_to_ball(clipped - x, epsilon, self.norm)).clamp(0, 1)

@@ -4,6 +4,13 @@
 CVPR 2019 (on-manifold PGD in latent space), with the image-space budget of Ilyas et al. 2017:
 ``x' = G(z')`` with ``‖G(z') − G(ẑ(x))‖₂ ≤ η``, where ``ẑ(x)`` is the projection of ``x`` (the shared
 inversion core). Success means the model misclassifies ``x'`` with respect to ``x``'s label.
+
+:class:`OverpoweredAttack` — Ilyas, Jalal, Asteri, Daskalakis, Dimakis, "The Robust Manifold Defense",
+2017: a pair ``z1, z2`` with ``‖G(z1) − G(z2)‖₂ ≤ η`` on which the classifier disagrees, found by a
+penalty (Lagrangian) method with an increasing multiplier.
+
+On a :class:`~manifold_defense.defended.DefendedModel` both differentiate the model's classifier at
+``G(z)`` — a point on the range is its own projection — and score success on the full defended model.
 """
 
 from __future__ import annotations
@@ -13,12 +20,36 @@ import torch.nn.functional as F
 from torch import nn
 
 from manifold_defense.attacks.base import Attack
-from manifold_defense.defended import ProjectionConfig
-from manifold_defense.inversion import csgm
+from manifold_defense.defended import DefendedModel, ProjectionConfig
+from manifold_defense.inversion import _descend, csgm
 from manifold_defense.operators import Identity
 from manifold_defense.validation import InputError, check_compatible
 
-__all__ = ["LatentPGD", "OnManifoldPGD"]
+__all__ = ["LatentPGD", "OnManifoldPGD", "OverpoweredAttack", "pull_back"]
+
+
+def pull_back(generator: nn.Module, z0: torch.Tensor, z: torch.Tensor, x0: torch.Tensor, eta: float,
+              bisection_steps: int = 10) -> torch.Tensor:
+    """Move each ``z`` back along the segment from ``z0`` to the largest t in [0, 1] (batched bisection)
+    with ``‖G(z0 + t (z − z0)) − x0‖₂ ≤ η``; rows already inside stay where they are."""
+    with torch.no_grad():
+        inside = (generator(z) - x0).flatten(1).norm(dim=1) <= eta
+        lo = torch.zeros(len(z), device=z.device, dtype=z.dtype)
+        hi = torch.ones_like(lo)
+        for _ in range(bisection_steps):
+            mid = (lo + hi) / 2
+            ok = (generator(z0 + mid[:, None] * (z - z0)) - x0).flatten(1).norm(dim=1) <= eta
+            lo, hi = torch.where(ok, mid, lo), torch.where(ok, hi, mid)
+        t = torch.where(inside, torch.ones_like(lo), lo)
+    return z0 + t[:, None] * (z - z0)
+
+
+def _differentiable_classifier(model: nn.Module, generator: nn.Module) -> nn.Module:
+    if isinstance(model, DefendedModel):
+        return model.classifier
+    if hasattr(model, "input_shape"):
+        check_compatible(generator, model)
+    return model
 
 
 class LatentPGD(Attack):
@@ -41,22 +72,8 @@ class LatentPGD(Attack):
         kw = self.projection.csgm_kwargs(self.generator)
         return csgm(self.generator, x, Identity(tuple(self.generator.output_shape)), **kw).z
 
-    def _pull_back(self, z0: torch.Tensor, z: torch.Tensor, x0: torch.Tensor, eta: float) -> torch.Tensor:
-        """Largest t in [0, 1] (to bisection precision) with ‖G(z0 + t (z − z0)) − x0‖ ≤ η, per sample."""
-        with torch.no_grad():
-            inside = (self.generator(z) - x0).flatten(1).norm(dim=1) <= eta
-            lo = torch.zeros(len(z), device=z.device, dtype=z.dtype)
-            hi = torch.ones_like(lo)
-            for _ in range(self.bisection_steps):
-                mid = (lo + hi) / 2
-                ok = (self.generator(z0 + mid[:, None] * (z - z0)) - x0).flatten(1).norm(dim=1) <= eta
-                lo, hi = torch.where(ok, mid, lo), torch.where(ok, hi, mid)
-            t = torch.where(inside, torch.ones_like(lo), lo)
-        return z0 + t[:, None] * (z - z0)
-
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float):
-        if hasattr(model, "input_shape"):
-            check_compatible(self.generator, model)
+        model = _differentiable_classifier(model, self.generator)
         y = y.to(x.device)
         z0 = self._project(x)
         with torch.no_grad():
@@ -68,10 +85,63 @@ class LatentPGD(Attack):
                 loss = F.cross_entropy(model(self.generator(zr)), y, reduction="none")
                 (g,) = torch.autograd.grad(loss.sum(), zr)
             g = g / g.norm(dim=1, keepdim=True).clamp_min(1e-12)
-            z = self._pull_back(z0, z + self.latent_stepsize * g, x0, epsilon)
+            z = pull_back(self.generator, z0, z + self.latent_stepsize * g, x0, epsilon, self.bisection_steps)
         with torch.no_grad():
             adv = self.generator(z)
         return adv.clamp(0, 1), x0
+
+
+class OverpoweredAttack(Attack):
+    """The overpowered attack of Ilyas et al. 2017 with labels: from ``z1 = z2 = ẑ(x)`` (plus noise on
+    ``z2``) minimise ``CE(C(G(z1)), y) − min(CE(C(G(z2)), y), cap) + λ·max(‖G(z1) − G(z2)‖₂ − η, 0)²``
+    over the pair, ``λ`` growing ×10 over ``rounds``; a final bisection puts ``G(z2)`` within η of
+    ``G(z1)``. Returns ``(G(z2), G(z1))``: the adversarial input and the reference its norm is measured
+    from. Success means the model assigns ``G(z2)`` a label other than ``y`` (the reference keeps ``y``'s
+    evidence by the first term). ``epsilon`` is η.
+    """
+
+    norm = "l2"
+
+    def __init__(self, generator: nn.Module, *, steps: int = 100, lr: float = 0.05, rounds: int = 3,
+                 multiplier: float = 1.0, cap: float = 10.0, init_scale: float = 0.1,
+                 projection: ProjectionConfig | None = None, seed: int = 0) -> None:
+        if steps < 1 or rounds < 1 or lr <= 0 or multiplier <= 0 or cap <= 0:
+            raise InputError("steps and rounds must be >= 1; lr, multiplier and cap > 0")
+        self.generator, self.steps, self.lr, self.rounds = generator, steps, lr, rounds
+        self.multiplier, self.cap, self.init_scale, self.seed = multiplier, cap, init_scale, seed
+        self.projection = projection or ProjectionConfig(steps=200, restarts=4)
+
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float):
+        classifier = _differentiable_classifier(model, self.generator)
+        y = y.to(x.device)
+        g = self.generator
+        kw = self.projection.csgm_kwargs(g)
+        z_hat = csgm(g, x, Identity(tuple(g.output_shape)), **kw).z
+        gen = torch.Generator().manual_seed(self.seed)
+        noise = torch.randn(z_hat.shape, generator=gen, dtype=z_hat.dtype).to(z_hat.device)
+        pair = torch.stack([z_hat, z_hat + self.init_scale * noise], 1)  # (n, 2, k)
+
+        def decode(v: torch.Tensor) -> torch.Tensor:
+            return g(v.flatten(0, 1)).view(len(v), 2, *g.output_shape)
+
+        lam = self.multiplier
+        for _ in range(self.rounds):
+            def objective(img: torch.Tensor, v: torch.Tensor, rows: torch.Tensor, lam: float = lam) -> torch.Tensor:
+                logits = classifier(img.flatten(0, 1)).view(len(img), 2, -1)
+                keep = F.cross_entropy(logits[:, 0], y[rows], reduction="none")
+                flip = F.cross_entropy(logits[:, 1], y[rows], reduction="none").clamp_max(self.cap)
+                dist = (img[:, 1] - img[:, 0]).flatten(1).norm(dim=1)
+                return keep - flip + lam * torch.relu(dist - epsilon).pow(2)
+
+            pair = _descend(pair, decode, objective, steps=self.steps, lr=self.lr, optimizer="adam",
+                            desc="overpowered")[0]
+            lam *= 10
+        with torch.no_grad():
+            ref = g(pair[:, 0])
+        z2 = pull_back(g, pair[:, 0], pair[:, 1], ref, epsilon)
+        with torch.no_grad():
+            adv = g(z2)
+        return adv.clamp(0, 1), ref.clamp(0, 1)
 
 
 OnManifoldPGD = LatentPGD

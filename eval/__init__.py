@@ -1,4 +1,4 @@
-"""Robustness evaluation, sanity checks and reports."""
+"""Robustness evaluation, sanity checks, reports and the named attack suite."""
 
 from manifold_defense.eval.robustness import (
     AttackSpec,
@@ -8,5 +8,7 @@ from manifold_defense.eval.robustness import (
     sanity_checks,
     write_report,
 )
+from manifold_defense.eval.suite import ATTACKS, AttackBudget, build_attack, parse_attack
 
-__all__ = ["AttackSpec", "Evaluation", "evaluate", "sanity_checks", "write_report", "merge_records"]
+__all__ = ["AttackSpec", "Evaluation", "evaluate", "sanity_checks", "write_report", "merge_records", "ATTACKS",
+           "AttackBudget", "build_attack", "parse_attack"]

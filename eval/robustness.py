@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from manifold_defense.attacks.adapters import HopSkipJump
 from manifold_defense.attacks.base import Attack
 from manifold_defense.attacks.pixel import LinfPGD
 from manifold_defense.validation import InputError, check_images, check_labels
@@ -51,6 +52,8 @@ class Evaluation:
     iterative: dict[str, bool]
     sanity: dict[str, bool] = field(default_factory=dict)
     sanity_details: dict[str, str] = field(default_factory=dict)
+    examples: dict[str, torch.Tensor] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
 
     def accuracy(self, key: tuple[str, float] | None = None) -> tuple[float, float, int]:
         """(accuracy, standard error, n) for clean (``key=None``) or one (attack, ε)."""
@@ -82,6 +85,7 @@ class Evaluation:
                            for (t, e), v in self.worst_case().items()},
             "sanity": self.sanity,
             "sanity_details": self.sanity_details,
+            "notes": self.notes,
         }
 
 
@@ -125,11 +129,15 @@ def evaluate(
     start: int = 0,
     stop: int | None = None,
     progress: bool = True,
+    examples: int = 8,
 ) -> Evaluation:
     """Run every attack at every ε on samples ``start … stop`` of ``(x, y)``, batch by batch.
 
     With ``out_dir`` each finished (batch, attack, ε) is appended to ``out_dir/records.jsonl``; a rerun
     skips what is already there. Sample indices are global, so shards merge without renumbering.
+    The first ``examples`` images of the first batch are kept (clean, and adversarial at each attack's
+    largest ε; with their projections when the model has ``project``) for the report's image grid.
+    Attacks that craft on a surrogate projection say which in ``notes``.
     """
     check_images(x, getattr(model, "input_shape", None))
     check_labels(y, len(x), getattr(model, "num_classes", None))
@@ -156,6 +164,16 @@ def evaluate(
     bar = tqdm(total=(stop - start + batch_size - 1) // batch_size * (1 + len(jobs)), desc="evaluate",
                disable=not progress)
     fresh: list[dict] = []
+    shown: dict[str, torch.Tensor] = {}
+    notes: dict[str, str] = {}
+    project = getattr(model, "project", None)
+
+    def keep_examples(name: str, imgs: torch.Tensor) -> None:
+        if examples <= 0:
+            return
+        shown[name] = imgs[:examples].detach().cpu()
+        if callable(project):
+            shown[f"{name} → projected"] = project(imgs[:examples]).x.detach().cpu()
 
     def record(r: dict) -> None:
         _append(path, r)
@@ -170,6 +188,8 @@ def evaluate(
             with torch.no_grad():
                 correct = (model(xb).argmax(1) == yb).cpu().tolist()
             record({"kind": "clean", "start": b0, "indices": idx, "correct": correct})
+            if b0 == start:
+                keep_examples("clean", xb)
         bar.update(1)
         for spec, eps in jobs:
             if ("attack", spec.name, eps, b0) not in done:
@@ -177,10 +197,17 @@ def evaluate(
                 record({"kind": "attack", "attack": spec.name, "epsilon": eps, "threat": spec.threat,
                         "iterative": spec.iterative, "start": b0, "indices": idx,
                         "broken": res.success.tolist(), "max_norm": float(res.norms.max())})
+                if b0 == start and eps == max(spec.epsilons):
+                    keep_examples(f"{spec.name} ε={eps:g}", res.adversarial)
+                desc = getattr(spec.attack, "surrogate_description", "")
+                if desc:
+                    notes[spec.name] = f"crafted on {desc}"
             bar.update(1)
     bar.close()
     records = _done_keys(path)[1] if path is not None else fresh
-    return _from_records(records, start, stop)
+    ev = _from_records(records, start, stop)
+    ev.examples, ev.notes = shown, notes
+    return ev
 
 
 def _from_records(records: list[dict], start: int = 0, stop: int | None = None) -> Evaluation:
@@ -214,7 +241,8 @@ def merge_records(paths: Sequence[str | os.PathLike], out: str | os.PathLike) ->
 
 
 def sanity_checks(ev: Evaluation, model: nn.Module | None = None, x: torch.Tensor | None = None,
-                  y: torch.Tensor | None = None, *, subset: int = 32, tol: float | None = None) -> Evaluation:
+                  y: torch.Tensor | None = None, *, subset: int = 32, tol: float | None = None,
+                  decision_subset: int = 16, decision_attack: Attack | None = None) -> Evaluation:
     """Fill ``ev.sanity`` with pass/fail per check; a failure is reported, never hidden.
 
     - ``monotone_in_epsilon``: robust accuracy non-increasing in ε, per attack (tolerance one sample).
@@ -222,6 +250,10 @@ def sanity_checks(ev: Evaluation, model: nn.Module | None = None, x: torch.Tenso
       every single-step one.
     - ``large_epsilon_breaks_all`` (needs ``model``, ``x``, ``y``): L∞ PGD at ε = 1 leaves ≤ 5%.
     - ``gradients_not_vanishing`` (needs the model): mean |∇ₓ CE| at the inputs is not ~0.
+    - ``decision_based_not_stronger`` (needs the model; ``decision_subset`` > 0): HopSkipJump (labels
+      only, immune to gradient masking) on the first ``decision_subset`` evaluated samples, at the
+      largest ε of the ℓ2 (else ℓ∞) threat, breaks no more samples than the white-box worst case
+      did on the same samples (tolerance one sample).
     """
     n = len(ev.indices)
     tol = 1.0 / max(n, 1) if tol is None else tol
@@ -254,11 +286,27 @@ def sanity_checks(ev: Evaluation, model: nn.Module | None = None, x: torch.Tenso
         mag = float(g.abs().mean())
         ev.sanity["gradients_not_vanishing"] = mag > 1e-8
         ev.sanity_details["gradients_not_vanishing"] = f"mean |grad| = {mag:.3g}"
+        worst = ev.worst_case()
+        threat = next((t for t in ("l2", "linf") if any(k[0] == t for k in worst)), None)
+        if decision_subset > 0 and threat is not None:
+            eps = max(e for (t, e) in worst if t == threat)
+            idx = ev.indices[:decision_subset]
+            attack = decision_attack or HopSkipJump(norm=threat)
+            res = attack(model, x[idx].to(device), y[idx].to(device), epsilon=eps)
+            hsj_robust = [ev.clean[i] and not bool(b) for i, b in zip(idx, res.success.tolist())]
+            keys = [k for k in ev.robust if ev.threats[k[0]] == threat and k[1] == eps]
+            wb_robust = [all(ev.robust[k][i] for k in keys) for i in idx]
+            a_hsj, a_wb = sum(hsj_robust) / len(idx), sum(wb_robust) / len(idx)
+            ev.sanity["decision_based_not_stronger"] = a_hsj >= a_wb - 1.0 / len(idx) - 1e-12
+            ev.sanity_details["decision_based_not_stronger"] = (
+                f"{type(attack).__name__} {threat} eps={eps:g} on {len(idx)} samples: robust accuracy {a_hsj:.1%} vs "
+                f"white-box worst case {a_wb:.1%}")
     return ev
 
 
 def write_report(ev: Evaluation, out_dir: str | os.PathLike, *, title: str = "robustness") -> dict[str, Path]:
-    """``report.json``, ``report.md`` (a table with ± 1.96·SE) and ``accuracy_vs_epsilon.png``."""
+    """``report.json``, ``report.md`` (a table with ± 1.96·SE), ``accuracy_vs_epsilon.png`` and, when the
+    evaluation kept examples, ``examples.png`` (clean / adversarial / projected images)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     d = ev.to_dict()
@@ -272,6 +320,9 @@ def write_report(ev: Evaluation, out_dir: str | os.PathLike, *, title: str = "ro
         lines.append(f"| **worst {t}** | {e:g} | **{p:.3f} ± {1.96 * se:.3f}** |")
     lines += ["", "## Sanity checks", ""]
     lines += [f"- {'PASS' if ok else '**FAIL**'} {k}: {ev.sanity_details.get(k, '')}" for k, ok in ev.sanity.items()]
+    if ev.notes:
+        lines += ["", "## Which projection was attacked", ""]
+        lines += [f"- {a}: {note}" for a, note in sorted(ev.notes.items())]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     import matplotlib
 
@@ -293,4 +344,11 @@ def write_report(ev: Evaluation, out_dir: str | os.PathLike, *, title: str = "ro
     fig.tight_layout()
     fig.savefig(out / "accuracy_vs_epsilon.png", dpi=120)
     plt.close(fig)
-    return {"json": out / "report.json", "markdown": out / "report.md", "plot": out / "accuracy_vs_epsilon.png"}
+    paths = {"json": out / "report.json", "markdown": out / "report.md", "plot": out / "accuracy_vs_epsilon.png"}
+    if ev.examples:
+        from manifold_defense.viz import save_image_grid
+
+        names = list(ev.examples)
+        paths["examples"] = save_image_grid([ev.examples[k] for k in names], out / "examples.png", row_labels=names,
+                                            title=title)
+    return paths

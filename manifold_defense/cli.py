@@ -103,6 +103,68 @@ def _demo_robustness(clf, vae, x, y, out: Path, progress: bool) -> dict:
     return result
 
 
+def _load_model(spec: str, device: str):
+    """A zoo name or a checkpoint path → model."""
+    from manifold_defense import checkpoint, zoo
+    from manifold_defense.validation import InputError
+
+    if Path(spec).is_file():
+        return checkpoint.load_model(spec, device)
+    if spec in zoo.names():
+        return zoo.get(spec, device)
+    raise InputError(f"{spec!r} is neither a checkpoint file nor a zoo model ({', '.join(zoo.names())})")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from manifold_defense import data
+    from manifold_defense.defended import DefendedModel, ProjectionConfig
+    from manifold_defense.eval import AttackBudget, build_attack, evaluate, parse_attack, sanity_checks, write_report
+    from manifold_defense.validation import InputError
+
+    t0 = time.perf_counter()
+    clf = _load_model(args.classifier, args.device).eval()
+    dataset = args.dataset or ("digits" if tuple(clf.input_shape)[-1] == 8 else "mnist")
+    test = data.load(dataset, "test", path=args.data_path)
+    if args.n < 1:
+        raise InputError(f"--n must be >= 1, got {args.n}")
+    x, y = test.images[: args.n], test.labels[: args.n]
+    gen = _load_model(args.generator, args.device).eval() if args.generator else None
+    if args.attack is None:
+        args.attack = ["fgsm_transfer:0.3", "pgd_linf:0.3", "pgd_l2:3.8"]
+        if gen is not None:
+            args.attack += ["latent_reparam_l2:3.8", "on_manifold:1.5"]
+    if gen is None and (args.projection != "none" or any(a.startswith(("on_manifold", "overpowered", "latent"))
+                                                         for a in args.attack)):
+        raise InputError("this evaluation needs --generator (a zoo name or checkpoint)")
+    latent = getattr(gen, "latent_dim", 128)
+    projections = {"default": ProjectionConfig(), "defense_gan": ProjectionConfig.defense_gan(latent_dim=latent)}
+    if args.projection == "none":
+        model = clf
+    else:
+        cfg = projections[args.projection]
+        if args.dead_zone:
+            cfg = dataclasses.replace(cfg, dead_zone=args.dead_zone)
+        model = DefendedModel(clf, gen, cfg).eval()
+    surrogate = projections[args.surrogate] if args.surrogate else None
+    budget = AttackBudget.quick() if args.quick else AttackBudget()
+    specs = []
+    for text in args.attack:
+        name, eps = parse_attack(text)
+        specs.append(build_attack(name, eps, classifier=clf, generator=gen, surrogate=surrogate, budget=budget))
+    out = Path(args.out)
+    print(f"evaluate: {args.classifier} behind projection '{args.projection}' on {len(x)} {dataset} test images; "
+          f"records in {out / 'records.jsonl'} (a rerun resumes)")
+    ev = evaluate(model, x, y, specs, batch_size=args.batch_size, out_dir=out, start=args.start, stop=args.stop,
+                  progress=not args.quiet)
+    sanity_checks(ev, model, x, y, decision_subset=args.decision_subset)
+    paths = write_report(ev, out, title=f"{args.classifier} / {args.projection} projection")
+    print((out / "report.md").read_text())
+    print(f"wrote {', '.join(str(p) for p in paths.values())} ({time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
 def _cmd_zoo(args: argparse.Namespace) -> int:
     from manifold_defense import zoo
 
@@ -296,6 +358,33 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--n", type=int, default=100, help="test images attacked (default 100)")
     _device_arg(d)
     d.set_defaults(fn=_cmd_demo)
+
+    from manifold_defense.eval.suite import ATTACKS
+
+    e = sub.add_parser("evaluate", help="robustness evaluation: attacks, epsilons, sanity checks, reports",
+                       description="Attacks: " + "; ".join(f"{k} ({v[0]}, default eps {','.join(map(str, v[1]))})"
+                                                         for k, v in ATTACKS.items()))
+    e.add_argument("--classifier", required=True, help="zoo name or checkpoint path")
+    e.add_argument("--generator", default=None, help="zoo name or checkpoint path (needed for a defense)")
+    e.add_argument("--projection", choices=["default", "defense_gan", "none"], default="default",
+                   help="the defense's projection; 'none' evaluates the undefended classifier")
+    e.add_argument("--dead-zone", type=float, default=0.0, help="dead-zone width of the projection loss")
+    e.add_argument("--surrogate", choices=["default", "defense_gan"], default=None,
+                   help="projection adaptive attacks craft on (default: the defense's own)")
+    e.add_argument("--attack", action="append", default=None, metavar="NAME[:EPS,...]",
+                   help="repeatable, e.g. --attack pgd_linf:0.1,0.3 --attack latent_reparam_l2:3.8")
+    e.add_argument("--n", type=int, default=100, help="first N test images")
+    e.add_argument("--start", type=int, default=0, help="shard: first index")
+    e.add_argument("--stop", type=int, default=None, help="shard: one past the last index")
+    e.add_argument("--batch-size", type=int, default=100)
+    e.add_argument("--dataset", choices=["digits", "mnist"], default=None, help="default: from the classifier")
+    e.add_argument("--data-path", default=None)
+    e.add_argument("--quick", action="store_true", help="small attack budgets (smoke runs)")
+    e.add_argument("--decision-subset", type=int, default=16, help="samples for the HopSkipJump sanity check")
+    e.add_argument("--out", default="manifold-defense-eval")
+    e.add_argument("--quiet", action="store_true")
+    _device_arg(e)
+    e.set_defaults(fn=_cmd_evaluate)
 
     z = sub.add_parser("zoo", help="list or build the cached model zoo")
     zs = z.add_subparsers(dest="zoo_cmd", required=True)

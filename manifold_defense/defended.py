@@ -8,8 +8,10 @@ Gradients: the projection is an argmin, so ``∂G(ẑ(x))/∂x`` is not availabl
 By default the forward pass uses the straight-through estimator of BPDA (Athalye, Carlini, Wagner
 2018): ``x + (G(ẑ) − x).detach()``, so any gradient-based attack run on a ``DefendedModel`` (foolbox,
 AutoAttack, torchattacks) is automatically an adaptive BPDA attack rather than a victim of obfuscated
-gradients. ``gradient="none"`` gives exactly zero input gradients — the vanishing gradients that made
-Defense-GAN look robust to white-box attacks in its paper — for comparison only.
+gradients. ``gradient="unrolled"`` backpropagates through the projection's optimisation steps
+(affordable for short projections; the end-to-end attack of the same paper). ``gradient="none"``
+gives exactly zero input gradients — the vanishing gradients that made Defense-GAN look robust to
+white-box attacks in its paper — for comparison only.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from torch import nn
 
-from manifold_defense.inversion import InversionResult, csgm
+from manifold_defense.inversion import InversionResult, csgm, dead_zone_loss
 from manifold_defense.operators import Identity
 from manifold_defense.validation import InputError, check_compatible, check_images
 
@@ -34,7 +36,9 @@ class ProjectionConfig:
 
     ``init="encoder"`` starts restart 0 at the generator's encoder (others perturb it) and falls
     back to random starts for generators without an encoder. ``stochastic=True`` draws fresh
-    random restarts on every call (a randomised defense: attack it with EOT).
+    random restarts on every call (a randomised defense: attack it with EOT). ``dead_zone`` > 0
+    replaces the squared error by :func:`~manifold_defense.inversion.dead_zone_loss` (residuals up
+    to that size per pixel are free, so bounded pixel noise does not pull the projection).
     """
 
     steps: int = 100
@@ -50,6 +54,7 @@ class ProjectionConfig:
     patience: int = 20
     stochastic: bool = False
     seed: int = 0
+    dead_zone: float = 0.0
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.restarts < 1:
@@ -58,6 +63,8 @@ class ProjectionConfig:
             raise InputError(f"projection learning rate must be > 0, got {self.lr}")
         if self.init not in ("encoder", "random"):
             raise InputError(f"init must be 'encoder' or 'random', got {self.init!r}")
+        if not 0 <= self.dead_zone < 1:
+            raise InputError(f"dead_zone must be in [0, 1), got {self.dead_zone}")
 
     @classmethod
     def defense_gan(cls, latent_dim: int = 128, **overrides) -> "ProjectionConfig":
@@ -77,7 +84,9 @@ class ProjectionConfig:
         Falls back to random starts when the generator has no encoder; in stochastic mode the seed
         changes with ``call`` so every call draws fresh restarts.
         """
-        kw = {k: v for k, v in self.as_dict().items() if k != "stochastic"}
+        kw = {k: v for k, v in self.as_dict().items() if k not in ("stochastic", "dead_zone")}
+        if self.dead_zone > 0:
+            kw["loss"] = dead_zone_loss(self.dead_zone)
         if kw["init"] == "encoder" and not getattr(generator, "has_encoder", False):
             kw["init"] = "random"
         if self.stochastic:
@@ -89,15 +98,16 @@ class DefendedModel(nn.Module):
     """``classifier(G(ẑ(x)))``: a classifier behind a projection onto a generator's range.
 
     An ``nn.Module`` returning logits for images in [0, 1], usable unchanged by foolbox, AutoAttack
-    and torchattacks. ``gradient`` is 'bpda' (straight-through, the default) or 'none'.
+    and torchattacks. ``gradient`` is 'bpda' (straight-through, the default), 'unrolled'
+    (backpropagate through the projection's steps) or 'none' (zero gradient, for comparison).
     """
 
     def __init__(self, classifier: nn.Module, generator: nn.Module, projection: ProjectionConfig | None = None,
                  *, gradient: str = "bpda") -> None:
         super().__init__()
         check_compatible(generator, classifier)
-        if gradient not in ("bpda", "none"):
-            raise InputError(f"gradient must be 'bpda' or 'none', got {gradient!r}")
+        if gradient not in ("bpda", "unrolled", "none"):
+            raise InputError(f"gradient must be 'bpda', 'unrolled' or 'none', got {gradient!r}")
         self.classifier = classifier
         self.generator = generator
         self.projection = projection or ProjectionConfig()
@@ -112,23 +122,33 @@ class DefendedModel(nn.Module):
     def project(self, x: torch.Tensor) -> InversionResult:
         """Project ``x`` onto the generator's range; ``result.x`` is ``G(ẑ)``, ``result.loss`` the per-sample
         residual ``‖G(ẑ) − x‖² / n`` (plus the prior term if λ > 0)."""
+        return self._project(x, differentiable=False)
+
+    def _project(self, x: torch.Tensor, *, differentiable: bool) -> InversionResult:
         check_images(x, self.input_shape)
         # The projection takes gradient steps in z even when the caller runs under inference_mode/no_grad.
         with torch.inference_mode(False), torch.enable_grad():
-            target = x.detach().clone()
+            target = x if differentiable else x.detach().clone()
             kw = self.projection.csgm_kwargs(self.generator, next(self._calls))
-            return csgm(self.generator, target, Identity(self.input_shape), **kw)
+            return csgm(self.generator, target, Identity(self.input_shape), differentiable=differentiable, **kw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        res = self.project(x)
+        unrolled = self.gradient == "unrolled" and x.requires_grad and torch.is_grad_enabled()
+        res = self._project(x, differentiable=unrolled)
         self.last_projection = res
         x_proj = res.x.to(x.dtype)
-        if x.requires_grad:
+        if x.requires_grad and not unrolled:
             if self.gradient == "bpda":
                 x_proj = x + (x_proj - x).detach()  # value G(ẑ), gradient of the identity (BPDA)
             else:
                 x_proj = x_proj + 0 * x  # connected to x with exactly zero gradient (what a naive attack sees)
         return self.classifier(x_proj)
+
+    def variant(self, *, projection: ProjectionConfig | None = None, gradient: str | None = None) -> "DefendedModel":
+        """The same classifier and generator behind another projection or gradient mode (a surrogate for
+        crafting adaptive attacks; the modules are shared, not copied)."""
+        return DefendedModel(self.classifier, self.generator, projection or self.projection,
+                             gradient=gradient or self.gradient)
 
     def extra_repr(self) -> str:
         return f"gradient={self.gradient!r}, projection={self.projection}"

@@ -19,6 +19,7 @@ Methods, all on one descent loop (:func:`_descend`):
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -37,6 +38,7 @@ __all__ = [
     "ilo",
     "subgradient",
     "project_l1_ball",
+    "dead_zone_loss",
     "DivergenceWarning",
 ]
 
@@ -128,6 +130,17 @@ def _per_sample_loss(loss: str | LossFn) -> LossFn:
     raise InputError(f"unknown loss {loss!r}; use 'mse', 'sum', 'sse' or a callable (pred, y) -> per-sample loss")
 
 
+def dead_zone_loss(tau: float) -> LossFn:
+    """Mean over entries of ``max(|pred − y| − τ, 0)²``: residuals up to τ cost nothing.
+
+    The dead-zone term of ILO's public code (Daras et al. 2021): a projection with this loss ignores
+    bounded per-entry noise such as an ℓ∞ perturbation of size ≤ τ. ``τ = 0`` is the mean squared error.
+    """
+    if not tau >= 0:
+        raise InputError(f"dead-zone width must be >= 0, got {tau}")
+    return lambda pred, y: torch.relu((pred - y).abs() - tau).pow(2).flatten(1).mean(1)
+
+
 def _device_dtype(generator: nn.Module) -> tuple[torch.device, torch.dtype]:
     p = next(generator.parameters())
     return p.device, p.dtype
@@ -170,6 +183,7 @@ def _descend(
     patience: int = 100,
     progress: bool = False,
     desc: str = "invert",
+    differentiable: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The one optimisation loop of the library.
 
@@ -180,17 +194,38 @@ def _descend(
     cost no generator evaluations. The best iterate of each row is returned, with its objective,
     the ``(steps, B)`` history, per-row evaluation counts and a per-row divergence flag.
 
+    ``differentiable=True`` unrolls the loop: every update is out of place and gradients are taken
+    with ``create_graph``, so the returned iterate is a differentiable function of whatever the
+    starting points and the objective depend on (end-to-end attacks through a short projection,
+    Athalye et al. 2018). No early stopping then (``tol`` is ignored); memory grows with ``steps``.
+
     The optimiser (Adam, heavy-ball SGD, or plain gradient descent) is written out here rather than
     taken from ``torch.optim`` because early stopping needs per-row optimiser state updated on a
-    shrinking subset of rows, which ``torch.optim`` optimisers cannot do.
+    shrinking subset of rows, and unrolling needs out-of-place updates; ``torch.optim`` does neither.
     """
+    with torch.enable_grad() if differentiable else contextlib.nullcontext():
+        return _descend_loop(var, decode, objective, steps=steps, lr=lr, optimizer=optimizer, momentum=momentum,
+                             schedule=schedule, project=project, negation=negation, tol=0.0 if differentiable else tol,
+                             patience=patience, progress=progress, desc=desc, differentiable=differentiable)
+
+
+def _descend_loop(var, decode, objective, *, steps, lr, optimizer, momentum, schedule, project, negation, tol,
+                  patience, progress, desc, differentiable):
     if steps < 0:
         raise InputError(f"steps must be >= 0, got {steps}")
     if optimizer not in ("adam", "sgd", "gd"):
         raise InputError(f"optimizer must be 'adam', 'sgd' or 'gd', got {optimizer!r}")
     B = var.shape[0]
     device = var.device
-    var = var.detach().clone()
+    var = var.clone() if differentiable else var.detach().clone()
+
+    def put(t: torch.Tensor, rows: torch.Tensor, val: torch.Tensor) -> torch.Tensor:
+        if differentiable:  # out of place, so the graph through earlier iterates survives
+            return t.index_copy(0, rows, val.to(t.dtype))
+        t[rows] = val
+        return t
+
+    no_grad = contextlib.nullcontext if differentiable else torch.no_grad
     lr_rows = torch.as_tensor(lr, dtype=var.dtype, device=device).expand(B).clone()
     lr_rows = lr_rows.view(B, *([1] * (var.dim() - 1)))
     m1 = torch.zeros_like(var)
@@ -213,20 +248,24 @@ def _descend(
             break
         v = var[active]
         if negation:
-            with torch.no_grad():
+            with no_grad():
                 both = torch.cat([v, -v])
-                f = objective(decode(both), both, torch.cat([active, active]))
+                f = objective(decode(both), both, torch.cat([active, active])).detach()
                 flip = f[len(v):] < f[: len(v)]
             evals[active] += 1
             v = torch.where(flip.view(-1, *([1] * (v.dim() - 1))), -v, v)
-        v = v.requires_grad_(True)
+        if not differentiable:
+            v = v.detach()
+        if not v.requires_grad:
+            v = v.requires_grad_(True)
         with torch.enable_grad():
             f = objective(decode(v), v, active)
-            (grad,) = torch.autograd.grad(f.sum(), v)
+            (grad,) = torch.autograd.grad(f.sum(), v, create_graph=differentiable)
         evals[active] += 1
         f = f.detach()
-        v = v.detach()
-        finite = torch.isfinite(f) & torch.isfinite(grad.flatten(1)).all(1)
+        if not differentiable:
+            v = v.detach()
+        finite = torch.isfinite(f) & torch.isfinite(grad.detach().flatten(1)).all(1)
         if not bool(finite.all()):
             diverged[active[~finite]] = True
         # Track the best iterate (objective at v, before this step's update).
@@ -234,32 +273,35 @@ def _descend(
         if bool(better.any()):
             rows = active[better]
             improved_enough = f[better] < best[rows] - tol * best[rows].abs()
-            best_var[rows] = v[better]
+            best_var = put(best_var, rows, v[better])
             best[rows] = f[better]
             stall[rows] = torch.where(improved_enough, 0, stall[rows] + 1)
         stall[active[~better]] += 1
         history[step] = best
         # Optimiser step on the active rows.
         t_row[active] += 1
-        g = torch.where(finite.view(-1, *([1] * (v.dim() - 1))), grad, torch.zeros_like(grad))
+        shape = (-1, *([1] * (v.dim() - 1)))
+        g = torch.where(finite.view(shape), grad, torch.zeros_like(grad))
         a_lr = lr_rows[active] * factor(step)
         if optimizer == "adam":
-            m1[active] = beta1 * m1[active] + (1 - beta1) * g
-            m2[active] = beta2 * m2[active] + (1 - beta2) * g * g  # type: ignore[index]
-            tt = t_row[active].view(-1, *([1] * (v.dim() - 1)))
+            m1 = put(m1, active, beta1 * m1[active] + (1 - beta1) * g)
+            m2 = put(m2, active, beta2 * m2[active] + (1 - beta2) * g * g)  # type: ignore[index,arg-type]
+            tt = t_row[active].view(shape)
             mhat = m1[active] / (1 - beta1**tt)
             vhat = m2[active] / (1 - beta2**tt)  # type: ignore[index]
-            new = v - a_lr * mhat / (vhat.sqrt() + eps)
+            # sqrt has an infinite derivative at 0: the unrolled loop smooths it (a 1e-16 shift).
+            denom = (vhat + eps**2).sqrt() if differentiable else vhat.sqrt() + eps
+            new = v - a_lr * mhat / denom
         elif optimizer == "sgd":
-            m1[active] = momentum * m1[active] + g
+            m1 = put(m1, active, momentum * m1[active] + g)
             new = v - a_lr * m1[active]
         else:
             new = v - a_lr * g
         if project is not None:
             new = project(new, active)
         # Diverged rows keep their best finite iterate and stop.
-        new = torch.where(finite.view(-1, *([1] * (v.dim() - 1))), new, best_var[active])
-        var[active] = new
+        new = torch.where(finite.view(shape), new, best_var[active])
+        var = put(var, active, new)
         keep = finite & (stall[active] < patience) if tol > 0 else finite
         active = active[keep]
         if progress and step % 20 == 0:
@@ -267,13 +309,13 @@ def _descend(
 
     # Evaluate the last iterate of rows that ran to the end: it may beat the best seen so far.
     if active.numel() > 0 and steps > 0:
-        with torch.no_grad():
+        with no_grad():
             v = var[active]
-            f = objective(decode(v), v, active)
+            f = objective(decode(v), v, active).detach()
         evals[active] += 1
         better = torch.isfinite(f) & (f < best[active])
         rows = active[better]
-        best_var[rows] = v[better]
+        best_var = put(best_var, rows, v[better])
         best[rows] = f[better]
         history[-1] = best
     if steps == 0:
@@ -294,6 +336,7 @@ def _init_latents(
     init: str | torch.Tensor,
     init_scale: float,
     gen: torch.Generator,
+    differentiable: bool = False,
 ) -> torch.Tensor:
     device, dtype = _device_dtype(generator)
     n, k = y.shape[0], generator.latent_dim
@@ -318,7 +361,7 @@ def _init_latents(
             x0 = operator.adjoint(y).clamp(0, 1)  # a crude back-projection; restarts cover the rest
         else:
             raise InputError("init='encoder' needs a linear operator")
-        with torch.no_grad():
+        with contextlib.nullcontext() if differentiable else torch.no_grad():
             z_enc = generator.encode(x0.to(dtype))
         z0 = z_enc[:, None].expand(n, restarts, k).clone()
         z0[:, 1:] += noise[:, 1:]  # restart 0 is the encoder's code, the others perturb it
@@ -354,6 +397,7 @@ def csgm(
     progress: bool = False,
     weights: torch.Tensor | None = None,
     negation: bool = False,
+    differentiable: bool = False,
 ) -> InversionResult:
     """CSGM (Bora et al. 2017): ``argmin_z loss(A(G(z)), y) + λ‖z‖²`` by gradient descent from ``restarts``
     starting points per sample, all in one batch; the restart with the lowest objective is kept.
@@ -362,7 +406,8 @@ def csgm(
     ``(A(G(z)), y) → per-sample loss`` (e.g. cross-entropy to target classes for guidance).
     ``tol``/``patience`` enable per-sample early stopping. ``weights`` (same shape as ``y``, 0/1)
     restricts the loss to some measurement entries. ``negation`` tries ``−z`` before every step
-    (see :func:`subgradient`).
+    (see :func:`subgradient`). ``differentiable=True`` keeps the graph from ``y`` (and the encoder
+    start) to the result, for attacks that backpropagate through the unrolled inversion.
     """
     operator = _check_problem(generator, y, operator, loss)
     if restarts < 1:
@@ -375,7 +420,7 @@ def csgm(
         y = y.to(dtype)
     n = y.shape[0]
     gen = torch.Generator().manual_seed(seed)
-    z0 = _init_latents(generator, y, operator, restarts, init, init_scale, gen)
+    z0 = _init_latents(generator, y, operator, restarts, init, init_scale, gen, differentiable)
     y_rep = y.repeat_interleave(restarts, 0)
     lossfn = _masked(_per_sample_loss(loss), weights, restarts)
 
@@ -385,9 +430,9 @@ def csgm(
 
     z, f, hist, evals, div = _descend(z0, generator, objective, steps=steps, lr=lr, optimizer=optimizer,
                                       momentum=momentum, schedule=schedule, negation=negation, tol=tol,
-                                      patience=patience, progress=progress, desc="csgm")
+                                      patience=patience, progress=progress, desc="csgm", differentiable=differentiable)
     best, idx = _pick_best(f, n, restarts)
-    with torch.no_grad():
+    with torch.enable_grad() if differentiable else torch.no_grad():
         x = generator(z[idx])
     hist_best = hist.view(hist.shape[0], n, restarts).min(2).values if hist.numel() else hist.view(0, n)
     return InversionResult(

@@ -1,0 +1,186 @@
+"""Adaptive attacks on projection defenses (Athalye, Carlini, Wagner, "Obfuscated Gradients Give a False
+Sense of Security", ICML 2018).
+
+- :class:`BPDA` — PGD whose gradient passes the projection by the straight-through estimator, averaged
+  over ``eot`` draws of a stochastic projection (BPDA + EOT).
+- :class:`UnrolledPGD` — PGD backpropagating end to end through a short unrolled projection.
+- :class:`LatentReparameterization` — search ``z`` near the projection ``ẑ(x)`` so that ``G(z)`` lies
+  within ε of ``x`` and is misclassified; ``G(z)`` is on the generator's range, so the defense's own
+  projection returns (close to) it. This is the attack that broke Defense-GAN.
+
+Crafting may use a cheaper *surrogate* projection than the attacked model's (``projection=``): the
+adversarial inputs are always scored on the attacked model itself, so a weak surrogate can only make
+the attack weaker, never the reported robustness optimistic. ``surrogate_description`` says which
+projection was attacked, for reports. On a model that is not a
+:class:`~manifold_defense.defended.DefendedModel`, :class:`BPDA` and :class:`UnrolledPGD` are plain PGD.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from manifold_defense.attacks.base import Attack
+from manifold_defense.attacks.pixel import ProjectedGradientDescent, project_to_ball
+from manifold_defense.defended import DefendedModel, ProjectionConfig
+from manifold_defense.inversion import _descend, _pick_best, csgm
+from manifold_defense.operators import Identity
+from manifold_defense.validation import InputError, check_compatible
+
+__all__ = ["BPDA", "BackwardPassDifferentiableApproximation", "UnrolledPGD", "LatentReparameterization",
+           "LatentReparam", "margin_loss", "crafting_model", "describe_projection"]
+
+
+def margin_loss(logits: torch.Tensor, y: torch.Tensor, kappa: float = float("inf")) -> torch.Tensor:
+    """Carlini–Wagner margin ``max(z_y − max_{j≠y} z_j, −κ)`` per sample: negative once misclassified."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), -torch.inf).amax(1)
+    return (true - other).clamp_min(-kappa)
+
+
+def crafting_model(model: nn.Module, projection: ProjectionConfig | None = None, *, gradient: str = "bpda",
+                   stochastic: bool = False) -> nn.Module:
+    """The model an adaptive attack differentiates: for a :class:`DefendedModel`, the same classifier and
+    generator behind ``projection`` (default: its own), with the given gradient mode and, if asked,
+    fresh random restarts per call; any other model is returned as it is."""
+    if not isinstance(model, DefendedModel):
+        return model
+    cfg = projection or model.projection
+    if stochastic:
+        cfg = replace(cfg, stochastic=True)
+    return model.variant(projection=cfg, gradient=gradient)
+
+
+def describe_projection(model: nn.Module, crafted_on: nn.Module) -> str:
+    """Which projection an attack crafted on, for reports."""
+    if not isinstance(model, DefendedModel):
+        return "no projection (undefended model)"
+    cfg = crafted_on.projection if isinstance(crafted_on, DefendedModel) else model.projection
+    same = "the attacked model's own projection" if cfg == model.projection else "a surrogate projection"
+    grad = getattr(crafted_on, "gradient", "bpda")
+    return (f"{same} ({grad} gradient): steps={cfg.steps}, restarts={cfg.restarts}, optimizer={cfg.optimizer}, init={cfg.init}, "
+            f"stochastic={cfg.stochastic}, dead_zone={cfg.dead_zone}")
+
+
+class BackwardPassDifferentiableApproximation(Attack):
+    """PGD with BPDA gradients (+ EOT) against a projection defense (Athalye et al. 2018, §4.1 and §4.3).
+
+    Each step differentiates ``classifier(G(ẑ(x)))`` with the projection replaced by the identity on the
+    backward pass. With ``eot`` > 1 the crafting projection is made stochastic (fresh random restarts
+    per forward) and the gradient is averaged over ``eot`` draws. ``projection`` selects a surrogate
+    projection for crafting (default: the attacked model's own). Keyword arguments of PGD otherwise.
+    """
+
+    def __init__(self, *, norm: str = "linf", steps: int = 40, rel_stepsize: float | None = None,
+                 random_start: bool = True, restarts: int = 1, eot: int = 1, seed: int = 0,
+                 projection: ProjectionConfig | None = None) -> None:
+        self.pgd = ProjectedGradientDescent(norm=norm, steps=steps, rel_stepsize=rel_stepsize,
+                                            random_start=random_start, restarts=restarts, eot=eot, seed=seed)
+        self.norm, self.eot, self.projection = norm, eot, projection
+        self.surrogate_description = ""
+
+    def crafting_model(self, model: nn.Module) -> nn.Module:
+        return crafting_model(model, self.projection, gradient="bpda", stochastic=self.eot > 1)
+
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float) -> torch.Tensor:
+        craft = self.crafting_model(model)
+        self.surrogate_description = describe_projection(model, craft)
+        return self.pgd.run(craft, x, y, epsilon)
+
+
+class UnrolledPGD(BackwardPassDifferentiableApproximation):
+    """PGD through the unrolled projection: gradients flow through ``unroll_steps`` optimisation steps of
+    the projection (and its encoder start), no approximation (Athalye et al. 2018, end-to-end attack on a
+    short projection). The crafting projection is the attacked one truncated to ``unroll_steps`` steps
+    without early stopping, unless ``projection`` is given.
+    """
+
+    def __init__(self, *, unroll_steps: int = 20, **kwargs) -> None:
+        if unroll_steps < 1:
+            raise InputError(f"unroll_steps must be >= 1, got {unroll_steps}")
+        super().__init__(**kwargs)
+        self.unroll_steps = unroll_steps
+
+    def crafting_model(self, model: nn.Module) -> nn.Module:
+        if not isinstance(model, DefendedModel):
+            return model
+        cfg = self.projection or replace(model.projection, steps=self.unroll_steps, tol=0.0)
+        return crafting_model(model, cfg, gradient="unrolled", stochastic=self.eot > 1)
+
+
+class LatentReparameterization(Attack):
+    """Latent reparameterisation attack (Athalye et al. 2018, §5.3.1 on Defense-GAN).
+
+    Starting from the projection ``ẑ(x)`` (``restarts`` perturbed copies in the batch), minimise
+    ``max(margin(C(G(z)), y), −κ) + c · Σ excess²`` where the excess is how far ``G(z)`` lies outside the
+    ε-ball around ``x`` (ℓ2 or ℓ∞; a slack keeps the target a little inside); ``c`` grows ×10 over
+    ``rounds`` (a penalty method). The returned input is ``x + Π_ε(G(z) − x)``, which equals ``G(z)``
+    whenever the search ended inside the ball. On a :class:`DefendedModel` the generator and classifier
+    are the model's own, and the loop differentiates the classifier at ``G(z)`` (the projection of a
+    point on the range is that point); success is scored on the full defended model.
+    """
+
+    def __init__(self, generator: nn.Module | None = None, *, norm: str = "l2", steps: int = 200, lr: float = 0.05,
+                 restarts: int = 4, rounds: int = 3, penalty: float = 1.0, kappa: float = 2.0,
+                 slack: float = 0.97, init_scale: float = 0.3, projection: ProjectionConfig | None = None,
+                 seed: int = 0) -> None:
+        if norm not in ("linf", "l2"):
+            raise InputError(f"norm must be 'linf' or 'l2', got {norm!r}")
+        if steps < 1 or restarts < 1 or rounds < 1 or lr <= 0 or penalty <= 0 or not 0 < slack <= 1:
+            raise InputError("steps, restarts, rounds >= 1; lr, penalty > 0; slack in (0, 1]")
+        self.generator, self.norm, self.steps, self.lr = generator, norm, steps, lr
+        self.restarts, self.rounds, self.penalty, self.kappa = restarts, rounds, penalty, kappa
+        self.slack, self.init_scale, self.projection, self.seed = slack, init_scale, projection, seed
+        self.surrogate_description = ""
+
+    def _parts(self, model: nn.Module) -> tuple[nn.Module, nn.Module, ProjectionConfig]:
+        if isinstance(model, DefendedModel):
+            return model.generator, model.classifier, self.projection or model.projection
+        if self.generator is None:
+            raise InputError("LatentReparameterization needs a generator: attack a DefendedModel or pass generator=")
+        check_compatible(self.generator, model)
+        return self.generator, model, self.projection or ProjectionConfig()
+
+    def _excess(self, d: torch.Tensor, epsilon: float) -> torch.Tensor:
+        """Per-sample squared amount by which perturbations ``d`` leave the (slackened) ε-ball."""
+        r = self.slack * epsilon
+        if self.norm == "l2":
+            return torch.relu(d.flatten(1).norm(dim=1) - r).pow(2)
+        return torch.relu(d.abs() - r).pow(2).flatten(1).sum(1)
+
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float) -> torch.Tensor:
+        generator, classifier, cfg = self._parts(model)
+        self.surrogate_description = f"latent search started at the projection ({cfg.steps} steps, {cfg.restarts} restarts)"
+        n, R = len(x), self.restarts
+        y = y.to(x.device)
+        z_hat = csgm(generator, x, Identity(tuple(generator.output_shape)), **cfg.csgm_kwargs(generator)).z
+        gen = torch.Generator().manual_seed(self.seed)
+        noise = torch.randn((n, R, z_hat.shape[1]), generator=gen, dtype=z_hat.dtype).to(z_hat.device)
+        noise[:, 0] = 0  # restart 0 starts exactly at the projection
+        z = (z_hat[:, None] + self.init_scale * noise).reshape(n * R, -1)
+        x_rep, y_rep = x.repeat_interleave(R, 0), y.repeat_interleave(R, 0)
+        c = self.penalty
+        for _ in range(self.rounds):
+            def objective(img: torch.Tensor, zz: torch.Tensor, rows: torch.Tensor, c: float = c) -> torch.Tensor:
+                m = margin_loss(classifier(img), y_rep[rows], self.kappa)
+                return m + c * self._excess(img - x_rep[rows], epsilon)
+
+            z = _descend(z, generator, objective, steps=self.steps, lr=self.lr, optimizer="adam",
+                         schedule="constant", desc="latent-reparam")[0]
+            c *= 10
+        with torch.no_grad():
+            img = generator(z)
+            adv = (x_rep + project_to_ball(img - x_rep, epsilon, self.norm)).clamp(0, 1)
+            m = margin_loss(classifier(adv), y_rep)
+            inside = self._excess(img - x_rep, epsilon / self.slack) == 0
+        # Per sample keep the restart that is inside the ball with the lowest margin (else the lowest margin).
+        score = m + (~inside).to(m.dtype) * (m.abs().max() + 1)
+        _, idx = _pick_best(score, n, R)
+        return adv[idx]
+
+
+BPDA = BackwardPassDifferentiableApproximation
+LatentReparam = LatentReparameterization
