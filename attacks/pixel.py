@@ -20,15 +20,17 @@ __all__ = ["FGSM", "LinfPGD", "L2PGD", "ProjectedGradientDescent", "FastGradient
 
 
 def _input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eot: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean over ``eot`` forward passes of ∇ₓ CE(model(x), y); also the per-sample loss of the last pass."""
+    """Mean over ``eot`` forward passes of ∇ₓ CE(model(x), y), and the mean per-sample loss."""
     grad = torch.zeros_like(x)
+    total = torch.zeros(len(x), device=x.device)
     with torch.enable_grad():
         for _ in range(eot):
             xr = x.detach().clone().requires_grad_(True)
             loss = F.cross_entropy(model(xr), y, reduction="none")
             (g,) = torch.autograd.grad(loss.sum(), xr)
             grad += g
-    return grad / eot, loss.detach()
+            total += loss.detach().float()
+    return grad / eot, total / eot
 
 
 def _l2_normalise(g: torch.Tensor) -> torch.Tensor:
@@ -60,9 +62,10 @@ class FastGradientSignMethod(Attack):
 
 class ProjectedGradientDescent(Attack):
     """PGD (Madry et al. 2018) in ℓ∞ or ℓ2: ``steps`` ascent steps on the cross-entropy of size
-    ``rel_stepsize·ε`` (default 2.5/steps, so the walk can cross the ball), projection onto the ε-ball and [0, 1], optional random start, ``restarts``
-    random starts run together in the batch (a sample counts as broken if any restart breaks it;
-    the restart with the highest loss is returned otherwise), ``eot`` gradient samples per step.
+    ``rel_stepsize·ε`` (default 2.5/steps, so the walk can cross the ball), projection onto the ε-ball
+    and [0, 1], optional random start, ``restarts`` random starts run together in the batch, ``eot``
+    gradient samples per step. Returns, per sample, the iterate with the highest loss seen over all
+    steps and restarts (as APGD does; a misclassified iterate has a high loss).
     """
 
     def __init__(self, *, norm: str = "linf", steps: int = 40, rel_stepsize: float | None = None,
@@ -92,20 +95,22 @@ class ProjectedGradientDescent(Attack):
         delta = project_to_ball(self._start(xr, epsilon, gen), epsilon, self.norm)
         adv = (xr + delta).clamp(0, 1)
         step = self.rel_stepsize * epsilon
-        for _ in range(self.steps):
-            g, _ = _input_gradient(model, adv, yr, self.eot)
+        # Keep each row's highest-loss iterate (every iterate is scored by the forward pass that also
+        # gives the next gradient): a success found mid-way is never lost to a later step.
+        best = adv.clone()
+        best_loss = torch.full((len(adv),), -torch.inf, device=x.device, dtype=x.dtype)
+        for t in range(self.steps + 1):
+            g, loss = _input_gradient(model, adv, yr, self.eot)
+            better = loss > best_loss
+            best[better], best_loss[better] = adv[better], loss[better].to(x.dtype)
+            if t == self.steps:
+                break
             direction = g.sign() if self.norm == "linf" else _l2_normalise(g)
             adv = (xr + project_to_ball(adv + step * direction - xr, epsilon, self.norm)).clamp(0, 1)
-        if r == 1:  # nothing to choose: skip a forward pass (a whole projection on a DefendedModel)
-            return adv
-        with torch.no_grad():
-            logits = model(adv)
-            loss = F.cross_entropy(logits, yr, reduction="none").view(r, n)
-            broken = (logits.argmax(1) != yr).view(r, n)
-        # Prefer a restart that breaks the sample, then the one with the highest loss.
-        score = loss + broken.to(loss.dtype) * (loss.abs().max() + 1)
-        pick = score.argmax(0)
-        return adv.view(r, n, *x.shape[1:])[pick, torch.arange(n, device=x.device)]
+        if r == 1:
+            return best
+        pick = best_loss.view(r, n).argmax(0)  # the restart with the highest loss
+        return best.view(r, n, *x.shape[1:])[pick, torch.arange(n, device=x.device)]
 
 
 class LinfPGD(ProjectedGradientDescent):

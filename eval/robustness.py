@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -54,6 +55,7 @@ class Evaluation:
     sanity_details: dict[str, str] = field(default_factory=dict)
     examples: dict[str, torch.Tensor] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
 
     def accuracy(self, key: tuple[str, float] | None = None) -> tuple[float, float, int]:
         """(accuracy, standard error, n) for clean (``key=None``) or one (attack, ε)."""
@@ -86,6 +88,7 @@ class Evaluation:
             "sanity": self.sanity,
             "sanity_details": self.sanity_details,
             "notes": self.notes,
+            "attack_seconds": {k: round(v, 2) for k, v in self.seconds.items()},
         }
 
 
@@ -193,10 +196,12 @@ def evaluate(
         bar.update(1)
         for spec, eps in jobs:
             if ("attack", spec.name, eps, b0) not in done:
+                t0 = time.perf_counter()
                 res = spec.attack(model, xb, yb, epsilon=eps)
                 record({"kind": "attack", "attack": spec.name, "epsilon": eps, "threat": spec.threat,
                         "iterative": spec.iterative, "start": b0, "indices": idx,
-                        "broken": res.success.tolist(), "max_norm": float(res.norms.max())})
+                        "broken": res.success.tolist(), "max_norm": float(res.norms.max()),
+                        "seconds": time.perf_counter() - t0})
                 if b0 == start and eps == max(spec.epsilons):
                     keep_examples(f"{spec.name} ε={eps:g}", res.adversarial)
                 desc = getattr(spec.attack, "surrogate_description", "")
@@ -215,6 +220,7 @@ def _from_records(records: list[dict], start: int = 0, stop: int | None = None) 
     broken: dict[tuple[str, float], dict[int, bool]] = {}
     threats: dict[str, str] = {}
     iterative: dict[str, bool] = {}
+    seconds: dict[str, float] = {}
     for r in records:
         if r["kind"] == "clean":
             clean.update(zip(r["indices"], map(bool, r["correct"])))
@@ -222,10 +228,12 @@ def _from_records(records: list[dict], start: int = 0, stop: int | None = None) 
             broken.setdefault((r["attack"], float(r["epsilon"])), {}).update(zip(r["indices"], map(bool, r["broken"])))
             threats[r["attack"]] = r["threat"]
             iterative[r["attack"]] = r.get("iterative", True)
+            key = f"{r['attack']}@{float(r['epsilon']):g}"
+            seconds[key] = seconds.get(key, 0.0) + float(r.get("seconds", 0.0))
     indices = sorted(i for i in clean if i >= start and (stop is None or i < stop))
     robust = {k: {i: clean[i] and not v.get(i, False) for i in indices} for k, v in broken.items()}
     return Evaluation(indices=indices, clean={i: clean[i] for i in indices}, robust=robust, threats=threats,
-                      iterative=iterative)
+                      iterative=iterative, seconds=seconds)
 
 
 def merge_records(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> Evaluation:

@@ -65,7 +65,7 @@ def _demo_robustness(clf, vae, x, y, out: Path, progress: bool) -> dict:
     """Undefended vs defended; non-adaptive (transfer) vs adaptive (BPDA) vs on-manifold attacks."""
     import torch
 
-    from manifold_defense.attacks import FGSM, LatentPGD, LinfPGD, TransferAttack
+    from manifold_defense.attacks import BPDA, FGSM, LatentPGD, LatentReparameterization, LinfPGD, TransferAttack
     from manifold_defense.defended import DefendedModel, ProjectionConfig
     from manifold_defense.eval import AttackSpec, evaluate, sanity_checks, write_report
     from manifold_defense.viz import save_image_grid
@@ -73,7 +73,9 @@ def _demo_robustness(clf, vae, x, y, out: Path, progress: bool) -> dict:
     defended = DefendedModel(clf, vae, ProjectionConfig()).eval()
     eps = [0.1, 0.2, 0.3]
     common = [AttackSpec("fgsm_transfer", TransferAttack(clf, FGSM()), eps, "linf", iterative=False),
-              AttackSpec("pgd_linf_bpda", LinfPGD(steps=20), eps, "linf"),
+              AttackSpec("pgd_linf_bpda", BPDA(steps=20), eps, "linf"),
+              AttackSpec("pgd_l2_bpda", BPDA(norm="l2", steps=20), [1.0], "l2"),
+              AttackSpec("latent_reparam_l2", LatentReparameterization(vae, steps=60, restarts=2), [1.0], "l2"),
               AttackSpec("on_manifold", LatentPGD(vae, steps=20, latent_stepsize=0.25), [1.0], "on_manifold")]
     result = {}
     for name, model in (("undefended", clf), ("defended", defended)):
@@ -94,7 +96,8 @@ def _demo_robustness(clf, vae, x, y, out: Path, progress: bool) -> dict:
         failed = [k for k, ok in result[name]["sanity"].items() if not ok]
         print(f"  sanity checks, {name}: {'all pass' if not failed else 'FAILED: ' + ', '.join(failed)}")
     print("  (fgsm_transfer is the non-adaptive protocol of the Defense-GAN paper; pgd_linf_bpda attacks the\n"
-          "   projection adaptively; on_manifold stays on the generator's range, ‖G(z') − G(ẑ)‖₂ ≤ η.)")
+          "   projection adaptively; latent_reparam_l2 searches the range within ε of x (Athalye et al.);\n"
+          "   on_manifold stays on the generator's range, ‖G(z') − G(ẑ)‖₂ ≤ η.)")
     adv = LinfPGD(steps=20)(defended, x[:12], y[:12], epsilon=0.2).adversarial
     with torch.no_grad():
         save_image_grid([x[:12], defended.project(x[:12]).x, adv, defended.project(adv).x], out / "defense_grid.png",

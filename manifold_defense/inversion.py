@@ -366,7 +366,42 @@ def _init_latents(
         z0 = z_enc[:, None].expand(n, restarts, k).clone()
         z0[:, 1:] += noise[:, 1:]  # restart 0 is the encoder's code, the others perturb it
         return z0.reshape(n * restarts, k)
-    raise InputError(f"init must be 'random', 'encoder' or a tensor of latents, got {init!r}")
+    raise InputError(f"init must be 'random', 'encoder', 'search' or a tensor of latents, got {init!r}")
+
+
+def _search_starts(
+    generator: nn.Module,
+    operator: Operator,
+    y: torch.Tensor,
+    lossfn: LossFn,
+    prior_weight: float,
+    restarts: int,
+    candidates: int,
+    init_scale: float,
+    gen: torch.Generator,
+) -> torch.Tensor:
+    """The ``restarts`` best of ``candidates`` random latents per sample by the objective (forward passes
+    only, candidates shared by all samples, computed in chunks so memory stays bounded)."""
+    device, dtype = _device_dtype(generator)
+    n, k = y.shape[0], generator.latent_dim
+    if candidates < restarts:
+        raise InputError(f"search_candidates ({candidates}) must be >= restarts ({restarts})")
+    zc = (torch.randn(candidates, k, generator=gen, dtype=dtype) * init_scale).to(device)
+    scores = torch.empty(n, candidates, device=device, dtype=dtype)
+    with torch.no_grad():
+        for c0 in range(0, candidates, 512):
+            pc = operator(generator(zc[c0 : c0 + 512]))
+            c = len(pc)
+            step = max(1, int(2e7 // max(1, c * pc[0].numel())))
+            for i0 in range(0, n, step):
+                yy = y[i0 : i0 + step]
+                P = pc[None].expand(len(yy), *pc.shape).flatten(0, 1)
+                Y = yy[:, None].expand(len(yy), c, *yy.shape[1:]).flatten(0, 1)
+                scores[i0 : i0 + len(yy), c0 : c0 + c] = lossfn(P, Y).view(len(yy), c)
+            if prior_weight:
+                scores[:, c0 : c0 + c] += prior_weight * zc[c0 : c0 + c].pow(2).sum(1)
+    top = scores.topk(restarts, dim=1, largest=False).indices
+    return zc[top].reshape(n * restarts, k)
 
 
 def _pick_best(values: torch.Tensor, n: int, restarts: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -398,6 +433,7 @@ def csgm(
     weights: torch.Tensor | None = None,
     negation: bool = False,
     differentiable: bool = False,
+    search_candidates: int = 1000,
 ) -> InversionResult:
     """CSGM (Bora et al. 2017): ``argmin_z loss(A(G(z)), y) + λ‖z‖²`` by gradient descent from ``restarts``
     starting points per sample, all in one batch; the restart with the lowest objective is kept.
@@ -408,6 +444,8 @@ def csgm(
     restricts the loss to some measurement entries. ``negation`` tries ``−z`` before every step
     (see :func:`subgradient`). ``differentiable=True`` keeps the graph from ``y`` (and the encoder
     start) to the result, for attacks that backpropagate through the unrolled inversion.
+    ``init`` is 'random', 'encoder', 'search' (the ``restarts`` best of ``search_candidates`` random
+    latents by the objective, forward passes only) or a tensor of latents.
     """
     operator = _check_problem(generator, y, operator, loss)
     if restarts < 1:
@@ -420,7 +458,11 @@ def csgm(
         y = y.to(dtype)
     n = y.shape[0]
     gen = torch.Generator().manual_seed(seed)
-    z0 = _init_latents(generator, y, operator, restarts, init, init_scale, gen, differentiable)
+    if isinstance(init, str) and init == "search":
+        z0 = _search_starts(generator, operator, y, _per_sample_loss(loss), prior_weight, restarts, search_candidates,
+                            init_scale, gen)
+    else:
+        z0 = _init_latents(generator, y, operator, restarts, init, init_scale, gen, differentiable)
     y_rep = y.repeat_interleave(restarts, 0)
     lossfn = _masked(_per_sample_loss(loss), weights, restarts)
 

@@ -87,3 +87,31 @@ def test_exception_recover_bad_m(tmp_path, capsys):
     assert main(["recover", "--operator", "circulant", "--m", "100", "--method", "lasso", "--out",
                  str(tmp_path)]) == 2
     assert "1 <= m <= n = 64" in capsys.readouterr().err
+
+
+def test_evaluate(digits_vae, digits_classifier, tmp_path, capsys):
+    out = tmp_path / "ev"
+    argv = ["evaluate", "--classifier", "digits-classifier", "--generator", "digits-vae", "--n", "24", "--quick",
+            "--attack", "pgd_linf:0.1,0.3", "--attack", "fgsm_transfer", "--decision-subset", "4", "--quiet",
+            "--out", str(out)]
+    assert main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["n"] == 24
+    assert report["robust"]["pgd_linf@0.3"]["accuracy"] < report["clean"]["accuracy"] - 0.3
+    assert report["robust"]["pgd_linf@0.3"]["accuracy"] <= report["robust"]["pgd_linf@0.1"]["accuracy"]
+    assert "pgd_linf" in report["notes"] and (out / "examples.png").is_file()
+    assert "worst linf" in capsys.readouterr().out
+    # Rerunning resumes from the records instead of attacking again.
+    lines = (out / "records.jsonl").read_text().count("\n")
+    assert main(argv) == 0 and (out / "records.jsonl").read_text().count("\n") == lines
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["evaluate", "--classifier", "digits-classifier", "--projection", "none", "--attack", "pgd_l7"], "unknown attack"),
+    (["evaluate", "--classifier", "digits-classifier"], "needs --generator"),
+    (["evaluate", "--classifier", "no-such-model", "--projection", "none"], "neither a checkpoint"),
+    (["evaluate", "--classifier", "digits-classifier", "--projection", "none", "--n", "0"], "--n must be"),
+])
+def test_exception_evaluate(argv, match, digits_classifier, capsys):
+    assert main(argv) == 2
+    assert match in capsys.readouterr().err

@@ -96,6 +96,33 @@ def test_exception(digits_classifier, digits_vae):
         DefendedModel(digits_classifier, digits_vae, gradient="unrolled-ish")
     with pytest.raises(InputError, match="restarts"):
         ProjectionConfig(restarts=0)
+    with pytest.raises(InputError, match="dead_zone"):
+        ProjectionConfig(dead_zone=-0.1)
+
+
+def test_variant_shares_modules_and_unrolled_gradient_differs_from_bpda(defended, digits_test):
+    x = digits_test.images[:8]
+    unrolled = defended.variant(projection=ProjectionConfig(steps=10, restarts=2, tol=0.0), gradient="unrolled")
+    assert unrolled.classifier is defended.classifier and unrolled.generator is defended.generator
+    grads = {}
+    for name, model in (("bpda", defended), ("unrolled", unrolled)):
+        xg = x.clone().requires_grad_(True)
+        torch.nn.functional.cross_entropy(model(xg), digits_test.labels[:8]).backward()
+        grads[name] = xg.grad
+    assert grads["unrolled"].abs().sum() > 0
+    # BPDA's gradient is the classifier's at G(ẑ); the true (unrolled) one also passes through ∂G(ẑ(x))/∂x.
+    assert not torch.allclose(grads["unrolled"], grads["bpda"], atol=1e-6)
+
+
+def test_dead_zone_projection_ignores_bounded_noise(digits_vae, digits_classifier, digits_test):
+    x = digits_test.images[:32]
+    noise = (torch.rand(x.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1) * 0.15
+    noisy = (x + noise).clamp(0, 1)
+    mse = DefendedModel(digits_classifier, digits_vae, FAST).project(noisy)
+    dz = DefendedModel(digits_classifier, digits_vae, ProjectionConfig(steps=60, restarts=2, dead_zone=0.15)).project(noisy)
+    # Residuals within the dead zone are free: the dead-zone projection's own objective is far smaller.
+    assert float(dz.loss.mean()) < 0.5 * float(mse.loss.mean())
+    assert ProjectionConfig(dead_zone=0.3).csgm_kwargs(digits_vae)["loss"] is not None
 
 
 def test_pyautoattack_runs_on_defended_model(defended, digits_test):

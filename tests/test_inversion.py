@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from manifold_defense.generators import VAE, RandomReLUGenerator
-from manifold_defense.inversion import csgm, ilo, invert, project_l1_ball, subgradient
+from manifold_defense.inversion import csgm, dead_zone_loss, ilo, invert, project_l1_ball, subgradient
 from manifold_defense.operators import GaussianMeasurements, Identity, Nonlinear
 from manifold_defense.validation import InputError
 
@@ -137,6 +137,38 @@ def test_divergence_is_flagged_not_returned_as_nan(relu_problem):
     res = csgm(G, y, A, steps=50, lr=1e30, optimizer="gd", loss="sse")
     assert bool(torch.isfinite(res.x).all()) and bool(torch.isfinite(res.loss).all())
     assert bool(res.diverged.any())
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_gradcheck_unrolled_csgm(optimizer):
+    """differentiable=True: the result is a differentiable function of the measurements (and encoder start)."""
+    torch.manual_seed(0)
+    gen = VAE((1, 3, 3), latent_dim=2, hidden=(6,)).double()
+    A = GaussianMeasurements(gen.output_shape, 5, seed=0).double()
+    y = A(torch.rand(2, 1, 3, 3, dtype=torch.float64)).requires_grad_(True)
+
+    def f(y):
+        return csgm(gen, y, A, steps=4, restarts=2, lr=0.05, optimizer=optimizer, init="encoder",
+                    differentiable=True).x
+
+    assert torch.autograd.gradcheck(f, (y,), eps=1e-6, atol=1e-6)
+
+
+def test_unrolled_csgm_matches_plain_csgm(relu_problem):
+    G, _, _, A, y = relu_problem
+    plain = csgm(G, y, A, steps=30, restarts=2, lr=0.05, optimizer="sgd", seed=1)
+    unrolled = csgm(G, y, A, steps=30, restarts=2, lr=0.05, optimizer="sgd", seed=1, differentiable=True)
+    torch.testing.assert_close(unrolled.x.detach(), plain.x, atol=1e-6, rtol=1e-5)
+    assert plain.x.grad_fn is None and unrolled.x.grad_fn is not None
+
+
+def test_dead_zone_loss():
+    y = torch.zeros(2, 1, 2, 2)
+    pred = torch.tensor([0.1, -0.2, 0.25, 0.0, 0.5, -0.6, 0.0, 0.0]).view(2, 1, 2, 2)
+    torch.testing.assert_close(dead_zone_loss(0.25)(pred, y), torch.tensor([0.0, (0.25**2 + 0.35**2) / 4]))
+    torch.testing.assert_close(dead_zone_loss(0.0)(pred, y), pred.pow(2).flatten(1).mean(1))
+    with pytest.raises(InputError, match="dead-zone"):
+        dead_zone_loss(-0.1)
 
 
 def test_exception(relu_problem, small_vae):

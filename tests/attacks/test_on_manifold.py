@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from manifold_defense.attacks import LatentPGD
+from manifold_defense.attacks import LatentPGD, OverpoweredAttack
 from manifold_defense.classifiers import DefenseGANClassifier
 from manifold_defense.defended import ProjectionConfig
+from manifold_defense.inversion import csgm
 from manifold_defense.validation import InputError
 
 PROJ = ProjectionConfig(steps=60, restarts=2)
@@ -36,3 +37,28 @@ def test_exception(digits_vae, digits_test):
     with pytest.raises(InputError):
         LatentPGD(digits_vae, steps=2)(DefenseGANClassifier("A"), torch.rand(2, 1, 28, 28), torch.tensor([0, 1]),
                                        epsilon=1.0)
+    with pytest.raises(InputError, match="shape mismatch"):
+        OverpoweredAttack(digits_vae, steps=2)(DefenseGANClassifier("A"), torch.rand(2, 1, 28, 28),
+                                               torch.tensor([0, 1]), epsilon=1.0)
+    with pytest.raises(InputError, match="multiplier"):
+        OverpoweredAttack(digits_vae, multiplier=0.0)
+
+
+def test_overpowered_pair_within_eta_breaks_classifier(digits_classifier, digits_vae, digits_test):
+    x, y = digits_test.images[:32], digits_test.labels[:32]
+    attack = OverpoweredAttack(digits_vae, steps=40, rounds=2)
+    res = attack(digits_classifier, x, y, epsilon=1.0)  # the base class asserts ‖G(z2) − G(z1)‖₂ ≤ η
+    assert res.success_rate > 0.5
+    adv, ref = attack.run(digits_classifier, x, y, 1.0)
+    assert float((adv - ref).flatten(1).norm(dim=1).max()) <= 1.0 + 1e-5
+    # Both ends are on the generator's range: re-projecting them changes (almost) nothing.
+    back = csgm(digits_vae, adv, steps=100, restarts=2, init="encoder", lr=0.05)
+    assert float(back.loss.mean()) < 0.01
+
+
+def test_larger_eta_breaks_more_overpowered(digits_classifier, digits_vae, digits_test):
+    x, y = digits_test.images[:32], digits_test.labels[:32]
+    attack = OverpoweredAttack(digits_vae, steps=30, rounds=2)
+    small = attack(digits_classifier, x, y, epsilon=0.25).success_rate
+    large = attack(digits_classifier, x, y, epsilon=1.5).success_rate
+    assert large >= small and large > 0.5

@@ -27,6 +27,24 @@ def test_smoke_undefended_passes_sanity(digits_classifier, digits_test, tmp_path
     report = json.loads(paths["json"].read_text())
     assert report["n"] == 48 and "pgd_linf@0.1" in report["robust"] and "linf@0.1" in report["worst_case"]
     assert "PASS" in paths["markdown"].read_text() and paths["plot"].stat().st_size > 5000
+    assert "decision_based_not_stronger" in ev.sanity and "HopSkipJump" in ev.sanity_details["decision_based_not_stronger"]
+    assert paths["examples"].stat().st_size > 5000 and len(ev.examples["clean"]) == 8
+
+
+def test_masked_gradients_fail_the_checks(digits_classifier, digits_vae, digits_test, tmp_path):
+    """Zero gradients (Defense-GAN as first evaluated): white-box PGD finds nothing, the decision-based
+    attack does, and the report says so."""
+    from manifold_defense.defended import DefendedModel, ProjectionConfig
+
+    masked = DefendedModel(digits_classifier, digits_vae, ProjectionConfig(steps=40, restarts=2), gradient="none")
+    x, y = digits_test.images[:16], digits_test.labels[:16]
+    ev = evaluate(masked, x, y, [AttackSpec("pgd_l2", L2PGD(steps=5, random_start=False), [3.0], "l2")],
+                  batch_size=16, out_dir=tmp_path, progress=False, examples=4)
+    sanity_checks(ev, masked, x, y, subset=8, decision_subset=8)
+    assert ev.sanity["gradients_not_vanishing"] is False
+    assert ev.sanity["decision_based_not_stronger"] is False, ev.sanity_details
+    assert "clean → projected" in ev.examples  # the model has project(): projections are shown too
+    assert "**FAIL**" in write_report(ev, tmp_path)["markdown"].read_text()
 
 
 def test_resume_skips_finished_batches(digits_classifier, digits_test, tmp_path):
@@ -75,3 +93,7 @@ def test_exception(digits_classifier, digits_test):
         evaluate(digits_classifier, x, y, _specs(), start=4)
     with pytest.raises(InputError, match=r"shape \(4,\)"):
         evaluate(digits_classifier, x, y[:2], _specs())
+    with pytest.raises(InputError, match="empty batch"):
+        evaluate(digits_classifier, x[:0], y[:0], _specs())
+    with pytest.raises(InputError, match="outside"):
+        evaluate(digits_classifier, x * 3, y, _specs())
