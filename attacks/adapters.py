@@ -17,7 +17,7 @@ from torch import nn
 
 from manifold_defense.attacks.adaptive import crafting_model, describe_projection
 from manifold_defense.attacks.base import Attack
-from manifold_defense.defended import ProjectionConfig
+from manifold_defense.defended import DefendedModel, ProjectionConfig
 from manifold_defense.attacks.pixel import project_to_ball
 from manifold_defense.validation import InputError
 
@@ -86,6 +86,8 @@ class AutoAttack(Attack):
             aa.apgd.n_iter = aa.apgd_targeted.n_iter = aa.fab.n_iter = self.n_iter
         if self.eot_iter is not None:
             aa.apgd.eot_iter = self.eot_iter
+        if craft is model and not isinstance(model, DefendedModel):
+            aa.apgd.eot_iter = 1  # EOT over a deterministic model repeats the same gradient
         with torch.enable_grad():
             out = aa.run_standard_evaluation(x, y.to(x.device), batch_size=self.batch_size)
         adv = out[0] if isinstance(out, tuple) else out  # pyautoattack returns (x_adv, y_adv)

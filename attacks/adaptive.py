@@ -17,6 +17,7 @@ projection was attacked, for reports. On a model that is not a
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 
 import torch
@@ -32,6 +33,13 @@ from manifold_defense.validation import InputError, check_compatible
 
 __all__ = ["BPDA", "BackwardPassDifferentiableApproximation", "UnrolledPGD", "LatentReparameterization",
            "LatentReparam", "margin_loss", "crafting_model", "describe_projection"]
+
+
+def _copy_with(obj, **changes):
+    """A shallow copy of ``obj`` with some attributes changed."""
+    out = copy.copy(obj)
+    out.__dict__.update(changes)
+    return out
 
 
 def margin_loss(logits: torch.Tensor, y: torch.Tensor, kappa: float = float("inf")) -> torch.Tensor:
@@ -88,7 +96,10 @@ class BackwardPassDifferentiableApproximation(Attack):
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float) -> torch.Tensor:
         craft = self.crafting_model(model)
         self.surrogate_description = describe_projection(model, craft)
-        return self.pgd.run(craft, x, y, epsilon)
+        pgd = self.pgd
+        if not isinstance(craft, DefendedModel) and pgd.eot > 1:  # a deterministic model: one draw is the expectation
+            pgd = _copy_with(pgd, eot=1)
+        return pgd.run(craft, x, y, epsilon)
 
 
 class UnrolledPGD(BackwardPassDifferentiableApproximation):

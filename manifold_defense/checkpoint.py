@@ -10,6 +10,7 @@ different configuration fails instead of silently mixing the two.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import tempfile
@@ -193,6 +194,8 @@ def train_epochs(
     finalize: Callable[[], Mapping[str, Any]] | None = None,
     desc: str = "train",
     progress: bool = True,
+    writer: bool = True,
+    log_path: str | os.PathLike | None = None,
 ) -> list[dict[str, float]]:
     """Run ``epoch_fn(epoch)`` for ``epochs`` epochs with a checkpoint after each one.
 
@@ -201,7 +204,8 @@ def train_epochs(
     data-order ``generator`` and the global RNG are restored); a finished run with fewer epochs is
     extended. A different ``config`` raises :class:`CheckpointError` rather than mixing two runs.
     ``finalize()`` runs once at the end; its dict (e.g. test accuracy) is stored as
-    ``metadata["quality"]``. Returns the per-epoch metrics history.
+    ``metadata["quality"]``. Returns the per-epoch metrics history. ``log_path`` gets one JSON line of
+    metrics per finished epoch. Only a ``writer`` (rank 0 of a distributed run) writes files.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -235,7 +239,7 @@ def train_epochs(
         return history
 
     def save(epoch: int, complete: bool, quality: Mapping[str, Any] | None = None) -> None:
-        if path is None:
+        if path is None or not writer:
             return
         meta = {**metadata, "config": config, "epochs_done": epoch, "history": history}
         if quality is not None:
@@ -251,7 +255,8 @@ def train_epochs(
             state["data_generator"] = generator.get_state()
         save_checkpoint(path, _payload(modules, state, meta, complete=complete))
 
-    bar = tqdm(range(start, epochs), desc=desc, disable=not progress, initial=start, total=epochs, unit="epoch")
+    bar = tqdm(range(start, epochs), desc=desc, disable=not (progress and writer), initial=start, total=epochs,
+               unit="epoch")
     for epoch in bar:
         t0 = time.perf_counter()
         for m in modules.values():
@@ -262,6 +267,9 @@ def train_epochs(
         metrics["epoch"] = epoch + 1
         metrics["seconds"] = time.perf_counter() - t0
         history.append(metrics)
+        if log_path is not None and writer:
+            with open(log_path, "a") as f:
+                f.write(json.dumps(metrics) + "\n")
         bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if k not in ("epoch",)})
         last = epoch + 1 == epochs
         if not last:

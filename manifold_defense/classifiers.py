@@ -155,37 +155,75 @@ def train_classifier(
     test: tuple[torch.Tensor, torch.Tensor] | None = None,
     metadata: dict[str, Any] | None = None,
     progress: bool = True,
+    objective: Any = None,
+    log_path: str | os.PathLike | None = None,
 ) -> list[dict[str, float]]:
-    """Standard cross-entropy training with Adam (Defense-GAN: lr 1e-3, batch 128).
+    """Cross-entropy training with Adam (Defense-GAN: lr 1e-3, batch 128), standard or adversarial.
 
     ``schedule`` is 'cosine' (decay to 0 over ``epochs``; reaches the paper's accuracy in fewer
     epochs) or 'constant'. With ``test`` the final test accuracy is stored as the model's quality.
+    ``objective`` (a :class:`~manifold_defense.training.TrainingObjective`, default standard
+    cross-entropy) plugs in an adversary: Madry PGD, on-manifold, the Robust Manifold Defense.
+    ``log_path`` receives one JSON line of metrics per epoch.
+
+    Under ``torchrun`` (an initialised ``torch.distributed`` process group) the same call trains with
+    DistributedDataParallel: a DistributedSampler shards each epoch, every rank takes
+    ``batch_size / world_size`` samples per step (the global batch is unchanged), metrics are
+    all-reduced, and only rank 0 writes the checkpoint and the log.
     """
     check_images(x_train, model.input_shape, name="x_train")
     check_labels(y_train, len(x_train), model.num_classes, name="y_train")
     if schedule not in ("cosine", "constant"):
         raise InputError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
+    from manifold_defense.training import StandardObjective
+
+    objective = objective or StandardObjective()
     gen = seed_everything(seed)
     device = next(model.parameters()).device
     x_train, y_train = x_train.to(device), y_train.to(device)
+    dist = torch.distributed
+    world, rank = (dist.get_world_size(), dist.get_rank()) if dist.is_available() and dist.is_initialized() else (1, 0)
+    if batch_size % world:
+        raise InputError(f"batch_size {batch_size} must be divisible by the number of processes {world}")
+    net: nn.Module = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     steps_per_epoch = -(-len(x_train) // batch_size)
     schedulers = {}
     if schedule == "cosine":
         schedulers["lr"] = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
 
+    def batches(epoch: int):
+        if world == 1:
+            return minibatches(len(x_train), batch_size, gen)
+        sampler = torch.utils.data.DistributedSampler(range(len(x_train)), num_replicas=world, rank=rank,
+                                                      shuffle=True, seed=seed)
+        sampler.set_epoch(epoch)
+        return torch.tensor(list(sampler)).split(batch_size // world)
+
     def epoch_fn(epoch: int) -> dict[str, float]:
-        total = correct = 0.0
-        for idx in minibatches(len(x_train), batch_size, gen):
+        sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss · n, correct, n
+        extra: dict[str, float] = {}
+        extra_n: dict[str, float] = {}
+        for idx in batches(epoch):
             idx = idx.to(device)
-            logits = model(random_shift(x_train[idx], augment_shift, gen))
-            loss = F.cross_entropy(logits, y_train[idx])
+            xb, yb = random_shift(x_train[idx], augment_shift, gen), y_train[idx]
+            loss, logits, metrics = objective(net, model, xb, yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss.detach()) * len(idx)
-            correct += float((logits.argmax(1) == y_train[idx]).sum())
-        out = {"loss": total / len(x_train), "train_acc": correct / len(x_train)}
+            sums += torch.tensor([float(loss.detach()) * len(idx), float((logits.argmax(1) == yb).sum()), len(idx)],
+                                 dtype=torch.float64, device=device)
+            for k, v in metrics.items():
+                extra[k] = extra.get(k, 0.0) + v * len(idx)
+                extra_n[k] = extra_n.get(k, 0.0) + len(idx)
+        if world > 1:
+            dist.all_reduce(sums)
+        out = {"loss": float(sums[0] / sums[2]), "train_acc": float(sums[1] / sums[2])}
+        out.update({k: extra[k] / extra_n[k] for k in extra})  # this rank's means of the objective's extras
         if test is not None:
             out["test_acc"] = accuracy(model, *test)
         return out
@@ -197,8 +235,12 @@ def train_classifier(
               "schedule": schedule, "augment_shift": augment_shift, "seed": seed, "n_train": len(x_train), "steps_per_epoch": steps_per_epoch}
     if schedule == "cosine":
         config["epochs"] = epochs  # the schedule depends on the total, so it is part of the configuration
+    if objective.name != "standard":
+        config.update({"trainer": "adversarial", **objective.config()})
+    if world > 1:
+        config["world_size"] = world
     return train_epochs(
         path=path, modules={"model": model}, optimizers={"adam": opt}, schedulers=schedulers, epochs=epochs,
         epoch_fn=epoch_fn, config=config, metadata=metadata, generator=gen, finalize=finalize,
-        desc=f"train {type(model).__name__}", progress=progress,
+        desc=f"train {type(model).__name__}", progress=progress, writer=rank == 0, log_path=log_path,
     )

@@ -264,20 +264,36 @@ def _cmd_train_classifier(args: argparse.Namespace) -> int:
     from manifold_defense.classifiers import DefenseGANClassifier, DigitsCNN, train_classifier
     from manifold_defense.utils import resolve_device
 
-    device = resolve_device(args.device)
-    train = _load_split(args.dataset, "train", args.data_path, args.download)
-    test = _load_split(args.dataset, "test", args.data_path, args.download)
-    shape = data.image_shape(args.dataset)
-    if args.arch == "digits":
-        model = DigitsCNN(shape)
-    else:
-        model = DefenseGANClassifier(args.arch.upper(), shape)
-    model = model.to(device)
-    hist = train_classifier(model, train.images, train.labels, test=(test.images, test.labels), epochs=args.epochs,
-                            batch_size=args.batch_size, lr=args.lr, seed=args.seed, path=args.out,
-                            metadata={"dataset": args.dataset, "kind": "classifier"})
-    print(json.dumps(hist[-1]))
-    print(f"saved {args.out}")
+    from manifold_defense.distributed import init_from_environment, shutdown
+
+    world, rank, local_device = init_from_environment(args.device)  # torchrun sets WORLD_SIZE/RANK
+    device = local_device or resolve_device(args.device)
+    try:
+        train = _load_split(args.dataset, "train", args.data_path, args.download)
+        test = _load_split(args.dataset, "test", args.data_path, args.download)
+        shape = data.image_shape(args.dataset)
+        model = (DigitsCNN(shape) if args.arch == "digits" else DefenseGANClassifier(args.arch.upper(), shape)).to(device)
+        objective, metadata = None, {"dataset": args.dataset, "kind": "classifier"}
+        if getattr(args, "preset", None):
+            from manifold_defense.training import objective_preset
+            from manifold_defense.validation import check_compatible
+
+            gen = _load_model(args.generator, str(device)).eval() if args.generator else None
+            if gen is not None:
+                check_compatible(gen, model)
+                for p in gen.parameters():
+                    p.requires_grad_(False)
+            objective = objective_preset(args.preset, gen, epsilon=args.epsilon, eta=args.eta, norm=args.norm)
+            metadata.update({"preset": args.preset, "generator": args.generator})
+        hist = train_classifier(model, train.images, train.labels, test=(test.images, test.labels),
+                                epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                                path=args.out, metadata=metadata, objective=objective,
+                                log_path=getattr(args, "metrics_log", None), progress=rank == 0)
+        if rank == 0:
+            print(json.dumps(hist[-1]))
+            print(f"saved {args.out}" + (f" (trained on {world} processes)" if world > 1 else ""))
+    finally:
+        shutdown()
     return 0
 
 
@@ -433,7 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(fn=_cmd_recover)
 
     for name, fn, hlp in [("train-generator", _cmd_train_generator, "train a VAE or WGAN-GP generator"),
-                          ("train-classifier", _cmd_train_classifier, "train a classifier")]:
+                          ("train-classifier", _cmd_train_classifier, "train a classifier"),
+                          ("adv-train", _cmd_train_classifier,
+                           "adversarial training: Madry PGD, on-manifold, or the Robust Manifold Defense (torchrun-ready)")]:
         t = sub.add_parser(name, help=hlp)
         t.add_argument("--dataset", choices=["digits", "mnist"], default="digits")
         t.add_argument("--data-path", default=None, help="MNIST file or folder (default: $MANIFOLD_DEFENSE_DATA)")
@@ -454,6 +472,16 @@ def build_parser() -> argparse.ArgumentParser:
             t.add_argument("--epochs", type=int, default=10)
             t.add_argument("--batch-size", type=int, default=128)
             t.add_argument("--lr", type=float, default=1e-3)
+        if name == "adv-train":
+            from manifold_defense.training import PRESETS
+
+            t.add_argument("--preset", choices=PRESETS, required=True,
+                           help="standard, pgd_at (Madry), stutz (on-manifold latent PGD), rmd (Ilyas et al.)")
+            t.add_argument("--generator", default=None, help="zoo name or checkpoint (stutz, rmd)")
+            t.add_argument("--epsilon", type=float, default=1.5, help="pixel-space budget (pgd_at, rmd)")
+            t.add_argument("--eta", type=float, default=1.5, help="on-manifold budget (stutz, rmd)")
+            t.add_argument("--norm", choices=["l2", "linf"], default="l2")
+            t.add_argument("--metrics-log", default=None, help="per-epoch metrics, JSON lines")
         t.set_defaults(fn=fn)
     return p
 

@@ -1,0 +1,197 @@
+"""Training objectives with pluggable adversaries, for :func:`manifold_defense.classifiers.train_classifier`.
+
+- :class:`StandardObjective` — cross-entropy on the clean batch.
+- :class:`MadryObjective` — PGD adversarial training in pixel space (Madry et al. 2018), ℓ2 or ℓ∞,
+  with the robustness library's attack steps (through :mod:`manifold_defense.robustness_adapter`).
+- :class:`OnManifoldObjective` — on-manifold adversarial training (Stutz, Hein, Schiele 2019; Ilyas et
+  al. 2017): latent-PGD (or overpowered-attack) examples ``G(z')`` with ``‖G(z') − G(ẑ)‖₂ ≤ η``,
+  weighted into the loss.
+- :class:`RobustManifoldObjective` — the Robust Manifold Defense's training (Ilyas, Jalal, Asteri,
+  Daskalakis, Dimakis 2017): Madry PGD loss plus a weighted consistency term on overpowered-attack
+  pairs ``(G(z1), G(z2))``, ``‖G(z1) − G(z2)‖₂ ≤ η``.
+
+``objective_preset("rmd" | "stutz" | "pgd_at" | "standard", ...)`` builds the presets of REFERENCES.md.
+Each objective crafts its adversarial inputs on the bare module (in eval mode, so dropout does not
+randomise the attack) and returns the loss of one forward pass of the (possibly DDP-wrapped) model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from manifold_defense.defended import ProjectionConfig
+from manifold_defense.robustness_adapter import madry_pgd
+from manifold_defense.validation import InputError, check_compatible
+
+__all__ = ["TrainingObjective", "StandardObjective", "MadryObjective", "OnManifoldObjective",
+           "RobustManifoldObjective", "objective_preset", "PRESETS"]
+
+#: Projection used to find ẑ(x) during training: the encoder alone (one generator pass per batch).
+ENCODER_PROJECTION = ProjectionConfig(steps=0, restarts=1, init="encoder")
+
+
+class _EvalMode:
+    def __init__(self, module: nn.Module) -> None:
+        self.module, self.was = module, module.training
+
+    def __enter__(self) -> nn.Module:
+        self.module.eval()
+        return self.module
+
+    def __exit__(self, *exc) -> None:
+        self.module.train(self.was)
+
+
+class TrainingObjective:
+    """``objective(model, bare, x, y) → (loss, clean-or-adversarial logits for accuracy, metrics)``."""
+
+    name = "objective"
+
+    def config(self) -> dict[str, Any]:
+        """Hyperparameters, stored in checkpoints so a resume with other settings is refused."""
+        return {"objective": self.name}
+
+    def __call__(self, model: nn.Module, bare: nn.Module, x: torch.Tensor, y: torch.Tensor):
+        raise NotImplementedError
+
+
+class StandardObjective(TrainingObjective):
+    """Cross-entropy on the clean batch."""
+
+    name = "standard"
+
+    def __call__(self, model, bare, x, y):
+        logits = model(x)
+        return F.cross_entropy(logits, y), logits, {}
+
+
+class MadryObjective(TrainingObjective):
+    """Cross-entropy on Madry PGD examples (ℓ2 or ℓ∞, ``epsilon``, ``steps`` steps of 2.5 ε / steps)."""
+
+    name = "pgd_at"
+
+    def __init__(self, *, norm: str = "l2", epsilon: float = 1.5, steps: int = 10, step_size: float | None = None):
+        if norm not in ("l2", "linf"):
+            raise InputError(f"norm must be 'l2' or 'linf', got {norm!r}")
+        if not epsilon > 0 or steps < 1:
+            raise InputError(f"adversarial training needs epsilon > 0 and steps >= 1, got {epsilon}, {steps}")
+        self.norm, self.epsilon, self.steps, self.step_size = norm, float(epsilon), int(steps), step_size
+
+    def config(self):
+        return {"objective": self.name, "norm": self.norm, "epsilon": self.epsilon, "steps": self.steps,
+                "step_size": self.step_size}
+
+    def craft(self, bare: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with _EvalMode(bare):
+            return madry_pgd(bare, x, y, norm=self.norm, epsilon=self.epsilon, steps=self.steps,
+                             step_size=self.step_size)
+
+    def __call__(self, model, bare, x, y):
+        logits = model(self.craft(bare, x, y))
+        return F.cross_entropy(logits, y), logits, {}
+
+
+def _check_generator(generator: nn.Module, eta: float) -> None:
+    if not eta > 0:
+        raise InputError(f"eta must be > 0, got {eta}")
+    if not hasattr(generator, "latent_dim"):
+        raise InputError(f"{type(generator).__name__} is not a manifold_defense generator")
+
+
+class OnManifoldObjective(TrainingObjective):
+    """``clean_weight · CE(x) + weight · CE(G(z'))`` with on-manifold examples from latent PGD
+    (``attack="latent_pgd"``, Stutz et al.) or the overpowered attack (``attack="overpowered"``)."""
+
+    name = "on_manifold"
+
+    def __init__(self, generator: nn.Module, *, eta: float = 1.5, attack: str = "latent_pgd", steps: int = 10,
+                 weight: float = 1.0, clean_weight: float = 1.0, projection: ProjectionConfig = ENCODER_PROJECTION):
+        from manifold_defense.attacks import LatentPGD, OverpoweredAttack
+
+        _check_generator(generator, eta)
+        if attack not in ("latent_pgd", "overpowered"):
+            raise InputError(f"attack must be 'latent_pgd' or 'overpowered', got {attack!r}")
+        if weight < 0 or clean_weight < 0 or steps < 1:
+            raise InputError("weights must be >= 0 and steps >= 1")
+        self.generator, self.eta, self.attack_name, self.steps = generator, float(eta), attack, int(steps)
+        self.weight, self.clean_weight = float(weight), float(clean_weight)
+        self.attack = (LatentPGD(generator, steps=steps, latent_stepsize=0.25, projection=projection)
+                       if attack == "latent_pgd" else OverpoweredAttack(generator, steps=steps, rounds=1,
+                                                                         projection=projection))
+
+    def config(self):
+        return {"objective": self.name, "eta": self.eta, "attack": self.attack_name, "steps": self.steps,
+                "weight": self.weight, "clean_weight": self.clean_weight}
+
+    def __call__(self, model, bare, x, y):
+        check_compatible(self.generator, bare)
+        with _EvalMode(bare):
+            x_on = self.attack.run(bare, x, y, self.eta)[0].detach()
+        logits = model(torch.cat([x, x_on]))
+        clean, on = logits[: len(x)], logits[len(x):]
+        l_on = F.cross_entropy(on, y)
+        loss = self.clean_weight * F.cross_entropy(clean, y) + self.weight * l_on
+        return loss, clean, {"on_manifold_loss": float(l_on.detach())}
+
+
+class RobustManifoldObjective(TrainingObjective):
+    """Madry PGD loss + ``weight`` · consistency on overpowered pairs (Ilyas et al. 2017).
+
+    The consistency term is the cross-entropy of ``C(G(z2))`` against the (detached) prediction on
+    ``G(z1)``, for pairs found on a ``pair_fraction`` of the batch with ``‖G(z1) − G(z2)‖₂ ≤ η``.
+    """
+
+    name = "rmd"
+
+    def __init__(self, generator: nn.Module, *, norm: str = "l2", epsilon: float = 1.5, steps: int = 10,
+                 eta: float = 1.5, weight: float = 1e-2, pair_steps: int = 5, pair_fraction: float = 0.25,
+                 projection: ProjectionConfig = ENCODER_PROJECTION):
+        from manifold_defense.attacks import OverpoweredAttack
+
+        _check_generator(generator, eta)
+        if weight < 0 or not 0 < pair_fraction <= 1 or pair_steps < 1:
+            raise InputError("weight >= 0, pair_fraction in (0, 1] and pair_steps >= 1 required")
+        self.madry = MadryObjective(norm=norm, epsilon=epsilon, steps=steps)
+        self.generator, self.eta, self.weight = generator, float(eta), float(weight)
+        self.pair_steps, self.pair_fraction = int(pair_steps), float(pair_fraction)
+        self.pairs = OverpoweredAttack(generator, steps=pair_steps, rounds=1, projection=projection)
+
+    def config(self):
+        return {**self.madry.config(), "objective": self.name, "eta": self.eta, "weight": self.weight,
+                "pair_steps": self.pair_steps, "pair_fraction": self.pair_fraction}
+
+    def __call__(self, model, bare, x, y):
+        check_compatible(self.generator, bare)
+        k = max(1, int(round(self.pair_fraction * len(x))))
+        x_adv = self.madry.craft(bare, x, y)
+        with _EvalMode(bare):
+            z2_img, z1_img = self.pairs.run(bare, x[:k], y[:k], self.eta)
+        logits = model(torch.cat([x_adv, z1_img.detach(), z2_img.detach()]))
+        adv, ref, other = logits[: len(x)], logits[len(x): len(x) + k], logits[len(x) + k:]
+        consistency = F.cross_entropy(other, ref.detach().softmax(1))
+        loss = F.cross_entropy(adv, y) + self.weight * consistency
+        return loss, adv, {"consistency": float(consistency.detach())}
+
+
+PRESETS = ("standard", "pgd_at", "stutz", "rmd")
+
+
+def objective_preset(name: str, generator: nn.Module | None = None, *, epsilon: float = 1.5, eta: float = 1.5,
+                     norm: str = "l2") -> TrainingObjective:
+    """'standard'; 'pgd_at' (Madry, ``norm``, ε); 'stutz' (on-manifold latent PGD, η); 'rmd' (Madry ℓ2 ε = 1.5
+    plus the overpowered consistency term, weight 1e-2, REFERENCES.md)."""
+    if name == "standard":
+        return StandardObjective()
+    if name == "pgd_at":
+        return MadryObjective(norm=norm, epsilon=epsilon)
+    if name in ("stutz", "rmd") and generator is None:
+        raise InputError(f"preset {name!r} needs a generator")
+    if name == "stutz":
+        return OnManifoldObjective(generator, eta=eta, attack="latent_pgd")
+    if name == "rmd":
+        return RobustManifoldObjective(generator, norm=norm, epsilon=epsilon, eta=eta, weight=1e-2)
+    raise InputError(f"unknown training preset {name!r}; choose from {', '.join(PRESETS)}")
