@@ -48,11 +48,7 @@ def train(name: str, gen, train_split, test_split, args) -> tuple[torch.nn.Modul
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     model = DefenseGANClassifier("A")
-    objective = objective_preset(MODELS[name], gen, epsilon=1.5, eta=1.5)
-    if hasattr(objective, "steps"):
-        objective.steps = args.train_steps
-    if hasattr(objective, "madry"):
-        objective.madry.steps = args.train_steps
+    objective = objective_preset(MODELS[name], gen, epsilon=1.5, eta=1.5, steps=args.train_steps)
     hist = train_classifier(model, train_split.images, train_split.labels, epochs=args.epochs, seed=args.seed,
                             objective=objective, path=path, log_path=path.with_suffix(".jsonl"),
                             test=(test_split.images[:2000], test_split.labels[:2000]), progress=not args.quiet,

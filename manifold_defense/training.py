@@ -181,17 +181,17 @@ PRESETS = ("standard", "pgd_at", "stutz", "rmd")
 
 
 def objective_preset(name: str, generator: nn.Module | None = None, *, epsilon: float = 1.5, eta: float = 1.5,
-                     norm: str = "l2") -> TrainingObjective:
+                     norm: str = "l2", steps: int = 10) -> TrainingObjective:
     """'standard'; 'pgd_at' (Madry, ``norm``, ε); 'stutz' (on-manifold latent PGD, η); 'rmd' (Madry ℓ2 ε = 1.5
-    plus the overpowered consistency term, weight 1e-2, REFERENCES.md)."""
+    plus the overpowered consistency term, weight 1e-2, REFERENCES.md). ``steps``: attack steps per batch."""
     if name == "standard":
         return StandardObjective()
     if name == "pgd_at":
-        return MadryObjective(norm=norm, epsilon=epsilon)
+        return MadryObjective(norm=norm, epsilon=epsilon, steps=steps)
     if name in ("stutz", "rmd") and generator is None:
         raise InputError(f"preset {name!r} needs a generator")
     if name == "stutz":
-        return OnManifoldObjective(generator, eta=eta, attack="latent_pgd")
+        return OnManifoldObjective(generator, eta=eta, attack="latent_pgd", steps=steps)
     if name == "rmd":
-        return RobustManifoldObjective(generator, norm=norm, epsilon=epsilon, eta=eta, weight=1e-2)
+        return RobustManifoldObjective(generator, norm=norm, epsilon=epsilon, steps=steps, eta=eta, weight=1e-2)
     raise InputError(f"unknown training preset {name!r}; choose from {', '.join(PRESETS)}")
