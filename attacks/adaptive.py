@@ -27,8 +27,7 @@ from torch import nn
 from manifold_defense.attacks.base import Attack
 from manifold_defense.attacks.pixel import ProjectedGradientDescent, project_to_ball
 from manifold_defense.defended import DefendedModel, ProjectionConfig
-from manifold_defense.inversion import _descend, _pick_best, csgm
-from manifold_defense.operators import Identity
+from manifold_defense.inversion import _descend, _pick_best
 from manifold_defense.validation import InputError, check_compatible
 
 __all__ = ["BPDA", "BackwardPassDifferentiableApproximation", "UnrolledPGD", "LatentReparameterization",
@@ -167,7 +166,7 @@ class LatentReparameterization(Attack):
         self.surrogate_description = f"latent search started at the projection ({cfg.steps} steps, {cfg.restarts} restarts)"
         n, R = len(x), self.restarts
         y = y.to(x.device)
-        z_hat = csgm(generator, x, Identity(tuple(generator.output_shape)), **cfg.csgm_kwargs(generator)).z
+        z_hat = cfg.project(generator, x).z
         gen = torch.Generator().manual_seed(self.seed)
         noise = torch.randn((n, R, z_hat.shape[1]), generator=gen, dtype=z_hat.dtype).to(z_hat.device)
         noise[:, 0] = 0  # restart 0 starts exactly at the projection

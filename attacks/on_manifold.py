@@ -21,8 +21,7 @@ from torch import nn
 
 from manifold_defense.attacks.base import Attack
 from manifold_defense.defended import DefendedModel, ProjectionConfig
-from manifold_defense.inversion import _descend, csgm
-from manifold_defense.operators import Identity
+from manifold_defense.inversion import _descend
 from manifold_defense.validation import InputError, check_compatible
 
 __all__ = ["LatentPGD", "OnManifoldPGD", "OverpoweredAttack", "pull_back"]
@@ -69,8 +68,7 @@ class LatentPGD(Attack):
         self.projection = projection or ProjectionConfig(steps=200, restarts=4)
 
     def _project(self, x: torch.Tensor) -> torch.Tensor:
-        kw = self.projection.csgm_kwargs(self.generator)
-        return csgm(self.generator, x, Identity(tuple(self.generator.output_shape)), **kw).z
+        return self.projection.project(self.generator, x).z
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float):
         model = _differentiable_classifier(model, self.generator)
@@ -115,8 +113,7 @@ class OverpoweredAttack(Attack):
         classifier = _differentiable_classifier(model, self.generator)
         y = y.to(x.device)
         g = self.generator
-        kw = self.projection.csgm_kwargs(g)
-        z_hat = csgm(g, x, Identity(tuple(g.output_shape)), **kw).z
+        z_hat = self.projection.project(g, x).z
         gen = torch.Generator().manual_seed(self.seed)
         noise = torch.randn(z_hat.shape, generator=gen, dtype=z_hat.dtype).to(z_hat.device)
         pair = torch.stack([z_hat, z_hat + self.init_scale * noise], 1)  # (n, 2, k)

@@ -108,6 +108,11 @@ class ProjectionConfig:
         return kw
 
 
+    def project(self, generator: nn.Module, x: torch.Tensor) -> InversionResult:
+        """Project ``x`` onto ``generator``'s range with these settings (the inversion core, identity operator)."""
+        return csgm(generator, x, Identity(tuple(generator.output_shape)), **self.csgm_kwargs(generator))
+
+
 class DefendedModel(nn.Module):
     """``classifier(G(ẑ(x)))``: a classifier behind a projection onto a generator's range.
 
