@@ -56,7 +56,8 @@ class InversionResult:
     ``z``: the kept latent code (for ILO, the first-stage latent). ``x``: the reconstruction.
     ``loss``: the final objective of the kept solution. ``history``: ``(steps, N)`` objective per step
     (best restart so far). ``generator_evals``: per-sample number of generator passes used (all
-    restarts and stages; a forward with its backward counts once). ``restart``: index of the kept
+    restarts and stages; a forward with its backward counts once; passes shared by a batch, like a
+    latent search, count their share). ``restart``: index of the kept
     restart. ``diverged``: samples whose objective became non-finite at some point (they keep their
     last finite iterate). ``info``: method-specific extras (ILO radii, chosen layers ...).
     """
@@ -369,11 +370,15 @@ def _init_latents(
     raise InputError(f"init must be 'random', 'encoder', 'search' or a tensor of latents, got {init!r}")
 
 
+#: Losses that are a fixed multiple of ‖pred − y‖²: the search ranks candidates with one matrix product.
+_QUADRATIC_SCALE = {"mse": None, "sum": 1.0, "sse": 0.5}
+
+
 def _search_starts(
     generator: nn.Module,
     operator: Operator,
     y: torch.Tensor,
-    lossfn: LossFn,
+    loss: str | LossFn,
     prior_weight: float,
     restarts: int,
     candidates: int,
@@ -381,27 +386,38 @@ def _search_starts(
     gen: torch.Generator,
 ) -> torch.Tensor:
     """The ``restarts`` best of ``candidates`` random latents per sample by the objective (forward passes
-    only, candidates shared by all samples, computed in chunks so memory stays bounded)."""
+    only, candidates shared by all samples, computed in chunks so memory stays bounded). Returns
+    ``(n, restarts, k)``. For the squared-error losses the scores come from
+    ``‖y‖² + ‖p‖² − 2 y·p`` (one matrix product per chunk) instead of an ``n × candidates`` difference."""
     device, dtype = _device_dtype(generator)
     n, k = y.shape[0], generator.latent_dim
     if candidates < restarts:
         raise InputError(f"search_candidates ({candidates}) must be >= restarts ({restarts})")
     zc = (torch.randn(candidates, k, generator=gen, dtype=dtype) * init_scale).to(device)
     scores = torch.empty(n, candidates, device=device, dtype=dtype)
+    quadratic = isinstance(loss, str) and loss in _QUADRATIC_SCALE
+    lossfn = None if quadratic else _per_sample_loss(loss)
+    yf = y.flatten(1)
     with torch.no_grad():
         for c0 in range(0, candidates, 512):
             pc = operator(generator(zc[c0 : c0 + 512]))
             c = len(pc)
-            step = max(1, int(2e7 // max(1, c * pc[0].numel())))
-            for i0 in range(0, n, step):
-                yy = y[i0 : i0 + step]
-                P = pc[None].expand(len(yy), *pc.shape).flatten(0, 1)
-                Y = yy[:, None].expand(len(yy), c, *yy.shape[1:]).flatten(0, 1)
-                scores[i0 : i0 + len(yy), c0 : c0 + c] = lossfn(P, Y).view(len(yy), c)
+            if quadratic:
+                pf = pc.flatten(1)
+                scale = _QUADRATIC_SCALE[loss] or 1.0 / pf.shape[1]  # type: ignore[index]
+                d = yf.pow(2).sum(1)[:, None] + pf.pow(2).sum(1)[None] - 2 * yf @ pf.T
+                scores[:, c0 : c0 + c] = scale * d.clamp_min(0)
+            else:
+                step = max(1, int(2e7 // max(1, c * pc[0].numel())))
+                for i0 in range(0, n, step):
+                    yy = y[i0 : i0 + step]
+                    P = pc[None].expand(len(yy), *pc.shape).flatten(0, 1)
+                    Y = yy[:, None].expand(len(yy), c, *yy.shape[1:]).flatten(0, 1)
+                    scores[i0 : i0 + len(yy), c0 : c0 + c] = lossfn(P, Y).view(len(yy), c)  # type: ignore[misc]
             if prior_weight:
                 scores[:, c0 : c0 + c] += prior_weight * zc[c0 : c0 + c].pow(2).sum(1)
     top = scores.topk(restarts, dim=1, largest=False).indices
-    return zc[top].reshape(n * restarts, k)
+    return zc[top]
 
 
 def _pick_best(values: torch.Tensor, n: int, restarts: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -434,6 +450,7 @@ def csgm(
     negation: bool = False,
     differentiable: bool = False,
     search_candidates: int = 1000,
+    prune_after: int = 0,
 ) -> InversionResult:
     """CSGM (Bora et al. 2017): ``argmin_z loss(A(G(z)), y) + λ‖z‖²`` by gradient descent from ``restarts``
     starting points per sample, all in one batch; the restart with the lowest objective is kept.
@@ -445,7 +462,12 @@ def csgm(
     (see :func:`subgradient`). ``differentiable=True`` keeps the graph from ``y`` (and the encoder
     start) to the result, for attacks that backpropagate through the unrolled inversion.
     ``init`` is 'random', 'encoder', 'search' (the ``restarts`` best of ``search_candidates`` random
-    latents by the objective, forward passes only) or a tensor of latents.
+    latents by the objective, forward passes only), 'encoder+search' (restart 0 at the encoder's code,
+    the others at the best search candidates) or a tensor of latents. The search's forward passes are
+    shared by the batch and count ``search_candidates / n`` towards each sample's ``generator_evals``.
+    ``prune_after`` > 0: after that many steps (constant learning rate) only each sample's best restart
+    continues, for the remaining ``steps − prune_after`` steps under ``schedule`` (successive halving
+    down to one restart: all restarts explore, one converges); 0 or ≥ ``steps`` never prunes.
     """
     operator = _check_problem(generator, y, operator, loss)
     if restarts < 1:
@@ -457,30 +479,54 @@ def csgm(
     if y.is_floating_point():
         y = y.to(dtype)
     n = y.shape[0]
+    if prune_after < 0:
+        raise InputError(f"prune_after must be >= 0 (0 or >= steps: never prune), got {prune_after}")
     gen = torch.Generator().manual_seed(seed)
-    if isinstance(init, str) and init == "search":
-        z0 = _search_starts(generator, operator, y, _per_sample_loss(loss), prior_weight, restarts, search_candidates,
-                            init_scale, gen)
+    search_evals = 0.0
+    if isinstance(init, str) and init in ("search", "encoder+search"):
+        n_enc = int(init == "encoder+search")
+        k = generator.latent_dim
+        parts = []
+        if n_enc:
+            parts.append(_init_latents(generator, y, operator, 1, "encoder", init_scale, gen, differentiable)[:, None])
+        if restarts > n_enc:
+            found = _search_starts(generator, operator, y, loss if weights is None else _per_sample_loss(loss),
+                                   prior_weight, restarts - n_enc, search_candidates, init_scale, gen)
+            parts.append(found)
+            search_evals = search_candidates / n
+        z0 = torch.cat(parts, 1).reshape(n * restarts, k)
     else:
         z0 = _init_latents(generator, y, operator, restarts, init, init_scale, gen, differentiable)
-    y_rep = y.repeat_interleave(restarts, 0)
     lossfn = _masked(_per_sample_loss(loss), weights, restarts)
+    y_rep = y.repeat_interleave(restarts, 0)
 
     def objective(x: torch.Tensor, z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         f = lossfn(operator(x), y_rep[rows], rows)
         return f + prior_weight * z.pow(2).sum(1) if prior_weight else f
 
-    z, f, hist, evals, div = _descend(z0, generator, objective, steps=steps, lr=lr, optimizer=optimizer,
-                                      momentum=momentum, schedule=schedule, negation=negation, tol=tol,
-                                      patience=patience, progress=progress, desc="csgm", differentiable=differentiable)
+    common = dict(lr=lr, optimizer=optimizer, momentum=momentum, negation=negation, progress=progress, desc="csgm",
+                  differentiable=differentiable)
+    pruning = 0 < prune_after < steps and restarts > 1
+    first = prune_after if pruning else steps
+    z, f, hist, evals, div = _descend(z0, generator, objective, steps=first, schedule="constant" if pruning else schedule,
+                                      tol=0.0 if pruning else tol, patience=patience, **common)
     best, idx = _pick_best(f, n, restarts)
+    evals = evals.view(n, restarts).sum(1).to(dtype) + search_evals
+    div = div.view(n, restarts).any(1)
+    hist = hist.view(hist.shape[0], n, restarts).min(2).values if hist.numel() else hist.view(0, n)
+    z, f = z[idx], f[idx]
+    if pruning:  # the rest of the steps on each sample's best restart only
+        # ``objective`` reads ``lossfn`` and ``y_rep`` when called: rebind them to one row per sample
+        lossfn = _masked(_per_sample_loss(loss), weights, 1)
+        y_rep = y
+        z, f2, hist2, evals2, div2 = _descend(z, generator, objective, steps=steps - first, schedule=schedule, tol=tol,
+                                              patience=patience, **common)
+        f = torch.minimum(f, f2)  # _descend keeps the best iterate, and its first iterate is the phase-1 winner
+        evals, div, hist = evals + evals2.to(dtype), div | div2, torch.cat([hist, hist2])
     with torch.enable_grad() if differentiable else torch.no_grad():
-        x = generator(z[idx])
-    hist_best = hist.view(hist.shape[0], n, restarts).min(2).values if hist.numel() else hist.view(0, n)
-    return InversionResult(
-        z=z[idx], x=x, loss=f[idx], history=hist_best, generator_evals=evals.view(n, restarts).sum(1),
-        restart=best, diverged=div.view(n, restarts).any(1), info={"method": "csgm"},
-    )
+        x = generator(z)
+    return InversionResult(z=z, x=x, loss=f, history=hist, generator_evals=evals, restart=best, diverged=div,
+                           info={"method": "csgm", "search_evals_per_sample": search_evals})
 
 
 def _masked(fn: LossFn, weights: torch.Tensor | None, repeat: int) -> Callable:

@@ -73,6 +73,42 @@ def test_subgradient_with_negation(relu_problem):
     assert res_start_negative.generator_evals.min() >= 2  # the negation check costs a pass
 
 
+def test_prune_after_continues_only_the_best_restart(relu_problem):
+    G, _, x, A, y = relu_problem
+    pruned = csgm(G, y, A, steps=400, lr=0.05, restarts=4, loss="sse", prune_after=20, seed=0)
+    # 4 restarts × 20 steps (+ the last-iterate check) then one restart for 380 steps (+ check)
+    assert int(pruned.generator_evals.min()) == 4 * 21 + 381
+    first = csgm(G, y, A, steps=20, lr=0.05, restarts=4, loss="sse", seed=0)
+    assert bool((pruned.loss <= first.loss + 1e-6).all())  # phase 2 starts at phase 1's winner
+    torch.testing.assert_close(pruned.restart, first.restart)
+    assert pruned.history.shape == (400, 6)
+    full = csgm(G, y, A, steps=400, lr=0.05, restarts=4, loss="sse", seed=0)
+    assert pruned.evals_per_sample < 0.35 * full.evals_per_sample
+
+
+@pytest.mark.parametrize("loss", ["mse", "sum", "sse"])
+def test_search_ranks_like_the_loss(relu_problem, loss):
+    """The matrix-product ranking of the search equals ranking by the loss itself."""
+    from manifold_defense.inversion import _per_sample_loss, _search_starts
+
+    G, _, _, A, y = relu_problem
+    fast = _search_starts(G, A, y, loss, 0.0, 3, 700, 1.0, torch.Generator().manual_seed(0))
+    slow = _search_starts(G, A, y, _per_sample_loss(loss), 0.0, 3, 700, 1.0, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(fast, slow)
+    assert fast.shape == (6, 3, G.latent_dim)
+
+
+def test_encoder_plus_search_init_counts_shared_search(small_vae, digits_test):
+    x = digits_test.images[:20]
+    res = csgm(small_vae, x, steps=0, restarts=3, init="encoder+search", search_candidates=400, seed=0)
+    with torch.no_grad():
+        enc = (small_vae(small_vae.encode(x)) - x).pow(2).flatten(1).mean(1)
+    assert bool((res.loss <= enc + 1e-6).all())  # the encoder's code is one of the restarts
+    # each sample: 3 restarts × 1 evaluation, plus its share of the 400 search candidates
+    torch.testing.assert_close(res.generator_evals, torch.full((20,), 3 + 400 / 20))
+    assert res.info["search_evals_per_sample"] == 20.0
+
+
 def test_prior_shrinks_latents(relu_problem):
     G, _, _, A, y = relu_problem
     free = csgm(G, y, A, steps=300, lr=0.05, seed=1)
@@ -193,3 +229,9 @@ def test_exception(relu_problem, small_vae):
         invert(G, y, A, method="lbfgs")
     with pytest.raises(InputError, match="schedule"):
         csgm(G, y, A, steps=2, schedule="exp")
+    with pytest.raises(InputError, match="prune_after"):
+        csgm(G, y, A, steps=2, prune_after=-1)
+    with pytest.raises(InputError, match="needs a generator with an encoder"):
+        csgm(G, y, A, restarts=2, init="encoder+search")
+    with pytest.raises(InputError, match="search_candidates"):
+        csgm(G, y, A, restarts=3, init="search", search_candidates=2)
