@@ -152,7 +152,7 @@ class LatentReparameterization(Attack):
         if self.generator is None:
             raise InputError("LatentReparameterization needs a generator: attack a DefendedModel or pass generator=")
         check_compatible(self.generator, model)
-        return self.generator, model, self.projection or ProjectionConfig()
+        return self.generator, model, self.projection or ProjectionConfig.for_generator(self.generator)
 
     def _excess(self, d: torch.Tensor, epsilon: float) -> torch.Tensor:
         """Per-sample squared amount by which perturbations ``d`` leave the (slackened) ε-ball."""

@@ -66,11 +66,11 @@ def _demo_robustness(clf, vae, x, y, out: Path, progress: bool) -> dict:
     import torch
 
     from manifold_defense.attacks import BPDA, FGSM, LatentPGD, LatentReparameterization, LinfPGD, TransferAttack
-    from manifold_defense.defended import DefendedModel, ProjectionConfig
+    from manifold_defense.defended import DefendedModel
     from manifold_defense.eval import AttackSpec, evaluate, sanity_checks, write_report
     from manifold_defense.viz import save_image_grid
 
-    defended = DefendedModel(clf, vae, ProjectionConfig()).eval()
+    defended = DefendedModel(clf, vae).eval()
     eps = [0.1, 0.2, 0.3]
     common = [AttackSpec("fgsm_transfer", TransferAttack(clf, FGSM()), eps, "linf", iterative=False),
               AttackSpec("pgd_linf_bpda", BPDA(steps=20), eps, "linf"),
@@ -142,7 +142,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                                                          for a in args.attack)):
         raise InputError("this evaluation needs --generator (a zoo name or checkpoint)")
     latent = getattr(gen, "latent_dim", 128)
-    projections = {"default": ProjectionConfig(), "defense_gan": ProjectionConfig.defense_gan(latent_dim=latent)}
+    projections = {"default": ProjectionConfig.for_generator(gen),
+                   "defense_gan": ProjectionConfig.defense_gan(latent_dim=latent)}
     if args.projection == "none":
         model = clf
     else:

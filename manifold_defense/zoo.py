@@ -41,7 +41,7 @@ class ZooEntry:
     dataset: str
     arch: str
     arch_config: dict[str, Any]
-    trainer: str  # "vae", "wgan" or "classifier"
+    trainer: str  # "vae", "wgan", "encoder" (for the generator named train_config["base"]) or "classifier"
     train_config: dict[str, Any]
     description: str
     budget_minutes: float
@@ -94,6 +94,22 @@ ENTRIES: dict[str, ZooEntry] = {
             description="Defense-GAN's MNIST generator, WGAN-GP (paper recipe, 2,000 of its 200,000 iterations)",
             budget_minutes=40.0, extra={"critic": {"arch": "wgan-critic", "config": {"dim": 64}}},
         ),
+        ZooEntry(
+            name="mnist-wgan-inv", kind="generator", dataset="mnist", arch="encoded-generator",
+            arch_config={"generator_arch": "defensegan-generator", "generator_config": {"latent_dim": 128, "dim": 64},
+                         "encoder_dim": 64},
+            trainer="encoder",
+            train_config={"base": "mnist-wgan", "epochs": 3, "batch_size": 64, "lr": 1e-3, "image_weight": 1.0,
+                          "seed": 0},
+            description="mnist-wgan with an encoder trained for it (Invert-and-Defend, Lin et al. 2019): warm starts "
+                        "for the fast projection; same generator weights",
+            budget_minutes=20.0,
+            # Its 128-d latent converges far faster under momentum SGD (lr 10, momentum 0.9) than under Adam
+            # (measured: clean MSE 0.0030 vs 0.0054 at ~90 evaluations), and adding random-search starts in
+            # 128 dimensions did not improve on the encoder start.
+            extra={"projection": {"optimizer": "sgd", "lr": 10.0, "momentum": 0.9, "restarts": 1, "init": "encoder",
+                                  "steps": 90, "tol": 1e-4, "patience": 10, "prune_after": 0}},
+        ),
         _classifier("mnist-classifier-a", "A", 5, 5.0),
         _classifier("mnist-classifier-b", "B", 12, 5.0),
         _classifier("mnist-classifier-c", "C", 2, 5.0),
@@ -137,12 +153,16 @@ def get(name: str, device: str | torch.device = "cpu", *, train: bool = True, pr
     payload = _complete_payload(file, device)
     if payload is not None:
         _check_spec(name, payload["metadata"], file)
-        return model_from_payload(payload, device, source=file)
-    if not train:
+        model = model_from_payload(payload, device, source=file)
+    elif not train:
         raise CheckpointError(f"zoo model {name} is not built yet (looked for {file}); "
                               f"run `manifold-defense zoo build {name}` or call zoo.get({name!r})")
-    build(name, device=device, progress=progress)
-    model = load_model(file, device)
+    else:
+        build(name, device=device, progress=progress)
+        model = load_model(file, device)
+    if "projection" in ENTRIES[name].extra:
+        # tuned projection settings travel with the generator (ProjectionConfig.for_generator reads them)
+        model.projection_defaults = dict(ENTRIES[name].extra["projection"])
     return model
 
 
@@ -193,6 +213,12 @@ def _train(entry: ZooEntry, file: Path, device: torch.device, progress: bool) ->
             "latent_dim": getattr(model, "latent_dim", None)}
     if entry.trainer == "vae":
         train_vae(model, train.images, x_test=test.images, path=file, metadata=meta, progress=progress, **cfg)
+    elif entry.trainer == "encoder":
+        from manifold_defense.generators.encoder import train_encoder
+
+        base = get(cfg.pop("base"), device=device, progress=progress)
+        model.blocks.load_state_dict(base.blocks.state_dict())
+        train_encoder(model, train.images, x_test=test.images, path=file, metadata=meta, progress=progress, **cfg)
     elif entry.trainer == "wgan":
         critic_spec = entry.extra["critic"]
         critic = build_model(critic_spec["arch"], critic_spec["config"]).to(device)

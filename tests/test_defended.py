@@ -67,6 +67,26 @@ def test_defense_gan_preset():
     assert cfg.init == "random" and cfg.tol == 0.0
 
 
+def test_fast_default_matches_defense_gan_residual_with_far_fewer_evaluations(digits_vae, digits_test):
+    x = digits_test.images[:64]
+    fast = ProjectionConfig().project(digits_vae, x)
+    dgan = ProjectionConfig.defense_gan(latent_dim=digits_vae.latent_dim).project(digits_vae, x)
+    assert float(fast.loss.mean()) <= 1.05 * float(dgan.loss.mean())
+    assert fast.evals_per_sample * 10 <= dgan.evals_per_sample
+    assert fast.info["search_evals_per_sample"] == ProjectionConfig().search_candidates / 64
+
+
+def test_for_generator_applies_tuned_settings(digits_vae, digits_classifier):
+    assert ProjectionConfig.for_generator(digits_vae) == ProjectionConfig()
+    digits_vae.projection_defaults = {"optimizer": "sgd", "lr": 10.0}
+    try:
+        cfg = ProjectionConfig.for_generator(digits_vae, lr=5.0)
+        assert (cfg.optimizer, cfg.lr, cfg.steps) == ("sgd", 5.0, ProjectionConfig().steps)
+        assert DefendedModel(digits_classifier, digits_vae).projection == ProjectionConfig.for_generator(digits_vae)
+    finally:
+        del digits_vae.projection_defaults
+
+
 def test_foolbox_bpda_attack_succeeds_where_detached_gradients_fail(digits_classifier, digits_vae, digits_test):
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     import foolbox as fb
