@@ -21,7 +21,7 @@ def test_demo(digits_vae, digits_classifier, tmp_path, capsys):
     assert dfd["robust"]["fgsm_transfer@0.2"]["accuracy"] > und["robust"]["fgsm_transfer@0.2"]["accuracy"] + 0.2
     # ... and the adaptive BPDA attack is stronger against it than the transfer attack.
     assert dfd["robust"]["pgd_linf_bpda@0.3"]["accuracy"] <= dfd["robust"]["fgsm_transfer@0.3"]["accuracy"]
-    assert all(und["sanity"].values())
+    assert all(und["sanity"].values()), (und["sanity_details"], {k: v["accuracy"] for k, v in und["robust"].items()})
 
 
 def test_zoo_list(digits_classifier, capsys):
