@@ -70,7 +70,7 @@ def build_model(arch: str, config: Mapping[str, Any] | None = None) -> nn.Module
 def _import_all_architectures() -> None:
     # Registration happens at import time; make sure every module defining architectures is loaded.
     from manifold_defense import classifiers  # noqa: F401
-    from manifold_defense.generators import dcgan, encoder, random_relu, vae  # noqa: F401
+    from manifold_defense.generators import dcgan, dip, encoder, random_relu, vae  # noqa: F401
 
 
 def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> None:

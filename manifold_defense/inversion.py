@@ -15,6 +15,9 @@ Methods, all on one descent loop (:func:`_descend`):
   Radii are picked automatically per sample by cross-validation on held-out measurements.
 - :func:`subgradient` — Hand & Voroninski 2018; Huang et al.: gradient descent on
   ½‖A G(z) − y‖² with the negation step (try −z whenever it has the lower objective).
+- :func:`dip` — Ulyanov et al., "Deep Image Prior", CVPR 2018; Van Veen et al., "Compressed Sensing
+  with Deep Image Prior and Learned Regularization", 2018: the same loop over the weights of an
+  untrained network (one per sample, batched with ``torch.func.vmap``), its input fixed.
 """
 
 from __future__ import annotations
@@ -37,6 +40,10 @@ __all__ = [
     "csgm",
     "ilo",
     "subgradient",
+    "dip",
+    "fit_dip_prior",
+    "DIPWeightPrior",
+    "total_variation",
     "project_l1_ball",
     "dead_zone_loss",
     "DivergenceWarning",
@@ -185,6 +192,8 @@ def _descend(
     progress: bool = False,
     desc: str = "invert",
     differentiable: bool = False,
+    stop_at: float | torch.Tensor | None = None,
+    stop_value: Callable[[], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The one optimisation loop of the library.
 
@@ -192,7 +201,10 @@ def _descend(
     ``objective(x, v, rows)`` returns the per-row objective of decoded images ``x = decode(v)``.
     Rows whose objective has improved by less than a relative ``tol`` for ``patience`` steps stop
     (per-sample early stopping): later steps only touch the still-active rows, so converged samples
-    cost no generator evaluations. The best iterate of each row is returned, with its objective,
+    cost no generator evaluations. ``stop_at`` (a number or one per row) also stops a row as soon as its
+    objective is at or below it (Morozov's discrepancy principle when it is the noise energy: the
+    early stopping of the Deep Image Prior); ``stop_value()``, if given, is compared instead of the
+    objective (called right after the objective, it returns that call's per-row data term). The best iterate of each row is returned, with its objective,
     the ``(steps, B)`` history, per-row evaluation counts and a per-row divergence flag.
 
     ``differentiable=True`` unrolls the loop: every update is out of place and gradients are taken
@@ -207,11 +219,12 @@ def _descend(
     with torch.enable_grad() if differentiable else contextlib.nullcontext():
         return _descend_loop(var, decode, objective, steps=steps, lr=lr, optimizer=optimizer, momentum=momentum,
                              schedule=schedule, project=project, negation=negation, tol=0.0 if differentiable else tol,
-                             patience=patience, progress=progress, desc=desc, differentiable=differentiable)
+                             patience=patience, progress=progress, desc=desc, differentiable=differentiable,
+                             stop_at=stop_at, stop_value=stop_value)
 
 
 def _descend_loop(var, decode, objective, *, steps, lr, optimizer, momentum, schedule, project, negation, tol,
-                  patience, progress, desc, differentiable):
+                  patience, progress, desc, differentiable, stop_at=None, stop_value=None):
     if steps < 0:
         raise InputError(f"steps must be >= 0, got {steps}")
     if optimizer not in ("adam", "sgd", "gd"):
@@ -241,6 +254,7 @@ def _descend_loop(var, decode, objective, *, steps, lr, optimizer, momentum, sch
     active = torch.arange(B, device=device)
     factor = _schedule(schedule, steps)
     beta1, beta2, eps = (0.9, 0.999, 1e-8)
+    floor = None if stop_at is None else torch.as_tensor(stop_at, dtype=var.dtype, device=device).expand(B)
 
     bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
     for step in bar:
@@ -261,6 +275,7 @@ def _descend_loop(var, decode, objective, *, steps, lr, optimizer, momentum, sch
             v = v.requires_grad_(True)
         with torch.enable_grad():
             f = objective(decode(v), v, active)
+            reached = None if floor is None else (stop_value() if stop_value else f).detach() <= floor[active]
             (grad,) = torch.autograd.grad(f.sum(), v, create_graph=differentiable)
         evals[active] += 1
         f = f.detach()
@@ -304,6 +319,8 @@ def _descend_loop(var, decode, objective, *, steps, lr, optimizer, momentum, sch
         new = torch.where(finite.view(shape), new, best_var[active])
         var = put(var, active, new)
         keep = finite & (stall[active] < patience) if tol > 0 else finite
+        if reached is not None:
+            keep = keep & ~reached
         active = active[keep]
         if progress and step % 20 == 0:
             bar.set_postfix(active=int(active.numel()), loss=f"{float(best[best.isfinite()].mean()):.4g}")
@@ -717,10 +734,143 @@ def ilo(
     )
 
 
+# ------------------------------------------------------------------------------- deep image prior
+
+
+def total_variation(x: torch.Tensor) -> torch.Tensor:
+    """Per-image anisotropic total variation: mean |horizontal| + mean |vertical| neighbour difference."""
+    dv = (x[..., 1:, :] - x[..., :-1, :]).abs().flatten(1).mean(1)
+    return dv + (x[..., :, 1:] - x[..., :, :-1]).abs().flatten(1).mean(1)
+
+
+@dataclass
+class DIPWeightPrior:
+    """Learned regularisation of Van Veen et al. 2018: per convolution ℓ, the vector of per-output-channel
+    mean weights ``w̄ℓ ∈ R^{Cℓ}`` is modelled as ``N(μℓ, Σℓ)``, fitted from DIP fits to a few training
+    images (:func:`fit_dip_prior`); the penalty is ``Σℓ (w̄ℓ − μℓ)ᵀ Σℓ⁻¹ (w̄ℓ − μℓ)``."""
+
+    means: list[torch.Tensor]
+    precisions: list[torch.Tensor]
+    slices: list[tuple[slice, tuple[int, ...]]]
+
+    def penalty(self, w: torch.Tensor) -> torch.Tensor:
+        """``(B, P)`` flat weights → ``(B,)`` Mahalanobis penalty."""
+        total = w.new_zeros(w.shape[0])
+        for mu, prec, (sl, shape) in zip(self.means, self.precisions, self.slices):
+            d = w[:, sl].reshape(w.shape[0], shape[0], -1).mean(2) - mu.to(w)
+            total = total + ((d @ prec.to(w)) * d).sum(1)
+        return total
+
+
+def fit_dip_prior(network: nn.Module, images: torch.Tensor, *, steps: int = 500, lr: float = 0.01,
+                  seed: int = 0, progress: bool = False) -> DIPWeightPrior:
+    """Fit :class:`DIPWeightPrior` (Van Veen et al. 2018): DIP on each fully observed training image,
+    then per convolution the mean and covariance of the per-channel mean weights across the fits.
+    The covariance is Ledoit–Wolf shrunk (scikit-learn): a handful of images estimate a ``Cℓ × Cℓ``
+    matrix, and the plain sample covariance would be singular."""
+    from sklearn.covariance import LedoitWolf
+
+    if images.dim() != 4 or images.shape[0] < 2:
+        raise InputError(f"fit_dip_prior needs a (T, C, H, W) batch of at least 2 training images, got "
+                         f"{tuple(images.shape)}")
+    res = dip(network, images, None, steps=steps, lr=lr, seed=seed, progress=progress)
+    w = res.z.detach().double().cpu()
+    means, precs = [], []
+    slices = network.conv_weight_slices()
+    for sl, shape in slices:
+        wbar = w[:, sl].reshape(w.shape[0], shape[0], -1).mean(2).numpy()
+        lw = LedoitWolf().fit(wbar)
+        means.append(torch.from_numpy(lw.location_).float())
+        precs.append(torch.from_numpy(lw.precision_).float())
+    return DIPWeightPrior(means=means, precisions=precs, slices=slices)
+
+
+def dip(
+    network: nn.Module,
+    y: torch.Tensor,
+    operator: Operator | None = None,
+    *,
+    steps: int = 1000,
+    lr: float = 0.01,
+    restarts: int = 1,
+    loss: str | LossFn = "mse",
+    tv_weight: float = 0.0,
+    weight_prior: DIPWeightPrior | None = None,
+    prior_weight: float = 0.0,
+    stop_at: float | torch.Tensor | None = None,
+    tol: float = 0.0,
+    patience: int = 100,
+    seed: int = 0,
+    progress: bool = False,
+) -> InversionResult:
+    """Deep Image Prior (Ulyanov et al. 2018) for inverse problems (Van Veen et al. 2018, CS-DIP):
+    ``argmin_w loss(A(G(z0; w)), y) + τ·TV(G(z0; w)) + λ·R(w)`` over the weights ``w`` of an *untrained*
+    network (:class:`~manifold_defense.generators.DeepImagePrior`) with its input ``z0`` fixed.
+
+    One network per sample and restart, all in one batch: the weights are rows of a ``(N·R, P)``
+    tensor, the network is applied to each row with ``torch.func.vmap``, and the descent is the
+    library's one loop (:func:`_descend`, Adam by default) with its per-sample early stopping:
+    ``tol``/``patience`` on stalls, and ``stop_at`` (in the loss's units, e.g. the noise energy
+    ``‖η‖²`` with ``loss='sum'``) stops a sample once its data term reaches the noise level, before
+    DIP starts fitting the noise. ``weight_prior`` with ``prior_weight`` > 0 adds the learned
+    regularisation (:func:`fit_dip_prior`). Restarts draw fresh initial weights; the restart with
+    the lowest objective is kept. ``InversionResult.z`` holds the kept flat weights.
+    """
+    for attr in ("functional_forward", "flat_init", "output_shape"):
+        if not hasattr(network, attr):
+            raise InputError(f"dip needs a DeepImagePrior-like network (with {attr}), got {type(network).__name__}")
+    operator = operator if operator is not None else Identity(network.output_shape)
+    if tuple(operator.in_shape) != tuple(network.output_shape):
+        raise InputError(f"operator expects images of shape {operator.in_shape} but the network makes "
+                         f"{tuple(network.output_shape)}")
+    if isinstance(loss, str):
+        operator.check_measurements(y)
+    if restarts < 1:
+        raise InputError(f"restarts must be >= 1, got {restarts}")
+    if tv_weight < 0 or prior_weight < 0:
+        raise InputError(f"tv_weight and prior_weight must be >= 0, got {tv_weight}, {prior_weight}")
+    if prior_weight > 0 and weight_prior is None:
+        raise InputError("prior_weight > 0 needs a weight_prior (fit one with fit_dip_prior)")
+    device, dtype = _device_dtype(network)
+    y = y.to(device=device, dtype=dtype)
+    n = y.shape[0]
+    gen = torch.Generator().manual_seed(seed)
+    w0 = network.flat_init(restarts, gen)
+    w0 = w0[None].expand(n, *w0.shape).reshape(n * restarts, -1)
+    lossfn = _per_sample_loss(loss)
+    y_rep = y.repeat_interleave(restarts, 0)
+    decode = torch.func.vmap(network.functional_forward)
+    use_prior = weight_prior is not None and prior_weight > 0
+    last: dict[str, torch.Tensor] = {}  # the latest call's data term: early stopping looks at the fit only
+
+    def objective(x: torch.Tensor, w: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        f = last["data"] = lossfn(operator(x), y_rep[rows])
+        if tv_weight:
+            f = f + tv_weight * total_variation(x)
+        if use_prior:
+            f = f + prior_weight * weight_prior.penalty(w)  # type: ignore[union-attr]
+        return f
+
+    if stop_at is not None:
+        stop_at = torch.as_tensor(stop_at, dtype=dtype, device=device).expand(n).repeat_interleave(restarts)
+    w, f, hist, evals, div = _descend(w0, decode, objective, steps=steps, lr=lr, tol=tol, patience=patience,
+                                      progress=progress, desc="dip", stop_at=stop_at, stop_value=lambda: last["data"])
+    best, idx = _pick_best(f, n, restarts)
+    w, f = w[idx], f[idx]
+    with torch.no_grad():
+        x = decode(w)
+    hist = hist.view(hist.shape[0], n, restarts).min(2).values if hist.numel() else hist.view(0, n)
+    return InversionResult(z=w, x=x, loss=f, history=hist, generator_evals=evals.view(n, restarts).sum(1).to(dtype),
+                           restart=best, diverged=div.view(n, restarts).any(1),
+                           info={"method": "dip", "num_weights": int(w.shape[1]), "tv_weight": tv_weight,
+                                 "prior_weight": prior_weight if use_prior else 0.0})
+
+
 def invert(generator: nn.Module, y: torch.Tensor, operator: Operator | None = None, *, method: str = "csgm",
            **kwargs) -> InversionResult:
-    """Dispatch to :func:`csgm`, :func:`ilo` or :func:`subgradient` by name."""
-    methods = {"csgm": csgm, "ilo": ilo, "subgradient": subgradient}
+    """Dispatch to :func:`csgm`, :func:`ilo`, :func:`subgradient` or :func:`dip` (``generator`` is then
+    the untrained network) by name."""
+    methods = {"csgm": csgm, "ilo": ilo, "subgradient": subgradient, "dip": dip}
     if method not in methods:
         raise InputError(f"unknown inversion method {method!r}; use one of {', '.join(methods)}")
     return methods[method](generator, y, operator, **kwargs)

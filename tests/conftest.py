@@ -65,6 +65,13 @@ def digits_test():
 
 
 @pytest.fixture(scope="session")
+def digits_train():
+    from manifold_defense import data
+
+    return data.load("digits", "train")
+
+
+@pytest.fixture(scope="session")
 def digits_vae():
     from manifold_defense import zoo
 
