@@ -337,10 +337,21 @@ def _cmd_recover(args: argparse.Namespace) -> int:
     if args.method.startswith("lasso"):
         basis = {"lasso": "pixel", "lasso_dct": "dct", "lasso_wavelet": "wavelet"}[args.method]
         x_hat = lasso(op, y, alpha=args.alpha, basis=basis)
+    elif args.method == "dip":
+        from manifold_defense.generators import DeepImagePrior
+
+        # An untrained network per image; with noisy measurements, stop at the noise energy ‖η‖² ≈ σ²
+        # (the discrepancy principle) before DIP fits the noise.
+        net = DeepImagePrior(x.shape[1:], channels=args.dip_channels, seed=args.seed).to(device)
+        res = invert(net, y, op, method="dip", loss="sum", steps=args.steps, lr=args.lr or 0.01,
+                     restarts=args.restarts or 1, tv_weight=args.tv_weight, seed=args.seed,
+                     stop_at=args.noise**2 if args.noise > 0 else None, progress=not args.quiet)
+        x_hat, evals = res.x, res.evals_per_sample
     else:
         gen_name = args.generator or ("mnist-vae20" if args.dataset == "mnist" else "digits-vae")
         gen = zoo.get(gen_name, device)
-        kw = {"restarts": args.restarts, "steps": args.steps, "lr": args.lr, "prior_weight": args.prior_weight}
+        kw = {"restarts": args.restarts or 5, "steps": args.steps, "lr": args.lr or 0.05,
+              "prior_weight": args.prior_weight}
         if args.method == "ilo":
             res = invert(gen, y, op, method="ilo", csgm_kwargs=kw, seed=args.seed)
         else:
@@ -435,14 +446,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--m", type=int, default=None, help="measurements (gaussian, circulant), observed pixels "
                    "(inpainting) or sampled frequencies (fourier)")
     r.add_argument("--factor", type=int, default=2, help="super-resolution factor")
-    r.add_argument("--method", default="csgm", choices=["csgm", "ilo", "lasso", "lasso_dct", "lasso_wavelet"])
+    r.add_argument("--method", default="csgm", choices=["csgm", "ilo", "dip", "lasso", "lasso_dct", "lasso_wavelet"],
+                   help="dip: Deep Image Prior, an untrained network fitted per image (no generator needed)")
     r.add_argument("--generator", default=None, help="zoo name (default: the dataset's VAE)")
     r.add_argument("--n", type=int, default=16, help="number of test images")
     r.add_argument("--noise", type=float, default=0.0, help="total noise norm σ (per entry σ/√m)")
-    r.add_argument("--restarts", type=int, default=5)
+    r.add_argument("--restarts", type=int, default=None, help="default 5 (csgm, ilo), 1 (dip)")
     r.add_argument("--steps", type=int, default=500)
-    r.add_argument("--lr", type=float, default=0.05)
+    r.add_argument("--lr", type=float, default=None, help="default 0.05 (csgm, ilo), 0.01 (dip)")
     r.add_argument("--prior-weight", type=float, default=0.0)
+    r.add_argument("--tv-weight", type=float, default=0.0, help="dip: total-variation weight")
+    r.add_argument("--dip-channels", type=int, default=32, help="dip: channels of the untrained network")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.add_argument("--alpha", type=float, default=0.1, help="Lasso penalty")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--out", default="manifold-defense-recover")
