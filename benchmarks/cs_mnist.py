@@ -5,7 +5,14 @@ m ∈ {10, 25, 50, 100, 200, 300, 400, 500, 750}. Every method sees the same A a
 
 Methods: lasso (pixel basis, α = 0.1), csgm (λ = 0, 10 restarts, 1000 Adam steps, lr 0.01), csgm_reg
 (λ = 0.1), ilo (csgm_reg, then every layer of the decoder and its output within ℓ1 balls whose radii
-are cross-validated per image on held-out measurements).
+are cross-validated per image on held-out measurements); the sparsity baselines lasso_dct and
+lasso_wavelet (db4), whose α is chosen per m from a grid on validation images (MNIST *training*
+images, same A, their own noise); and the untrained-network methods (no generator, no training data
+except dip_lr's prior): dip (Deep Image Prior, Ulyanov et al. 2018 / Van Veen et al. 2018: a fresh
+DeepImagePrior network per image, Adam, stopped at the noise energy ‖η‖² = σ², the discrepancy
+principle) and dip_lr (dip plus Van Veen et al.'s learned regularisation, the weight prior fitted on
+``--dip-prior-images`` training images; its weight chosen on the validation images). DIP methods run
+at m ≤ ``--dip-max-m`` (default 200) only.
 
     python benchmarks/cs_mnist.py [--quick] [--out cs_mnist.json] [--methods lasso csgm ...]
 
@@ -30,20 +37,76 @@ import torch
 
 from manifold_defense import data, zoo
 from manifold_defense.baselines import lasso
-from manifold_defense.inversion import csgm, ilo
+from manifold_defense.generators import DeepImagePrior
+from manifold_defense.inversion import csgm, dip, fit_dip_prior, ilo
 from manifold_defense.operators import GaussianMeasurements, GaussianNoise
 
-M_VALUES = [10, 25, 50, 100, 200, 300, 400, 500, 750]
+M_VALUES = [10, 25, 50, 75, 100, 200, 300, 400, 500, 750]
 CSGM = {"restarts": 10, "steps": 1000, "lr": 0.01}
+DIP = {"steps": 1000, "lr": 0.01, "channels": 32, "loss": "sum"}
+ALPHA_GRID = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]  # × 1/m
+PRIOR_WEIGHT_GRID = [1e-2, 1e-1, 1.0, 10.0]  # the penalty sums ~ Σℓ Cℓ ≈ 200 terms at initialisation; the data term ~ σ²
 
 
-def run_method(method: str, gen, A, y, args) -> tuple[torch.Tensor, float]:
-    """Returns reconstructions and generator evaluations per image."""
+class Validation:
+    """Hyperparameters chosen on MNIST training images (never the test images), per m, and cached."""
+
+    def __init__(self, args) -> None:
+        self.args = args
+        self.x = data.load("mnist", "train", limit=args.n_val).images.to(args.device)
+        self.alpha: dict[tuple[str, int], float] = {}
+        self.prior_weight: dict[int, float] = {}
+        self.prior = None
+
+    def measure(self, A) -> torch.Tensor:
+        return GaussianNoise.per_measurement(self.args.noise, A.m, seed=3000 + A.m)(A(self.x))
+
+    def lasso_alpha(self, basis: str, A) -> float:
+        key = (basis, A.m)
+        if key not in self.alpha:
+            y = self.measure(A)
+            errs = {a: float((lasso(A, y, alpha=a / A.m, basis=basis) - self.x).pow(2).mean()) for a in ALPHA_GRID}
+            self.alpha[key] = min(errs, key=errs.get)
+        return self.alpha[key] / A.m
+
+    def dip_prior(self):
+        if self.prior is None:
+            imgs = data.load("mnist", "train", limit=self.args.n_val + self.args.dip_prior_images).images
+            net = DeepImagePrior(imgs.shape[1:], channels=DIP["channels"], seed=self.args.seed).to(self.args.device)
+            self.prior = fit_dip_prior(net, imgs[self.args.n_val:].to(self.args.device), steps=DIP["steps"] // 2,
+                                       lr=DIP["lr"], seed=self.args.seed)
+        return self.prior
+
+    def dip_prior_weight(self, A) -> float:
+        if A.m not in self.prior_weight:
+            y = self.measure(A)
+            errs = {}
+            for w in PRIOR_WEIGHT_GRID:
+                x_hat, _ = _dip(A, y, self.args, self.dip_prior(), w)
+                errs[w] = float((x_hat - self.x).pow(2).mean())
+            self.prior_weight[A.m] = min(errs, key=errs.get)
+        return self.prior_weight[A.m]
+
+
+def _dip(A, y, args, prior=None, prior_weight: float = 0.0) -> tuple[torch.Tensor, float]:
+    net = DeepImagePrior(A.in_shape, channels=DIP["channels"], seed=args.seed).to(y.device)
+    res = dip(net, y, A, steps=args.dip_steps, lr=DIP["lr"], loss=DIP["loss"], stop_at=args.noise**2,
+              weight_prior=prior, prior_weight=prior_weight, seed=args.seed)
+    return res.x, res.evals_per_sample
+
+
+def run_method(method: str, gen, A, y, args, val: Validation) -> tuple[torch.Tensor, float]:
+    """Returns reconstructions and generator (DIP: network) evaluations per image."""
     if method == "lasso":
         # CSGM used A ~ N(0, 1) with Lasso α = 0.1; with A ~ N(0, 1/m) the same problem has α = 0.1 / m.
         return lasso(A, y, alpha=0.1 / A.m, basis="pixel"), 0.0
     if method in ("lasso_dct", "lasso_wavelet"):
-        return lasso(A, y, alpha=args.lasso_alpha_basis / A.m, basis=method.split("_")[1]), 0.0
+        basis = method.split("_")[1]
+        return lasso(A, y, alpha=val.lasso_alpha(basis, A), basis=basis), 0.0
+    if method == "dip":
+        return _dip(A, y, args)
+    if method == "dip_lr":
+        return _dip(A, y, args, val.dip_prior(), val.dip_prior_weight(A))
     kw = dict(CSGM, steps=args.steps, restarts=args.restarts, loss="sum")
     if method == "csgm":
         res = csgm(gen, y, A, prior_weight=0.0, seed=args.seed, **kw)
@@ -61,11 +124,15 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="20 images instead of 100")
     p.add_argument("--n", type=int, default=None)
     p.add_argument("--m", type=int, nargs="+", default=M_VALUES)
-    p.add_argument("--methods", nargs="+", default=["lasso", "csgm", "csgm_reg", "ilo"])
+    p.add_argument("--methods", nargs="+",
+                   default=["lasso", "lasso_dct", "lasso_wavelet", "csgm", "csgm_reg", "ilo", "dip", "dip_lr"])
     p.add_argument("--steps", type=int, default=CSGM["steps"])
     p.add_argument("--restarts", type=int, default=CSGM["restarts"])
     p.add_argument("--ilo-steps", type=int, default=300)
-    p.add_argument("--lasso-alpha-basis", type=float, default=0.01)
+    p.add_argument("--n-val", type=int, default=20, help="validation (training) images for hyperparameters")
+    p.add_argument("--dip-steps", type=int, default=DIP["steps"])
+    p.add_argument("--dip-max-m", type=int, default=200)
+    p.add_argument("--dip-prior-images", type=int, default=32)
     p.add_argument("--noise", type=float, default=0.1, help="σ: total noise norm ‖η‖ ≈ σ")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--generator", default="mnist-vae20")
@@ -81,13 +148,22 @@ def main(argv=None) -> int:
     seconds: dict[str, float] = {k: 0.0 for k in args.methods}
     evals: dict[str, dict[str, float]] = {k: {} for k in args.methods}
     per_image: dict[str, dict[str, list[float]]] = {k: {} for k in args.methods}
+    spi_m: dict[str, dict[str, float]] = {k: {} for k in args.methods}
+    val = Validation(args)
     for m in args.m:
         A = GaussianMeasurements(x.shape[1:], m, seed=1000 + m).to(args.device)
         y = GaussianNoise.per_measurement(args.noise, m, seed=2000 + m)(A(x))
         for method in args.methods:
+            if method.startswith("dip") and m > args.dip_max_m:
+                continue
+            if method == "dip_lr":  # validation runs are not part of the timed reconstruction
+                val.dip_prior_weight(A)
+            elif method.startswith("lasso_"):
+                val.lasso_alpha(method.split("_")[1], A)
             t0 = time.perf_counter()
-            x_hat, ev = run_method(method, gen, A, y, args)
+            x_hat, ev = run_method(method, gen, A, y, args, val)
             dt = time.perf_counter() - t0
+            spi_m[method][str(m)] = dt / n
             err = (x_hat - x).pow(2).flatten(1).mean(1).cpu()
             mse[method][str(m)] = float(err.mean())
             se[method][str(m)] = float(err.std() / math.sqrt(n)) if n > 1 else float("nan")
@@ -96,13 +172,17 @@ def main(argv=None) -> int:
             per_image[method][str(m)] = err.tolist()
             print(f"m={m:4d} {method:10s} mse {err.mean():.5f} ± {1.96 * se[method][str(m)]:.5f}  "
                   f"{dt / n:.3f} s/img  {ev:.0f} G-evals/img", flush=True)
-    spi = {k: v / (n * len(args.m)) for k, v in seconds.items()}
+    spi = {k: v / (n * max(1, len(spi_m[k]))) for k, v in seconds.items()}
     targets = {}
     if {"csgm", "lasso"} <= set(args.methods):
         targets["csgm <= 0.5 x lasso at m in {25,50,100}"] = {
             m: mse["csgm"][m] <= 0.5 * mse["lasso"][m] for m in ("25", "50", "100") if m in mse["csgm"]}
     if {"ilo", "csgm"} <= set(args.methods):
         targets["ilo <= csgm at every m"] = {m: mse["ilo"][m] <= mse["csgm"][m] for m in mse["ilo"]}
+    lassos = [k for k in ("lasso", "lasso_dct", "lasso_wavelet") if k in args.methods]
+    if "dip" in args.methods and lassos:
+        targets["dip < best of lasso / lasso_dct / lasso_wavelet at every m <= 100"] = {
+            m: mse["dip"][m] < min(mse[k][m] for k in lassos) for m in mse["dip"] if int(m) <= 100}
     if {"ilo", "lasso"} <= set(args.methods):
         targets["ilo <= lasso at every m <= 500"] = {
             m: mse["ilo"][m] <= mse["lasso"][m] for m in mse["ilo"] if int(m) <= 500}
@@ -110,11 +190,17 @@ def main(argv=None) -> int:
         "protocol": {"n_images": n, "m": args.m, "noise_sigma": args.noise, "generator": args.generator,
                      "csgm": dict(CSGM, steps=args.steps, restarts=args.restarts), "ilo_steps": args.ilo_steps,
                      "lasso_alpha": "0.1 / m (= CSGM's 0.1 under A ~ N(0, 1))", "csgm_loss": "sum",
+                     "lasso_basis_alpha_times_m": {f"{b}@{m}": a for (b, m), a in val.alpha.items()},
+                     "dip": dict(DIP, steps=args.dip_steps, stop_at="noise energy sigma^2", max_m=args.dip_max_m,
+                                 prior_images=args.dip_prior_images),
+                     "dip_lr_prior_weight": {str(m): w for m, w in val.prior_weight.items()},
+                     "validation_images": f"MNIST train[:{args.n_val}]",
                      "device": args.device, "torch_threads": torch.get_num_threads()},
         "n_images": n,
         "per_pixel_mse": mse,
         "stderr": se,
         "seconds_per_image": spi,
+        "seconds_per_image_by_m": spi_m,
         "generator_evals_per_image": evals,
         "targets": targets,
         "per_image_mse": per_image,
