@@ -1,12 +1,20 @@
 """The one adapter to MadryLab's ``robustness`` library (Engstrom et al., 2019).
 
-Only its attack steps are used (``robustness.attack_steps.L2Step`` / ``LinfStep``: the projection, the
-steepest-ascent step and the random start of Madry et al.'s PGD). Its ``Attacker.forward`` hard-codes
-``.cuda()`` and its package imports a torchvision module that no longer exists, so neither the attacker
-nor the package-level helpers are imported: the PGD loop around the steps is written here, device-agnostic.
+Used from it: the attack steps (``robustness.attack_steps.L2Step`` / ``LinfStep``: the projection, the
+steepest-ascent step and the random start of Madry et al.'s PGD), its architectures
+(``robustness.cifar_models`` / ``imagenet_models``) and its input normaliser, to load its checkpoints.
+Its ``Attacker.forward`` hard-codes ``.cuda()`` and its ImageNet models import a torchvision module that
+no longer exists (``torchvision.models.utils``), so the attacker is never called (the PGD loop around
+the steps is written here, device-agnostic) and that module is stood in for by ``torch.hub``'s function
+of the same name before the ImageNet architectures are imported.
 """
 
 from __future__ import annotations
+
+import os
+import sys
+import types
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +22,7 @@ from torch import nn
 
 from manifold_defense.validation import InputError
 
-__all__ = ["madry_step", "madry_pgd"]
+__all__ = ["madry_step", "madry_pgd", "robustness_architecture", "load_robustness_checkpoint", "RobustnessClassifier"]
 
 
 def madry_step(norm: str, x: torch.Tensor, epsilon: float, step_size: float):
@@ -43,3 +51,113 @@ def madry_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str, 
         with torch.no_grad():
             adv = step.project(step.step(adv, g))
     return adv.detach()
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+
+
+def _model_zoo(dataset: str):
+    if dataset == "cifar":
+        from robustness import cifar_models
+
+        return cifar_models
+    if dataset == "imagenet":
+        try:
+            import torchvision.models.utils  # noqa: F401
+        except ImportError:  # removed in torchvision 0.13; the robustness wheel still imports it
+            shim = types.ModuleType("torchvision.models.utils")
+            shim.load_state_dict_from_url = torch.hub.load_state_dict_from_url
+            sys.modules["torchvision.models.utils"] = shim
+        from robustness import imagenet_models
+
+        return imagenet_models
+    raise InputError(f"dataset must be 'cifar' or 'imagenet' (the robustness library's architecture families), "
+                     f"got {dataset!r}")
+
+
+def robustness_architecture(name: str, *, num_classes: int = 10, dataset: str = "cifar") -> nn.Module:
+    """An untrained robustness-library architecture by name (e.g. 'resnet18' for CIFAR-sized inputs,
+    or with ``dataset='imagenet'`` its ImageNet models); never downloads weights."""
+    zoo = _model_zoo(dataset)
+    ctor = getattr(zoo, name, None)
+    if ctor is None or not callable(ctor) or name.startswith("_"):
+        known = sorted(n for n in dir(zoo) if n[:1].islower() and callable(getattr(zoo, n)))
+        raise InputError(f"unknown robustness {dataset} architecture {name!r}; available: {', '.join(known)}")
+    kwargs = {"num_classes": num_classes}
+    if dataset == "imagenet":
+        kwargs["pretrained"] = False
+    return ctor(**kwargs)
+
+
+class RobustnessClassifier(nn.Module):
+    """A model from a robustness-format checkpoint as a plain classifier: ``model(normalizer(x))`` on images
+    in [0, 1] → logits (the ``AttackerModel`` without its attacker)."""
+
+    def __init__(self, model: nn.Module, normalizer: nn.Module, input_shape: Sequence[int] | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.normalizer = normalizer
+        if input_shape is not None:
+            self.input_shape = tuple(int(s) for s in input_shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(self.normalizer(x))
+        return out[0] if isinstance(out, tuple) else out
+
+
+def load_robustness_checkpoint(
+    path: str | os.PathLike,
+    arch: str | nn.Module,
+    *,
+    num_classes: int = 10,
+    dataset: str = "cifar",
+    input_shape: Sequence[int] | None = None,
+    device: str | torch.device = "cpu",
+) -> RobustnessClassifier:
+    """Load a MadryLab robustness checkpoint (``{'model': state_dict, 'epoch': …, …}`` whose keys carry the
+    ``module.model.`` / ``module.attacker.`` / ``module.normalizer.`` prefixes of a DataParallel-wrapped
+    ``AttackerModel``) into a :class:`RobustnessClassifier` on ``device``.
+
+    ``arch`` names a robustness architecture (see :func:`robustness_architecture`) or is an ``nn.Module``
+    to load the ``model.`` weights into. Loads with ``torch.load(weights_only=True)``; the attacker's
+    copy of the weights is ignored. A checkpoint that does not fit the architecture raises
+    :class:`~manifold_defense.checkpoint.CheckpointError` naming the missing / unexpected / mis-shaped keys.
+    """
+    from robustness.tools.helpers import InputNormalize
+
+    from manifold_defense.checkpoint import CheckpointError
+    from manifold_defense.utils import resolve_device
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"no checkpoint file at {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpicklable content, truncated file ...
+        raise CheckpointError(f"cannot read {path} as a weights-only torch checkpoint: {exc}") from exc
+    state = ckpt.get("model", ckpt.get("state_dict")) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} is not a robustness checkpoint: expected a dict with a 'model' (or "
+                              "'state_dict') state dict")
+    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+    weights = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    norm = {k[len("normalizer."):]: v for k, v in state.items() if k.startswith("normalizer.")}
+    if not weights or not {"new_mean", "new_std"} <= norm.keys():
+        raise CheckpointError(f"{path} is not a robustness checkpoint: it needs module.model.* weights and "
+                              f"module.normalizer.new_mean/new_std (found keys like {list(state)[:4]})")
+    net = arch if isinstance(arch, nn.Module) else robustness_architecture(arch, num_classes=num_classes,
+                                                                           dataset=dataset)
+    name = arch if isinstance(arch, str) else type(arch).__name__
+    expected = net.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    mis_shaped = sorted(k for k in set(expected) & set(weights) if expected[k].shape != weights[k].shape)
+    if missing or unexpected or mis_shaped:
+        def few(keys: list[str]) -> str:
+            return ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "") if keys else "none"
+
+        raise CheckpointError(f"{path} does not match architecture {name}: missing {few(missing)}; unexpected "
+                              f"{few(unexpected)}; wrong shape {few(mis_shaped)}")
+    net.load_state_dict(weights)
+    normalizer = InputNormalize(norm["new_mean"].flatten(), norm["new_std"].flatten())
+    return RobustnessClassifier(net, normalizer, input_shape).to(resolve_device(device)).eval()
