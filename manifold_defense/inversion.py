@@ -610,6 +610,7 @@ def ilo(
     schedule: str | Callable[[int, int], float] = "ramp",
     clamp_output: bool = True,
     csgm_kwargs: dict | None = None,
+    loss: str | LossFn = "mse",
     seed: int = 0,
     progress: bool = False,
 ) -> InversionResult:
@@ -626,14 +627,19 @@ def ilo(
     measurements. ρ = 0 (stay on the range)
     is a candidate, so a layer never makes the held-out error worse than staying put. This replaces
     the hand-tuned radii of the published code. Pass explicit relative radii (one per layer) to skip it.
-    Only for measurement losses ('mse'); each layer's steps default to ``steps``.
+    Each layer's steps default to ``steps``. ``loss`` is 'mse' or, with explicit radii, any per-sample
+    callable ``(A(x), y) → loss`` (used by every stage, the first included unless ``csgm_kwargs`` sets
+    one): classifier guidance (Daras et al. §4) is ILO with a classifier as ``A`` and a cross-entropy.
     """
     if not hasattr(generator, "split"):
         raise InputError(f"ILO needs a generator with split(i) (intermediate layers); {type(generator).__name__} "
                          "has none")
-    operator = _check_problem(generator, y, operator, "mse")
+    if isinstance(loss, str) and loss != "mse":
+        raise InputError(f"ILO takes loss='mse' or a callable, got {loss!r}")
+    operator = _check_problem(generator, y, operator, loss)
     device, dtype = _device_dtype(generator)
-    y = y.to(device, dtype)
+    y = y.to(device)
+    y = y.to(dtype) if y.is_floating_point() else y
     n = y.shape[0]
     num = generator.num_splits
     layers = list(range(1, num + 1)) if layers is None else list(layers)
@@ -645,6 +651,9 @@ def ilo(
     if isinstance(radii, str):
         if radii != "auto":
             raise InputError(f"radii must be 'auto' or a list of relative radii, got {radii!r}")
+        if callable(loss):
+            raise InputError("radii='auto' cross-validates on held-out measurements (loss='mse'); with a custom "
+                             "loss pass one relative radius per layer")
         grid = sorted(float(r) for r in radius_grid)
         if not grid or min(grid) < 0:
             raise InputError(f"radius_grid must be non-negative relative radii, got {radius_grid}")
@@ -655,14 +664,14 @@ def ilo(
         if len(radii) != len(layers) or min(radii) < 0:
             raise InputError(f"need one non-negative relative radius per layer ({len(layers)}), got {radii}")
 
-    stage0 = csgm(generator, y, operator, seed=seed, progress=progress, **(csgm_kwargs or {}))
+    stage0 = csgm(generator, y, operator, seed=seed, progress=progress, **{"loss": loss, **(csgm_kwargs or {})})
     evals = stage0.generator_evals.clone()
     history = [stage0.history]
     chosen: list[torch.Tensor] = []
     h = stage0.z
     prev = 0
     fit_mask = _holdout_mask(y, holdout, seed) if radii == "auto" else None
-    mse = _per_sample_loss("mse")
+    mse = _per_sample_loss(loss)
     for li, (i, n_steps) in enumerate(zip(layers, steps_l)):
         with torch.no_grad():
             h0 = nn.Sequential(*generator.blocks[prev:i])(h) if i > prev else h
@@ -676,7 +685,7 @@ def ilo(
         def run(start: torch.Tensor, center: torch.Tensor, r_abs: torch.Tensor, y_rows: torch.Tensor,
                 w_rows: torch.Tensor | None, n_steps: int = n_steps, i: int = i, decode=decode
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-            lossfn = _masked(mse, w_rows, 1)
+            lossfn = _masked(mse, w_rows, 1)  # w_rows (held-out masks) only with 'mse'
 
             def objective(x, v, rows):
                 return lossfn(operator(x), y_rows[rows], rows)

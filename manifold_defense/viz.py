@@ -8,7 +8,7 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["save_image_grid"]
+__all__ = ["save_image_grid", "save_animation"]
 
 
 def save_image_grid(
@@ -52,4 +52,28 @@ def save_image_grid(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return path
+
+
+def save_animation(frames: torch.Tensor, path: str | os.PathLike, *, columns: int, scale: int = 4,
+                   seconds_per_frame: float = 0.15) -> Path:
+    """Animated GIF of ``frames`` ``(F, N, C, H, W)`` in [0, 1]: each frame tiles its N images into rows of
+    ``columns``, upscaled ``scale``× (Pillow, nearest neighbour); the last frame is held longer."""
+    from PIL import Image
+
+    if frames.dim() != 5 or frames.shape[0] == 0:
+        raise ValueError(f"frames must be a non-empty (F, N, C, H, W) tensor, got shape {tuple(frames.shape)}")
+    f, n, c, h, w = frames.shape
+    rows = -(-n // columns)
+    canvas = torch.ones(f, c, rows * (h + 1) + 1, columns * (w + 1) + 1)  # 1-pixel white separators
+    for i in range(n):
+        r, q = divmod(i, columns)
+        canvas[:, :, 1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + q * (w + 1): 1 + q * (w + 1) + w] = frames[:, i]
+    pix = (canvas.clamp(0, 1) * 255).round().to(torch.uint8)
+    pix = pix.repeat_interleave(scale, 2).repeat_interleave(scale, 3)
+    images = [Image.fromarray(p[0].numpy() if c == 1 else p.permute(1, 2, 0).numpy()) for p in pix]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ms = int(seconds_per_frame * 1000)
+    images[0].save(path, save_all=True, append_images=images[1:], duration=[ms] * (f - 1) + [ms * 8], loop=0)
     return path

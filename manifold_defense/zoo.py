@@ -110,6 +110,24 @@ ENTRIES: dict[str, ZooEntry] = {
             extra={"projection": {"optimizer": "sgd", "lr": 10.0, "momentum": 0.9, "restarts": 1, "init": "encoder",
                                   "steps": 90, "tol": 1e-4, "patience": 10, "prune_after": 0}},
         ),
+        ZooEntry(
+            name="digits-robust-l2", kind="classifier", dataset="digits", arch="digits-cnn",
+            arch_config={"input_shape": [1, 8, 8], "num_classes": 10, "width": 32}, trainer="classifier",
+            train_config={"epochs": 40, "batch_size": 64, "lr": 2e-3, "schedule": "cosine", "augment_shift": 1,
+                          "seed": 0, "adversary": {"norm": "l2", "epsilon": 0.5, "steps": 5}},
+            description="Small CNN on the 8x8 digits, Madry PGD adversarial training (L2 eps 0.5, 5 steps): "
+                        "a robust classifier for guided generation",
+            budget_minutes=2.0,
+        ),
+        ZooEntry(
+            name="mnist-robust-l2", kind="classifier", dataset="mnist", arch="defensegan-classifier",
+            arch_config={"model": "A"}, trainer="classifier",
+            train_config={"epochs": 3, "batch_size": 128, "lr": 1e-3, "schedule": "cosine", "seed": 0,
+                          "adversary": {"norm": "l2", "epsilon": 2.0, "steps": 7}},
+            description="Defense-GAN classifier A on MNIST, Madry PGD adversarial training (L2 eps 2.0, 7 steps, "
+                        "3 epochs): the robust classifier that guides ILO generation",
+            budget_minutes=15.0,
+        ),
         _classifier("mnist-classifier-a", "A", 5, 5.0),
         _classifier("mnist-classifier-b", "B", 12, 5.0),
         _classifier("mnist-classifier-c", "C", 2, 5.0),
@@ -226,6 +244,11 @@ def _train(entry: ZooEntry, file: Path, device: torch.device, progress: bool) ->
         train_wgan(model, critic, train.images, x_test=test.images, path=file, metadata=meta, progress=progress,
                    **cfg)
     else:
+        adversary = cfg.pop("adversary", None)
+        if adversary is not None:  # a robust classifier: Madry PGD adversarial training
+            from manifold_defense.training import MadryObjective
+
+            cfg["objective"] = MadryObjective(**adversary)
         train_classifier(model, train.images, train.labels, test=(test.images, test.labels), path=file,
                          metadata=meta, progress=progress, **cfg)
     # Record the wall time of this (possibly resumed) build next to the quality numbers.
