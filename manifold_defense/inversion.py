@@ -834,6 +834,10 @@ def dip(
                          f"{tuple(network.output_shape)}")
     if isinstance(loss, str):
         operator.check_measurements(y)
+    elif not isinstance(y, torch.Tensor) or y.dim() == 0 or y.shape[0] == 0:
+        raise InputError("y must be a non-empty batch tensor")
+    elif y.is_floating_point() and not bool(torch.isfinite(y).all()):
+        raise InputError("y contains NaN or inf values; the inversion would return garbage")
     if restarts < 1:
         raise InputError(f"restarts must be >= 1, got {restarts}")
     if tv_weight < 0 or prior_weight < 0:

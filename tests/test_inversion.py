@@ -287,6 +287,16 @@ def test_smoke_dip_fits_measurements_and_beats_a_trivial_image(name, digits_test
     assert float(mse) < 0.5 * float((x - x.mean()).pow(2).mean())
 
 
+def test_dip_needs_no_adjoint(digits_test):
+    # DIP differentiates through the operator with autograd: a nonlinear operator without an adjoint works
+    x = digits_test.images[:4]
+    op = Nonlinear(lambda t: torch.tanh(3 * t).flatten(1)[:, ::2], DIP_SHAPE)
+    y = op(x)
+    start = dip(_dip_net(), y, op, steps=0, loss=lambda p, q: (p - q).pow(2).sum(1))
+    res = dip(_dip_net(), y, op, steps=150, lr=0.01, loss=lambda p, q: (p - q).pow(2).sum(1))
+    assert float(res.loss.mean()) < 0.05 * float(start.loss.mean())
+
+
 def test_dip_networks_are_independent_per_sample(digits_test):
     x = digits_test.images[:3]
     op = GaussianMeasurements(DIP_SHAPE, 30, seed=2)
@@ -343,6 +353,8 @@ def test_exception_dip(digits_test, small_vae):
         dip(net, x, GaussianMeasurements((1, 28, 28), 10))
     with pytest.raises(InputError, match="NaN"):
         dip(net, torch.full_like(x, float("nan")))
+    with pytest.raises(InputError, match="NaN"):  # also with a custom loss
+        dip(net, torch.full_like(x, float("inf")), loss=lambda p, y: (p - y).abs().flatten(1).sum(1))
     with pytest.raises(InputError, match="weight_prior"):
         dip(net, x, prior_weight=0.1)
     with pytest.raises(InputError, match=">= 0"):
