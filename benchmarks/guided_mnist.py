@@ -9,7 +9,8 @@ Santurkar et al. 2019 do it in pixel space with the robust classifier alone. Pro
   judge ``mnist-classifier-b`` (another architecture, standard training, never used for guidance);
 - methods, same budget of ``--steps`` objective evaluations per pair: ``ilo`` (z, then each intermediate
   layer within an ℓ1 ball of relative radius ``--radii``), ``latent`` (z only: the range-limited baseline),
-  ``pixel`` (ℓ2 ball of radius ``--epsilon`` around the start);
+  ``pixel`` (ℓ2 ball of radius ``--epsilon`` around the start, default 0.3·√784 = 8.4: the radius at which
+  its judge success is about ILO's; ``pixel_epsilon_sweep`` reports smaller radii);
 - metrics (mean ± SE over pairs): ``judge_success`` (judge's argmax = target), ``l2_to_start`` ‖x − start‖₂,
   ``range_residual`` (per-pixel MSE of the result's projection onto mnist-vae20: how far it left the range),
   target probability under the guide, seconds per pair. Figures: examples per method, and the guide's
@@ -61,7 +62,10 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=100, help="(start, target) pairs")
     p.add_argument("--steps", type=int, default=300, help="objective evaluations per pair, every method")
     p.add_argument("--radii", type=float, default=0.3, help="ilo: relative l1 radius per intermediate layer")
-    p.add_argument("--epsilon", type=float, default=4.0, help="pixel: l2 radius around the start")
+    p.add_argument("--epsilon", type=float, default=None,
+                   help="pixel: l2 radius around the start (default 0.3 sqrt(784) = 8.4)")
+    p.add_argument("--epsilon-sweep", type=float, nargs="*", default=[4.0, 6.0],
+                   help="extra pixel radii, reported under pixel_epsilon_sweep")
     p.add_argument("--generator", default="mnist-vae20")
     p.add_argument("--guide", default="mnist-robust-l2")
     p.add_argument("--judge", default="mnist-classifier-b")
@@ -104,6 +108,15 @@ def main(argv=None) -> int:
               f"L2 to start {m['l2_to_start']:.3f}  range residual {m['range_residual']:.5f} ± "
               f"{m['range_residual_se']:.5f}  p(target) {m['target_probability']:.3f}  {seconds / len(x):.3f} s/pair",
               flush=True)
+    sweep = {}
+    for eps in args.epsilon_sweep:
+        res = guided_generate(gen, guide, target, x, method="pixel", steps=args.steps, epsilon=eps)
+        m = guided_metrics(res, judge, gen)
+        sweep[str(eps)] = {k: m[k] for k in ("judge_success", "judge_success_se", "range_residual",
+                                              "range_residual_se", "l2_to_start")}
+        print(f"pixel eps {eps}: judge success {m['judge_success']:.3f}, range residual {m['range_residual']:.5f}",
+              flush=True)
+    result["pixel_epsilon_sweep"] = sweep
     js, rr = result["judge_success"], result["range_residual"]
     result["targets"] = {
         "ilo judge_success >= 0.90": js["ilo"] >= 0.90,
@@ -112,7 +125,7 @@ def main(argv=None) -> int:
     result["reference"] = {"guide_clean_accuracy": guide_acc, "judge_clean_accuracy": judge_acc,
                            "judge_says_target_on_start_images": judge_on_start}
     result["protocol"] = {"generator": args.generator, "guide": args.guide, "judge": args.judge,
-                          "steps": args.steps, "ilo_relative_radii": args.radii, "pixel_epsilon_l2": args.epsilon,
+                          "steps": args.steps, "ilo_relative_radii": args.radii, "pixel_epsilon_l2": args.epsilon or 0.3 * 28,
                           "pairs": "MNIST test[:n], target = (label + 1 + i mod 9) mod 10",
                           "torch_threads": torch.get_num_threads()}
     result["total_seconds"] = time.perf_counter() - t_start
