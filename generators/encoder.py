@@ -19,7 +19,8 @@ from torch import nn
 
 from manifold_defense.checkpoint import build_model, register_architecture, train_epochs
 from manifold_defense.generators.base import Generator
-from manifold_defense.utils import batched_apply, minibatches, seed_everything
+from manifold_defense.generators.train import reconstruction_mse
+from manifold_defense.utils import minibatches, seed_everything
 from manifold_defense.validation import InputError, check_images
 
 __all__ = ["LatentEncoder", "EncodedGenerator", "train_encoder"]
@@ -90,14 +91,6 @@ class EncodedGenerator(Generator):
         return self.encoder(self._check_input_images(x))
 
 
-def encoder_reconstruction_mse(model: EncodedGenerator, x: torch.Tensor, batch_size: int = 500) -> float:
-    """Mean per-pixel squared error of ``G(E(x))`` against ``x``."""
-    p = next(model.parameters())
-    x = x.to(p.device)
-    rec = batched_apply(lambda c: model(model.encode(c)), x, batch_size)
-    return float((rec - x).pow(2).mean())
-
-
 def train_encoder(
     model: EncodedGenerator,
     x_train: torch.Tensor,
@@ -149,9 +142,9 @@ def train_encoder(
 
     def finalize() -> dict[str, float]:
         model.eval()
-        out = {"train_encoder_recon_mse": encoder_reconstruction_mse(model, x_train[:5000])}
+        out = {"train_encoder_recon_mse": reconstruction_mse(model, x_train[:5000], batch_size=500)}
         if x_test is not None:
-            out["test_encoder_recon_mse"] = encoder_reconstruction_mse(model, x_test)
+            out["test_encoder_recon_mse"] = reconstruction_mse(model, x_test, batch_size=500)
         return out
 
     config = {"trainer": "encoder", "batch_size": batch_size, "lr": lr, "image_weight": image_weight, "seed": seed,

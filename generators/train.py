@@ -22,11 +22,12 @@ from manifold_defense.validation import check_images
 __all__ = ["train_vae", "train_wgan", "reconstruction_mse"]
 
 
-def reconstruction_mse(vae: VAE, x: torch.Tensor, batch_size: int = 1000) -> float:
-    """Mean per-pixel squared error of ``G(encode(x))`` against ``x``."""
-    p = next(vae.parameters())
+def reconstruction_mse(model: Generator, x: torch.Tensor, batch_size: int = 1000) -> float:
+    """Mean per-pixel squared error of ``G(encode(x))`` against ``x``, for any generator with an encoder
+    (a VAE, an :class:`~manifold_defense.generators.encoder.EncodedGenerator`)."""
+    p = next(model.parameters())
     x = x.to(p.device)
-    rec = batched_apply(lambda c: vae(vae.encode(c)), x, batch_size)
+    rec = batched_apply(lambda c: model(model.encode(c)), x, batch_size)
     return float((rec - x).pow(2).mean())
 
 
