@@ -158,10 +158,14 @@ def _check_problem(generator: nn.Module, y: torch.Tensor, operator: Operator | N
     if not hasattr(generator, "latent_dim") or not hasattr(generator, "output_shape"):
         raise InputError(f"{type(generator).__name__} is not a manifold_defense Generator (needs latent_dim, "
                          "output_shape)")
-    operator = operator if operator is not None else Identity(generator.output_shape)
-    if tuple(operator.in_shape) != tuple(generator.output_shape):
-        raise InputError(f"operator expects images of shape {operator.in_shape} but the generator makes "
-                         f"{tuple(generator.output_shape)}")
+    return _check_operator(generator.output_shape, y, operator, loss, "the generator")
+
+
+def _check_operator(shape, y: torch.Tensor, operator: Operator | None, loss: str | LossFn, maker: str) -> Operator:
+    """The operator (default identity) takes images of ``shape``; ``y`` are valid measurements for it."""
+    operator = operator if operator is not None else Identity(shape)
+    if tuple(operator.in_shape) != tuple(shape):
+        raise InputError(f"operator expects images of shape {operator.in_shape} but {maker} makes {tuple(shape)}")
     if isinstance(loss, str):
         operator.check_measurements(y)
     else:
@@ -828,16 +832,7 @@ def dip(
     for attr in ("functional_forward", "flat_init", "output_shape"):
         if not hasattr(network, attr):
             raise InputError(f"dip needs a DeepImagePrior-like network (with {attr}), got {type(network).__name__}")
-    operator = operator if operator is not None else Identity(network.output_shape)
-    if tuple(operator.in_shape) != tuple(network.output_shape):
-        raise InputError(f"operator expects images of shape {operator.in_shape} but the network makes "
-                         f"{tuple(network.output_shape)}")
-    if isinstance(loss, str):
-        operator.check_measurements(y)
-    elif not isinstance(y, torch.Tensor) or y.dim() == 0 or y.shape[0] == 0:
-        raise InputError("y must be a non-empty batch tensor")
-    elif y.is_floating_point() and not bool(torch.isfinite(y).all()):
-        raise InputError("y contains NaN or inf values; the inversion would return garbage")
+    operator = _check_operator(network.output_shape, y, operator, loss, "the network")
     if restarts < 1:
         raise InputError(f"restarts must be >= 1, got {restarts}")
     if tv_weight < 0 or prior_weight < 0:
