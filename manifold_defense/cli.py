@@ -232,6 +232,8 @@ def _load_split(dataset: str, split: str, data_path: str | None, download: bool)
 
 
 def _cmd_train_generator(args: argparse.Namespace) -> int:
+    import torch
+
     from manifold_defense import data
     from manifold_defense.generators import VAE, DefenseGANGenerator, WGANCritic, train_vae, train_wgan
     from manifold_defense.utils import resolve_device
@@ -241,6 +243,7 @@ def _cmd_train_generator(args: argparse.Namespace) -> int:
     test = _load_split(args.dataset, "test", args.data_path, args.download)
     shape = data.image_shape(args.dataset)
     meta = {"dataset": args.dataset, "kind": "generator"}
+    torch.manual_seed(args.seed)  # the initial weights, too, follow --seed
     if args.arch == "vae":
         hidden = args.hidden or ([500, 500] if args.dataset == "mnist" else [256, 256])
         latent = args.latent_dim or (20 if args.dataset == "mnist" else 8)
@@ -261,6 +264,8 @@ def _cmd_train_generator(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_classifier(args: argparse.Namespace) -> int:
+    import torch
+
     from manifold_defense import data
     from manifold_defense.classifiers import DefenseGANClassifier, DigitsCNN, train_classifier
     from manifold_defense.utils import resolve_device
@@ -273,6 +278,7 @@ def _cmd_train_classifier(args: argparse.Namespace) -> int:
         train = _load_split(args.dataset, "train", args.data_path, args.download)
         test = _load_split(args.dataset, "test", args.data_path, args.download)
         shape = data.image_shape(args.dataset)
+        torch.manual_seed(args.seed)  # the initial weights, too, follow --seed
         model = (DigitsCNN(shape) if args.arch == "digits" else DefenseGANClassifier(args.arch.upper(), shape)).to(device)
         objective, metadata = None, {"dataset": args.dataset, "kind": "classifier"}
         if getattr(args, "preset", None):

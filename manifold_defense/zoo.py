@@ -223,8 +223,10 @@ def _train(entry: ZooEntry, file: Path, device: torch.device, progress: bool) ->
 
     train = data.load(entry.dataset, "train")
     test = data.load(entry.dataset, "test")
-    model = build_model(entry.arch, entry.arch_config).to(device)
     cfg = dict(entry.train_config)
+    # Initial weights come from the global generator: seed it, or every build starts from different weights.
+    torch.manual_seed(cfg.get("seed", 0))
+    model = build_model(entry.arch, entry.arch_config).to(device)
     t0 = time.perf_counter()
     meta = {"zoo_name": entry.name, "zoo_spec": entry.spec(), "dataset": entry.dataset,
             "description": entry.description, "kind": entry.kind, "architecture": entry.arch,
