@@ -16,6 +16,8 @@ Per configuration: mean projection MSE ‖G(ẑ) − x‖²/n (± SE), defended 
 defense_gan / default, speed default / defense_gan. Paired differences (default − defense_gan) with their
 standard errors. The floor: FLOPs of one generator forward + backward (counted by
 ``torch.utils.flop_counter``) × evaluations per image, against this machine's dense-matmul throughput.
+``torch_compile``: the default projection with the generator under ``torch.compile`` vs eager (compile
+time, images per second, largest output difference) — the default stays eager unless this pays.
 
     python benchmarks/projection_speed.py [--quick] [--out results/projection_speed.json]
 """
@@ -78,6 +80,26 @@ def project_all(gen, cfg: ProjectionConfig, x: torch.Tensor, y: torch.Tensor, cl
     return {"mse": mse, "correct": correct, "evals": torch.cat(evals), "seconds": seconds, "x_hat": x_hat}
 
 
+def compile_check(gen, cfg: ProjectionConfig, x: torch.Tensor, batch: int) -> dict:
+    """The default projection with ``torch.compile(generator, dynamic=True)`` against eager, same inputs: the
+    compilation cost (first call), images per second after it, and the largest difference in G(ẑ)."""
+    try:
+        compiled = torch.compile(gen, dynamic=True)
+        t0 = time.perf_counter()
+        cfg.project(compiled, x[:batch])
+        warmup = time.perf_counter() - t0
+    except Exception as err:  # no C++ toolchain, unsupported op, ...: report instead of failing the benchmark
+        return {"error": f"{type(err).__name__}: {err}"[:300]}
+    runs = {}
+    for name, g in (("eager", gen), ("compiled", compiled)):
+        t0 = time.perf_counter()
+        xs = [cfg.project(g, x[i : i + batch]).x for i in range(0, len(x), batch)]
+        runs[name] = (len(x) / (time.perf_counter() - t0), torch.cat(xs))
+    return {"n": len(x), "compile_seconds": warmup, "eager_images_per_second": runs["eager"][0],
+            "compiled_images_per_second": runs["compiled"][0], "speedup": runs["compiled"][0] / runs["eager"][0],
+            "max_abs_difference": float((runs["eager"][1] - runs["compiled"][1]).abs().max())}
+
+
 def summary(runs: list[dict]) -> dict:
     mse = torch.cat([r["mse"] for r in runs])
     correct = torch.cat([r["correct"] for r in runs])
@@ -131,6 +153,9 @@ def run_generator(key: str, bare_name: str, enc_name: str, n: int, clf, test, ar
             "floor_images_per_second": peak / gflop_per_image,
             "fraction_of_floor": gflop_per_image * r["images_per_second"] / peak,
         }
+    if args.compile:
+        out["torch_compile"] = compile_check(gen, configs["default"][1], x, args.batch or n)
+        print(key, "torch.compile", json.dumps(out["torch_compile"]), flush=True)
     targets = {}
     for kind in ("pooled", *inputs):
         a, b = (dg, df) if kind == "pooled" else (dg[kind], df[kind])
@@ -176,6 +201,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="20 / 10 images (a smoke run)")
     p.add_argument("--batch", type=int, default=0, help="images per projection call (default: all N at once)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time the default projection with torch.compile(generator) (default: on)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     out_json = Path(args.out) if args.out else Path(__file__).parent / "results" / (

@@ -99,6 +99,7 @@ def train_encoder(
     batch_size: int = 64,
     lr: float = 1e-3,
     image_weight: float = 1.0,
+    noise: float = 0.0,
     seed: int = 0,
     path: str | os.PathLike | None = None,
     x_test: torch.Tensor | None = None,
@@ -107,12 +108,22 @@ def train_encoder(
 ) -> list[dict[str, float]]:
     """Fit ``model.encoder`` with the generator frozen (Invert-and-Defend, Lin et al. 2019): Adam on
     ``mean ‖E(G(z)) − z‖² / k + image_weight · mean ‖G(E(x)) − x‖²`` (per latent entry / per pixel),
-    ``z`` from the prior and ``x`` a minibatch of real images. Checkpointed and resumable per epoch."""
+    ``z`` from the prior and ``x`` a minibatch of real images. Checkpointed and resumable per epoch.
+
+    ``noise`` > 0 trains the encoder for off-manifold inputs too: half of each real minibatch is replaced
+    by ``clip(x + s·σ, 0, 1)`` with random signs ``σ`` and a per-image size ``s ~ U(0, noise)`` (an
+    L∞ perturbation like FGSM's, but random), and the image loss asks ``G(E(x̃))`` to fit that perturbed
+    ``x̃`` — the projection's own objective — so the encoder's start is close to the projection of a
+    perturbed input, not of the clean image behind it."""
     if not isinstance(model, EncodedGenerator):
         raise InputError(f"train_encoder needs an EncodedGenerator, got {type(model).__name__}")
     check_images(x_train, model.output_shape, name="x_train")
     if image_weight < 0:
         raise InputError(f"image_weight must be >= 0, got {image_weight}")
+    if not 0 <= noise <= 1:
+        raise InputError(f"noise must be in [0, 1], got {noise}")
+    if noise > 0 and not image_weight:
+        raise InputError("noise > 0 needs image_weight > 0 (the perturbed images enter the image loss only)")
     gen = seed_everything(seed)
     device = next(model.parameters()).device
     x_train = x_train.to(device)
@@ -126,6 +137,11 @@ def train_encoder(
         for idx in minibatches(len(x_train), batch_size, gen):
             xb = x_train[idx.to(device)]
             z = torch.randn(len(idx), model.latent_dim, generator=gen).to(device)
+            if noise > 0:
+                h = len(idx) // 2
+                size = torch.rand(h, 1, 1, 1, generator=gen).to(device) * noise
+                signs = torch.randint(0, 2, xb[:h].shape, generator=gen).to(device) * 2.0 - 1.0
+                xb = torch.cat([(xb[:h] + size * signs).clamp(0, 1), xb[h:]])
             with torch.no_grad():
                 fake = model(z)
             loss_z = (model.encoder(fake) - z).pow(2).mean()
@@ -148,7 +164,7 @@ def train_encoder(
         return out
 
     config = {"trainer": "encoder", "batch_size": batch_size, "lr": lr, "image_weight": image_weight, "seed": seed,
-              "n_train": len(x_train)}
+              "n_train": len(x_train), "noise": noise}
     return train_epochs(
         path=path, modules={"model": model}, optimizers={"adam": opt}, epochs=epochs, epoch_fn=epoch_fn,
         config=config, metadata=metadata, generator=gen, finalize=finalize, desc="encoder", progress=progress,

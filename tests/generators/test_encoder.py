@@ -59,6 +59,10 @@ def test_exception(small_gan, tmp_path):
         train_encoder(small_gan, torch.rand(4, 1, 28, 28), progress=False)
     with pytest.raises(InputError, match="image_weight"):
         train_encoder(enc, torch.rand(4, 1, 28, 28), image_weight=-1.0, progress=False)
+    with pytest.raises(InputError, match="noise must be in"):
+        train_encoder(enc, torch.rand(4, 1, 28, 28), noise=1.5, progress=False)
+    with pytest.raises(InputError, match="needs image_weight"):
+        train_encoder(enc, torch.rand(4, 1, 28, 28), noise=0.3, image_weight=0.0, progress=False)
     with pytest.raises(InputError, match="image shape"):
         train_encoder(enc, torch.rand(4, 1, 8, 8), progress=False)
     with pytest.raises(InputError, match="bad encoder shape"):
