@@ -105,11 +105,13 @@ ENTRIES: dict[str, ZooEntry] = {
                         "for the fast projection, also trained on randomly L∞-perturbed images (noise 0.3) so that it starts "
                         "the projection of off-manifold inputs well; same generator weights",
             budget_minutes=20.0,
-            # Its 128-d latent converges far faster under momentum SGD (lr 10, momentum 0.9) than under Adam
-            # (measured: clean MSE 0.0030 vs 0.0054 at ~90 evaluations), and adding random-search starts in
-            # 128 dimensions did not improve on the encoder start.
-            extra={"projection": {"optimizer": "sgd", "lr": 10.0, "momentum": 0.9, "restarts": 1, "init": "encoder",
-                                  "steps": 90, "tol": 1e-4, "patience": 10, "prune_after": 0}},
+            # Its 128-d latent converges far faster under momentum SGD (momentum 0.9) than under Adam (measured:
+            # clean MSE 0.0030 vs 0.0054 at ~90 evaluations), and adding random-search starts in 128 dimensions
+            # did not improve on the encoder start. A constant lr 5 with patience 25 beats cosine-decayed lr 10
+            # with patience 10 on FGSM inputs (MSE .0284 vs .0306, 100 test images; momentum SGD's loss
+            # oscillates, so a short patience stopped those samples early) at the same clean MSE.
+            extra={"projection": {"optimizer": "sgd", "lr": 5.0, "momentum": 0.9, "schedule": "constant", "restarts": 1,
+                                  "init": "encoder", "steps": 90, "tol": 1e-4, "patience": 25, "prune_after": 0}},
         ),
         ZooEntry(
             name="digits-robust-l2", kind="classifier", dataset="digits", arch="digits-cnn",
