@@ -104,6 +104,8 @@ def main(argv=None) -> int:
         result["generator_evals_per_pair"][method] = float(res.generator_evals.mean())
         result.setdefault("per_pair", {})[method] = m["per_pair"]
         traces[method], images[method] = res.trace, res.images
+        if method == "pixel":
+            pixel_epsilon = res.info["epsilon"]  # the radius used (guided_generate's default when not given)
         print(f"{method:7s} judge success {m['judge_success']:.3f} ± {m['judge_success_se']:.3f}  "
               f"L2 to start {m['l2_to_start']:.3f}  range residual {m['range_residual']:.5f} ± "
               f"{m['range_residual_se']:.5f}  p(target) {m['target_probability']:.3f}  {seconds / len(x):.3f} s/pair",
@@ -125,7 +127,7 @@ def main(argv=None) -> int:
     result["reference"] = {"guide_clean_accuracy": guide_acc, "judge_clean_accuracy": judge_acc,
                            "judge_says_target_on_start_images": judge_on_start}
     result["protocol"] = {"generator": args.generator, "guide": args.guide, "judge": args.judge,
-                          "steps": args.steps, "ilo_relative_radii": args.radii, "pixel_epsilon_l2": args.epsilon or 0.3 * 28,
+                          "steps": args.steps, "ilo_relative_radii": args.radii, "pixel_epsilon_l2": pixel_epsilon,
                           "pairs": "MNIST test[:n], target = (label + 1 + i mod 9) mod 10",
                           "torch_threads": torch.get_num_threads()}
     result["total_seconds"] = time.perf_counter() - t_start

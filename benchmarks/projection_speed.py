@@ -85,7 +85,7 @@ def project_all(gen, cfg: ProjectionConfig, x: torch.Tensor, y: torch.Tensor, cl
     return {"mse": mse, "correct": correct, "evals": torch.cat(evals), "seconds": seconds, "x_hat": x_hat}
 
 
-def compile_check(gen, cfg: ProjectionConfig, x: torch.Tensor, batch: int) -> dict:
+def compile_check(gen, cfg: ProjectionConfig, x: torch.Tensor, y: torch.Tensor, clf, batch: int) -> dict:
     """The default projection with ``torch.compile(generator, dynamic=True)`` against eager, same inputs: the
     compilation cost (first call), images per second after it, and the largest difference in G(ẑ)."""
     try:
@@ -95,14 +95,11 @@ def compile_check(gen, cfg: ProjectionConfig, x: torch.Tensor, batch: int) -> di
         warmup = time.perf_counter() - t0
     except Exception as err:  # no C++ toolchain, unsupported op, ...: report instead of failing the benchmark
         return {"error": f"{type(err).__name__}: {err}"[:300]}
-    runs = {}
-    for name, g in (("eager", gen), ("compiled", compiled)):
-        t0 = time.perf_counter()
-        xs = [cfg.project(g, x[i : i + batch]).x for i in range(0, len(x), batch)]
-        runs[name] = (len(x) / (time.perf_counter() - t0), torch.cat(xs))
-    return {"n": len(x), "compile_seconds": warmup, "eager_images_per_second": runs["eager"][0],
-            "compiled_images_per_second": runs["compiled"][0], "speedup": runs["compiled"][0] / runs["eager"][0],
-            "max_abs_difference": float((runs["eager"][1] - runs["compiled"][1]).abs().max())}
+    eager, comp = (project_all(g, cfg, x, y, clf, batch) for g in (gen, compiled))
+    rate = {k: len(x) / r["seconds"] for k, r in (("eager", eager), ("compiled", comp))}
+    return {"n": len(x), "compile_seconds": warmup, "eager_images_per_second": rate["eager"],
+            "compiled_images_per_second": rate["compiled"], "speedup": rate["compiled"] / rate["eager"],
+            "max_abs_difference": float((eager["x_hat"] - comp["x_hat"]).abs().max())}
 
 
 def summary(runs: list[dict]) -> dict:
@@ -159,7 +156,7 @@ def run_generator(key: str, bare_name: str, enc_name: str, n: int, clf, test, ar
             "fraction_of_floor": gflop_per_image * r["images_per_second"] / peak,
         }
     if args.compile:
-        out["torch_compile"] = compile_check(gen, configs["default"][1], x, args.batch or n)
+        out["torch_compile"] = compile_check(gen, configs["default"][1], x, y, clf, args.batch or n)
         print(key, "torch.compile", json.dumps(out["torch_compile"]), flush=True)
     targets = {}
     for kind in ("pooled", *inputs):
