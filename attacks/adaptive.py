@@ -27,7 +27,8 @@ from torch import nn
 from manifold_defense.attacks.base import Attack
 from manifold_defense.attacks.pixel import ProjectedGradientDescent, project_to_ball
 from manifold_defense.defended import DefendedModel, ProjectionConfig
-from manifold_defense.inversion import _descend, _pick_best
+from manifold_defense.inversion import descend
+from manifold_defense.inversion.result import pick_best
 from manifold_defense.validation import InputError, check_compatible
 
 __all__ = ["BPDA", "BackwardPassDifferentiableApproximation", "UnrolledPGD", "LatentReparameterization",
@@ -172,15 +173,17 @@ class LatentReparameterization(Attack):
         noise[:, 0] = 0  # restart 0 starts exactly at the projection
         z = (z_hat[:, None] + self.init_scale * noise).reshape(n * R, -1)
         x_rep, y_rep = x.repeat_interleave(R, 0), y.repeat_interleave(R, 0)
-        c = self.penalty
-        for _ in range(self.rounds):
-            def objective(img: torch.Tensor, zz: torch.Tensor, rows: torch.Tensor, c: float = c) -> torch.Tensor:
-                m = margin_loss(classifier(img), y_rep[rows], self.kappa)
-                return m + c * self._excess(img - x_rep[rows], epsilon)
+        def margin(img: torch.Tensor, zz: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            return margin_loss(classifier(img), y_rep[rows], self.kappa)
 
-            z = _descend(z, generator, objective, steps=self.steps, lr=self.lr, optimizer="adam",
-                         schedule="constant", desc="latent-reparam")[0]
-            c *= 10
+        for r in range(self.rounds):  # a penalty method: the weight on leaving the ball grows ×10 per round
+            c = self.penalty * 10**r
+
+            def excess(img: torch.Tensor, zz: torch.Tensor, rows: torch.Tensor, c: float = c) -> torch.Tensor:
+                return c * self._excess(img - x_rep[rows], epsilon)
+
+            z = descend(z, generator, margin, penalties=[excess], steps=self.steps, lr=self.lr, step_rule="adam",
+                        desc="latent-reparam").variables
         with torch.no_grad():
             img = generator(z)
             adv = (x_rep + project_to_ball(img - x_rep, epsilon, self.norm)).clamp(0, 1)
@@ -188,7 +191,7 @@ class LatentReparameterization(Attack):
             inside = self._excess(img - x_rep, epsilon / self.slack) == 0
         # Per sample keep the restart that is inside the ball with the lowest margin (else the lowest margin).
         score = m + (~inside).to(m.dtype) * (m.abs().max() + 1)
-        _, idx = _pick_best(score, n, R)
+        _, idx = pick_best(score, n, R)
         return adv[idx]
 
 

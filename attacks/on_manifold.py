@@ -21,7 +21,8 @@ from torch import nn
 
 from manifold_defense.attacks.base import Attack
 from manifold_defense.defended import DefendedModel, ProjectionConfig
-from manifold_defense.inversion import _descend
+from manifold_defense.inversion import descend
+from manifold_defense.inversion.terms import negative_cross_entropy
 from manifold_defense.validation import InputError, check_compatible
 
 __all__ = ["LatentPGD", "OnManifoldPGD", "OverpoweredAttack", "pull_back"]
@@ -76,14 +77,11 @@ class LatentPGD(Attack):
         z0 = self._project(x)
         with torch.no_grad():
             x0 = self.generator(z0)
-        z = z0.clone()
-        for _ in range(self.steps):
-            with torch.enable_grad():
-                zr = z.detach().requires_grad_(True)
-                loss = F.cross_entropy(model(self.generator(zr)), y, reduction="none")
-                (g,) = torch.autograd.grad(loss.sum(), zr)
-            g = g / g.norm(dim=1, keepdim=True).clamp_min(1e-12)
-            z = pull_back(self.generator, z0, z + self.latent_stepsize * g, x0, epsilon, self.bisection_steps)
+        def project(z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            return pull_back(self.generator, z0[rows], z, x0[rows], epsilon, self.bisection_steps)
+
+        z = descend(z0, self.generator, negative_cross_entropy(model, y), steps=self.steps, lr=self.latent_stepsize,
+                    step_rule="l2", project=project, keep="last", desc="latent-pgd").variables
         with torch.no_grad():
             adv = self.generator(z)
         return adv.clamp(0, 1), x0
@@ -121,18 +119,20 @@ class OverpoweredAttack(Attack):
         def decode(v: torch.Tensor) -> torch.Tensor:
             return g(v.flatten(0, 1)).view(len(v), 2, *g.output_shape)
 
-        lam = self.multiplier
-        for _ in range(self.rounds):
-            def objective(img: torch.Tensor, v: torch.Tensor, rows: torch.Tensor, lam: float = lam) -> torch.Tensor:
-                logits = classifier(img.flatten(0, 1)).view(len(img), 2, -1)
-                keep = F.cross_entropy(logits[:, 0], y[rows], reduction="none")
-                flip = F.cross_entropy(logits[:, 1], y[rows], reduction="none").clamp_max(self.cap)
-                dist = (img[:, 1] - img[:, 0]).flatten(1).norm(dim=1)
-                return keep - flip + lam * torch.relu(dist - epsilon).pow(2)
+        def disagreement(img: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            logits = classifier(img.flatten(0, 1)).view(len(img), 2, -1)
+            keep = F.cross_entropy(logits[:, 0], y[rows], reduction="none")
+            flip = F.cross_entropy(logits[:, 1], y[rows], reduction="none").clamp_max(self.cap)
+            return keep - flip
 
-            pair = _descend(pair, decode, objective, steps=self.steps, lr=self.lr, optimizer="adam",
-                            desc="overpowered")[0]
-            lam *= 10
+        for r in range(self.rounds):  # the Lagrange multiplier on ‖G(z1) − G(z2)‖₂ ≤ η grows ×10 per round
+            lam = self.multiplier * 10**r
+
+            def distance(img: torch.Tensor, v: torch.Tensor, rows: torch.Tensor, lam: float = lam) -> torch.Tensor:
+                return lam * torch.relu((img[:, 1] - img[:, 0]).flatten(1).norm(dim=1) - epsilon).pow(2)
+
+            pair = descend(pair, decode, disagreement, penalties=[distance], steps=self.steps, lr=self.lr,
+                           step_rule="adam", desc="overpowered").variables
         with torch.no_grad():
             ref = g(pair[:, 0])
         z2 = pull_back(g, pair[:, 0], pair[:, 1], ref, epsilon)

@@ -1,12 +1,17 @@
-"""Generators: the interface, the architectures and their trainers."""
+"""Generators: the architectures (VAE, the Defense-GAN WGAN, DCGAN for 32×32, random ReLU networks, Deep
+Image Prior networks), encoders for GANs, and their trainers. :class:`Generator` and the other protocols
+(:mod:`manifold_defense.protocols`) say what the rest of the library asks of a generator."""
 
-from manifold_defense.generators.base import Chain, Generator
-from manifold_defense.generators.dip import DeepImagePrior
+from manifold_defense.generators.base import Chain, SequentialGenerator
+from manifold_defense.generators.cifar import DCGANCritic, DCGANGenerator
 from manifold_defense.generators.dcgan import DefenseGANGenerator, WGANCritic
+from manifold_defense.generators.dip import DeepImagePrior
 from manifold_defense.generators.encoder import EncodedGenerator, LatentEncoder, train_encoder
 from manifold_defense.generators.random_relu import RandomReLUGenerator
-from manifold_defense.generators.train import train_vae, train_wgan
+from manifold_defense.generators.train import reconstruction_mse, train_vae, train_wgan
 from manifold_defense.generators.vae import VAE
+from manifold_defense.protocols import ClassConditional, Encoded, Generator, Splittable
 
-__all__ = ["Generator", "Chain", "VAE", "DefenseGANGenerator", "RandomReLUGenerator", "WGANCritic", "train_vae", "train_wgan",
-           "EncodedGenerator", "LatentEncoder", "train_encoder", "DeepImagePrior"]
+__all__ = ["Generator", "Splittable", "Encoded", "ClassConditional", "SequentialGenerator", "Chain", "VAE",
+           "DefenseGANGenerator", "WGANCritic", "DCGANGenerator", "DCGANCritic", "RandomReLUGenerator", "train_vae",
+           "train_wgan", "reconstruction_mse", "EncodedGenerator", "LatentEncoder", "train_encoder", "DeepImagePrior"]

@@ -9,20 +9,22 @@ from torch import nn
 
 from manifold_defense.validation import InputError, check_images, check_latents
 
-__all__ = ["Generator", "Chain"]
+__all__ = ["SequentialGenerator", "Chain", "image_numel"]
 
 
 class Chain(nn.Sequential):
     """A run of generator blocks; shares parameters with the generator it was split from."""
 
 
-class Generator(nn.Module):
-    """A map ``G: R^latent_dim → [0, 1]^output_shape`` built as a chain of blocks.
+class SequentialGenerator(nn.Module):
+    """A map ``G: R^latent_dim → [0, 1]^output_shape`` built as a chain of blocks: the base class of the
+    library's generators (it meets the :class:`~manifold_defense.protocols.Generator` and
+    :class:`~manifold_defense.protocols.Splittable` protocols).
 
     Subclasses fill ``self.blocks`` (an ``nn.ModuleList``) and set ``latent_dim`` and
     ``output_shape``. ``split(i)`` cuts the chain after block ``i`` into ``(G1, G2)`` with
     ``G2(G1(z)) == G(z)``; this is what intermediate layer optimisation (Daras et al. 2021) searches
-    over. Generators with an encoder override :meth:`encode` (used for warm starts).
+    over. Generators with an encoder add ``encode(x)`` (:class:`~manifold_defense.protocols.Encoded`).
     """
 
     latent_dim: int
@@ -47,6 +49,12 @@ class Generator(nn.Module):
             raise InputError(f"split index must be in [0, {self.num_splits}], got {i}")
         return Chain(*self.blocks[:i]), Chain(*self.blocks[i:])
 
+    def segment(self, start: int, stop: int) -> Chain:
+        """Blocks ``start … stop − 1`` (maps the representation after block ``start`` to the one after ``stop``)."""
+        if not 0 <= start <= stop <= self.num_splits:
+            raise InputError(f"segment needs 0 <= start <= stop <= {self.num_splits}, got {start}, {stop}")
+        return Chain(*self.blocks[start:stop])
+
     def intermediate_shape(self, i: int) -> tuple[int, ...]:
         """Shape (without batch) of the representation after block ``i``."""
         g1, _ = self.split(i)
@@ -67,14 +75,6 @@ class Generator(nn.Module):
         device = device if device is not None else (generator.device if generator is not None else p.device)
         return torch.randn(n, self.latent_dim, generator=generator, device=device, dtype=dtype or p.dtype)
 
-    @property
-    def has_encoder(self) -> bool:
-        return False
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Map images to latent codes (a warm start for inversion). Not every generator has one."""
-        raise NotImplementedError(f"{type(self).__name__} has no encoder")
-
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` random images from the model."""
         with torch.inference_mode():
@@ -85,6 +85,7 @@ class Generator(nn.Module):
 
 
 def image_numel(shape: Sequence[int]) -> int:
+    """Number of entries of one image of ``shape``."""
     n = 1
     for s in shape:
         n *= int(s)

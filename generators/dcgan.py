@@ -12,8 +12,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from manifold_defense.checkpoint import register_architecture
-from manifold_defense.generators.base import Generator
+from manifold_defense.generators.base import SequentialGenerator
 
 __all__ = ["DefenseGANGenerator", "WGANCritic"]
 
@@ -32,9 +31,10 @@ def _up(cin: int, cout: int) -> nn.ConvTranspose2d:
     return nn.ConvTranspose2d(cin, cout, 5, stride=2, padding=2, output_padding=1)
 
 
-@register_architecture("defensegan-generator")
-class DefenseGANGenerator(Generator):
+class DefenseGANGenerator(SequentialGenerator):
     """Conv generator for 28×28 images (``dim`` = 64 reproduces the paper)."""
+
+    arch_name = "defensegan-generator"
 
     def __init__(self, latent_dim: int = 128, dim: int = 64, channels: int = 1) -> None:
         super().__init__()
@@ -51,9 +51,10 @@ class DefenseGANGenerator(Generator):
         )
 
 
-@register_architecture("wgan-critic")
 class WGANCritic(nn.Module):
     """Critic for 28×28 images: three stride-2 5×5 convolutions then a linear score."""
+
+    arch_name = "wgan-critic"
 
     def __init__(self, dim: int = 64, channels: int = 1, image_size: Sequence[int] = (28, 28)) -> None:
         super().__init__()

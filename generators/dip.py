@@ -20,7 +20,6 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from manifold_defense.checkpoint import register_architecture
 from manifold_defense.validation import InputError
 
 __all__ = ["DeepImagePrior"]
@@ -33,7 +32,6 @@ def _default_upsamples(size: int) -> int:
     return 0
 
 
-@register_architecture("deep-image-prior")
 class DeepImagePrior(nn.Module):
     """Untrained DIP network ``G(z0; w)`` for ``output_shape`` images (see the module docstring).
 
@@ -41,6 +39,8 @@ class DeepImagePrior(nn.Module):
     initialisation; :meth:`unflatten` / :meth:`functional_forward` map a flat weight vector back to
     the network, which is how the inversion core batches one network per image.
     """
+
+    arch_name = "deep-image-prior"
 
     def __init__(self, output_shape: Sequence[int] = (1, 28, 28), channels: int = 32, latent_channels: int = 16,
                  upsamples: int | None = None, seed: int = 0) -> None:

@@ -17,19 +17,29 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from manifold_defense.checkpoint import build_model, register_architecture, train_epochs
-from manifold_defense.generators.base import Generator
+from manifold_defense.checkpoint import train_epochs
+from manifold_defense.generators.base import SequentialGenerator
+from manifold_defense.generators.cifar import DCGANGenerator
+from manifold_defense.generators.dcgan import DefenseGANGenerator
+from manifold_defense.generators.random_relu import RandomReLUGenerator
+from manifold_defense.generators.vae import VAE
 from manifold_defense.generators.train import reconstruction_mse
 from manifold_defense.utils import minibatches, seed_everything
 from manifold_defense.validation import InputError, check_images
 
-__all__ = ["LatentEncoder", "EncodedGenerator", "train_encoder"]
+__all__ = ["LatentEncoder", "EncodedGenerator", "train_encoder", "GENERATOR_ARCHITECTURES"]
+
+#: generator architectures an encoder can be trained for (name → class)
+GENERATOR_ARCHITECTURES: dict[str, type[SequentialGenerator]] = {
+    cls.arch_name: cls for cls in (DefenseGANGenerator, VAE, RandomReLUGenerator, DCGANGenerator)
+}
 
 
-@register_architecture("latent-encoder")
 class LatentEncoder(nn.Module):
     """Conv encoder ``[0, 1]^{c×h×w} → R^latent_dim``: three stride-2 4×4 convolutions (``dim``, 2·``dim``,
     4·``dim`` channels, LeakyReLU 0.2) and a linear layer — the shape of Defense-GAN's critic."""
+
+    arch_name = "latent-encoder"
 
     def __init__(self, image_shape: Sequence[int] = (1, 28, 28), latent_dim: int = 128, dim: int = 64) -> None:
         super().__init__()
@@ -50,20 +60,22 @@ class LatentEncoder(nn.Module):
         return self.head(self.features(x))
 
 
-@register_architecture("encoded-generator")
-class EncodedGenerator(Generator):
+class EncodedGenerator(SequentialGenerator):
     """A generator (any registered ``generator_arch``) with a trained :class:`LatentEncoder`.
 
     ``forward`` is the generator's; ``encode`` is the encoder's. Build one from a trained generator with
     :meth:`from_generator`, then fit the encoder with :func:`train_encoder`.
     """
 
+    arch_name = "encoded-generator"
+
     def __init__(self, generator_arch: str = "defensegan-generator", generator_config: dict | None = None,
                  encoder_dim: int = 64) -> None:
         super().__init__()
-        base = build_model(generator_arch, generator_config or {})
-        if not isinstance(base, Generator):
-            raise InputError(f"{generator_arch!r} is not a generator architecture")
+        if generator_arch not in GENERATOR_ARCHITECTURES:
+            raise InputError(f"{generator_arch!r} is not a generator architecture; known: "
+                             f"{', '.join(sorted(GENERATOR_ARCHITECTURES))}")
+        base = GENERATOR_ARCHITECTURES[generator_arch](**(generator_config or {}))
         self.config = {"generator_arch": generator_arch, "generator_config": dict(base.config),
                        "encoder_dim": int(encoder_dim)}
         self.latent_dim, self.output_shape = base.latent_dim, tuple(base.output_shape)
@@ -71,21 +83,20 @@ class EncodedGenerator(Generator):
         self.encoder = LatentEncoder(self.output_shape, self.latent_dim, encoder_dim)
 
     @classmethod
-    def from_generator(cls, generator: Generator, encoder_dim: int = 64) -> "EncodedGenerator":
+    def from_generator(cls, generator: SequentialGenerator, encoder_dim: int = 64) -> "EncodedGenerator":
         """Wrap a trained generator (its weights are copied; the encoder is untrained)."""
         arch = getattr(generator, "arch_name", None)
         if arch is None or not hasattr(generator, "config"):
             raise InputError(f"{type(generator).__name__} is not a registered generator architecture")
         if isinstance(generator, EncodedGenerator):
             raise InputError("this generator already has an encoder")
+        if arch not in GENERATOR_ARCHITECTURES:
+            raise InputError(f"{type(generator).__name__} ({arch}) cannot carry a trained encoder here; known generator "
+                             f"architectures: {', '.join(sorted(GENERATOR_ARCHITECTURES))}")
         out = cls(arch, generator.config, encoder_dim)
         out.blocks.load_state_dict(generator.blocks.state_dict())
         p = next(generator.parameters())
         return out.to(device=p.device, dtype=p.dtype)
-
-    @property
-    def has_encoder(self) -> bool:
-        return True
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(self._check_input_images(x))

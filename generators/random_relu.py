@@ -13,15 +13,15 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from manifold_defense.checkpoint import register_architecture
-from manifold_defense.generators.base import Generator
+from manifold_defense.generators.base import SequentialGenerator
 
 __all__ = ["RandomReLUGenerator"]
 
 
-@register_architecture("random-relu")
-class RandomReLUGenerator(Generator):
+class RandomReLUGenerator(SequentialGenerator):
     """``widths = (k, n_1, …, n_d)``; seeded Gaussian weights, frozen (no gradients to the weights)."""
+
+    arch_name = "random-relu"
 
     def __init__(self, widths: Sequence[int] = (10, 250, 150, 500), seed: int = 0) -> None:
         super().__init__()

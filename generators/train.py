@@ -14,7 +14,8 @@ from torch import nn
 
 from manifold_defense.checkpoint import train_epochs
 from manifold_defense.generators.dcgan import WGANCritic
-from manifold_defense.generators.base import Generator
+from manifold_defense.generators.base import SequentialGenerator
+from manifold_defense.protocols import Encoded
 from manifold_defense.generators.vae import VAE
 from manifold_defense.utils import batched_apply, minibatches, seed_everything
 from manifold_defense.validation import check_images
@@ -22,7 +23,7 @@ from manifold_defense.validation import check_images
 __all__ = ["train_vae", "train_wgan", "reconstruction_mse"]
 
 
-def reconstruction_mse(model: Generator, x: torch.Tensor, batch_size: int = 1000) -> float:
+def reconstruction_mse(model: Encoded, x: torch.Tensor, batch_size: int = 1000) -> float:
     """Mean per-pixel squared error of ``G(encode(x))`` against ``x``, for any generator with an encoder
     (a VAE, an :class:`~manifold_defense.generators.encoder.EncodedGenerator`)."""
     p = next(model.parameters())
@@ -84,7 +85,7 @@ def _gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor,
 
 
 def train_wgan(
-    generator: Generator,
+    generator: SequentialGenerator,
     critic: WGANCritic,
     x_train: torch.Tensor,
     *,

@@ -14,15 +14,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from manifold_defense.checkpoint import register_architecture
-from manifold_defense.generators.base import Generator, image_numel
+from manifold_defense.generators.base import SequentialGenerator, image_numel
 
 __all__ = ["VAE"]
 
 
-@register_architecture("vae-mlp")
-class VAE(Generator):
+class VAE(SequentialGenerator):
     """MLP VAE; ``forward(z)`` decodes, ``encode(x)`` returns the posterior mean."""
+
+    arch_name = "vae-mlp"
 
     def __init__(
         self,
@@ -54,10 +54,6 @@ class VAE(Generator):
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
-
-    @property
-    def has_encoder(self) -> bool:
-        return True
 
     def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mean, log_variance)`` of q(z | x)."""

@@ -4,8 +4,7 @@ Projection defenses (Defense-GAN, the Robust Manifold Defense), adaptive and on-
 manifold adversarial training, and generative compressed sensing (CSGM, ILO) on one inversion core.
 """
 
-__version__ = "0.1.0"
-
-from manifold_defense.validation import InputError, check_compatible  # noqa: E402
+from manifold_defense._version import __version__
+from manifold_defense.validation import InputError, check_compatible
 
 __all__ = ["__version__", "InputError", "check_compatible"]

@@ -1,10 +1,10 @@
-"""Checkpoints: atomic writes, safe loads, self-describing models and resumable training loops.
+"""Checkpoints: atomic writes, safe loads and resumable training loops.
 
 A checkpoint is a plain dict of tensors, numbers and strings, loaded with
-``torch.load(weights_only=True)`` so a file from elsewhere cannot execute code. It records the
-architecture and its constructor arguments, so :func:`load_model` rebuilds the module without the
-caller knowing how it was made, and it carries the training configuration, so resuming a run with a
-different configuration fails instead of silently mixing the two.
+``torch.load(weights_only=True)`` so a file from elsewhere cannot execute code. It records each
+module's architecture name and constructor arguments (:mod:`manifold_defense.models` rebuilds the
+module from them) and the training configuration, so resuming a run with a different configuration
+fails instead of silently mixing the two.
 """
 
 from __future__ import annotations
@@ -22,55 +22,16 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-__all__ = [
-    "CheckpointError",
-    "register_architecture",
-    "build_model",
-    "save_checkpoint",
-    "load_checkpoint",
-    "save_model",
-    "load_model",
-    "model_from_payload",
-    "train_epochs",
-    "FORMAT",
-]
+from manifold_defense._version import __version__
+
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "model_payload", "train_epochs", "file_lock",
+           "atomic_write_text", "same_config", "FORMAT"]
 
 FORMAT = "manifold-defense/1"
-_ARCHITECTURES: dict[str, type[nn.Module]] = {}
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable, corrupted or from an incompatible configuration."""
-
-
-def register_architecture(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
-    """Class decorator: make a model class rebuildable from ``(name, model.config)``.
-
-    The class must store its constructor keyword arguments (plain Python values) in ``self.config``.
-    """
-
-    def deco(cls: type[nn.Module]) -> type[nn.Module]:
-        if name in _ARCHITECTURES and _ARCHITECTURES[name] is not cls:
-            raise ValueError(f"architecture name {name!r} is already registered")
-        _ARCHITECTURES[name] = cls
-        cls.arch_name = name  # type: ignore[attr-defined]
-        return cls
-
-    return deco
-
-
-def build_model(arch: str, config: Mapping[str, Any] | None = None) -> nn.Module:
-    """Instantiate a registered architecture by name."""
-    _import_all_architectures()
-    if arch not in _ARCHITECTURES:
-        raise CheckpointError(f"unknown architecture {arch!r}; known: {', '.join(sorted(_ARCHITECTURES))}")
-    return _ARCHITECTURES[arch](**dict(config or {}))
-
-
-def _import_all_architectures() -> None:
-    # Registration happens at import time; make sure every module defining architectures is loaded.
-    from manifold_defense import classifiers  # noqa: F401
-    from manifold_defense.generators import dcgan, dip, encoder, random_relu, vae  # noqa: F401
 
 
 def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> None:
@@ -90,6 +51,23 @@ def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> None
         raise
 
 
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (a temporary file in the same folder, then ``os.replace``)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
     path = Path(path)
@@ -107,24 +85,19 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 def _model_entry(model: nn.Module) -> dict[str, Any]:
     arch = getattr(model, "arch_name", None)
     if arch is None or not hasattr(model, "config"):
-        raise CheckpointError(f"{type(model).__name__} is not a registered architecture; use register_architecture")
+        raise CheckpointError(f"{type(model).__name__} is not a registered architecture; use manifold_defense.models.register_architecture")
     return {"arch": arch, "config": dict(model.config), "state_dict": model.state_dict()}
 
 
-def save_model(path: str | os.PathLike, model: nn.Module, metadata: Mapping[str, Any] | None = None) -> None:
-    """Save a registered model with its architecture and ``metadata`` (atomically)."""
-    save_checkpoint(path, _payload({"model": model}, {}, metadata or {}, complete=True))
-
-
-def _payload(
+def model_payload(
     modules: Mapping[str, nn.Module],
     extra_state: Mapping[str, Any],
     metadata: Mapping[str, Any],
     *,
     complete: bool,
 ) -> dict[str, Any]:
-    from manifold_defense import __version__
-
+    """A checkpoint dict: each module's architecture, constructor arguments and weights, ``extra_state``
+    (optimisers, RNG ...), ``metadata`` (with the library version and the time) and whether it is final."""
     meta = {"library_version": __version__, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **metadata}
     return {
         "format": FORMAT,
@@ -133,28 +106,6 @@ def _payload(
         "metadata": meta,
         "complete": complete,
     }
-
-
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", *, key: str = "model") -> nn.Module:
-    """Rebuild and load the model saved in ``path``; its metadata is attached as ``model.metadata``."""
-    return model_from_payload(load_checkpoint(path, map_location=device), device, key=key, source=path)
-
-
-def model_from_payload(payload: Mapping[str, Any], device: str | torch.device = "cpu", *, key: str = "model",
-                       source: str | os.PathLike = "checkpoint") -> nn.Module:
-    """Rebuild a model from an already loaded checkpoint ``payload`` (see :func:`load_model`)."""
-    path = source
-    entry = payload["modules"].get(key)
-    if entry is None:
-        raise CheckpointError(f"{path} holds no module named {key!r} (has: {', '.join(payload['modules'])})")
-    model = build_model(entry["arch"], entry["config"])
-    try:
-        model.load_state_dict(entry["state_dict"])
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not match architecture {entry['arch']}: {exc}") from exc
-    model.metadata = dict(payload["metadata"])  # type: ignore[assignment]
-    model.metadata["complete"] = bool(payload.get("complete", False))
-    return model.to(device).eval()
 
 
 def _rng_state() -> dict[str, Any]:
@@ -170,11 +121,12 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
-def _same_config(a: Any, b: Any) -> bool:
+def same_config(a: Any, b: Any) -> bool:
+    """Configurations equal up to float rounding (dicts, lists and tuples compared element-wise)."""
     if isinstance(a, Mapping) and isinstance(b, Mapping):
-        return a.keys() == b.keys() and all(_same_config(a[k], b[k]) for k in a)
+        return a.keys() == b.keys() and all(same_config(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_same_config(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(same_config(x, y) for x, y in zip(a, b))
     if isinstance(a, float) or isinstance(b, float):
         return isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(a, b, rel_tol=1e-9)
     return a == b
@@ -217,8 +169,8 @@ def train_epochs(
     if path is not None and Path(path).exists():
         ckpt = load_checkpoint(path)
         old = ckpt["metadata"].get("config", {})
-        if not _same_config(old, config):
-            diff = sorted(k for k in set(old) | set(config) if not _same_config(old.get(k), config.get(k)))
+        if not same_config(old, config):
+            diff = sorted(k for k in set(old) | set(config) if not same_config(old.get(k), config.get(k)))
             raise CheckpointError(
                 f"{path} was written by a run with another configuration (differs in: {', '.join(diff)}); "
                 "delete it or choose another output path"
@@ -253,7 +205,7 @@ def train_epochs(
         }
         if generator is not None:
             state["data_generator"] = generator.get_state()
-        save_checkpoint(path, _payload(modules, state, meta, complete=complete))
+        save_checkpoint(path, model_payload(modules, state, meta, complete=complete))
 
     bar = tqdm(range(start, epochs), desc=desc, disable=not (progress and writer), initial=start, total=epochs,
                unit="epoch")

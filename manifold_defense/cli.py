@@ -108,11 +108,11 @@ def _demo_robustness(clf, vae, x, y, out: Path, progress: bool) -> dict:
 
 def _load_model(spec: str, device: str):
     """A zoo name or a checkpoint path → model."""
-    from manifold_defense import checkpoint, zoo
+    from manifold_defense import models, zoo
     from manifold_defense.validation import InputError
 
     if Path(spec).is_file():
-        return checkpoint.load_model(spec, device)
+        return models.load_model(spec, device)
     if spec in zoo.names():
         return zoo.get(spec, device)
     raise InputError(f"{spec!r} is neither a checkpoint file nor a zoo model ({', '.join(zoo.names())})")
@@ -204,6 +204,7 @@ def _zoo_show(args: argparse.Namespace) -> int:
     import torch
 
     from manifold_defense import data, zoo
+    from manifold_defense.protocols import Encoded
     from manifold_defense.viz import save_image_grid
 
     entry = zoo.ENTRIES.get(args.name)
@@ -216,7 +217,7 @@ def _zoo_show(args: argparse.Namespace) -> int:
         g = torch.Generator(device=next(model.parameters()).device).manual_seed(args.seed)
         rows = [model(model.sample_latent(args.cols, g)) for _ in range(args.rows)]
         labels = ["samples"] * args.rows
-        if model.has_encoder:
+        if isinstance(model, Encoded):
             x = data.load(entry.dataset, "test", limit=args.cols).images.to(next(model.parameters()).device)
             rows += [x, model(model.encode(x))]
             labels += ["test", "G(E(x))"]
@@ -267,7 +268,8 @@ def _cmd_train_classifier(args: argparse.Namespace) -> int:
     import torch
 
     from manifold_defense import data
-    from manifold_defense.classifiers import DefenseGANClassifier, DigitsCNN, train_classifier
+    from manifold_defense.classifiers import DefenseGANClassifier, DigitsCNN
+    from manifold_defense.training import train_classifier
     from manifold_defense.utils import resolve_device
 
     from manifold_defense.distributed import init_from_environment, shutdown
@@ -431,7 +433,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from manifold_defense import __version__
+    from manifold_defense._version import __version__
 
     p = argparse.ArgumentParser(prog="manifold-defense", description=__doc__)
     p.add_argument("--version", action="version", version=f"manifold-defense {__version__}")

@@ -25,6 +25,7 @@ from torch import nn
 
 from manifold_defense.inversion import InversionResult, csgm, dead_zone_loss
 from manifold_defense.operators import Identity
+from manifold_defense.protocols import Encoded
 from manifold_defense.validation import InputError, check_compatible, check_images
 
 __all__ = ["ProjectionConfig", "DefendedModel"]
@@ -83,9 +84,16 @@ class ProjectionConfig:
 
     @classmethod
     def for_generator(cls, generator: nn.Module, **overrides) -> "ProjectionConfig":
-        """The default projection with the generator's own tuned settings (``generator.projection_defaults``,
-        set by the zoo for e.g. ``mnist-wgan-inv``) and then ``overrides`` applied."""
-        return replace(cls(), **{**getattr(generator, "projection_defaults", {}), **overrides})
+        """The default projection with the generator's own tuned settings and then ``overrides`` applied.
+
+        Tuned settings travel in the generator's checkpoint metadata (``metadata["projection"]``, written
+        by the zoo, e.g. for ``mnist-wgan-inv``), so a model loaded from a zoo name or from its file gets
+        the same projection."""
+        tuned = dict(getattr(generator, "metadata", {}).get("projection") or {})
+        unknown = set(tuned) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise InputError(f"the generator's metadata names unknown projection settings {sorted(unknown)}")
+        return replace(cls(), **{**tuned, **overrides})
 
     @classmethod
     def defense_gan(cls, latent_dim: int = 128, **overrides) -> "ProjectionConfig":
@@ -107,6 +115,7 @@ class ProjectionConfig:
         return replace(cfg, **overrides)
 
     def as_dict(self) -> dict:
+        """The settings as a plain dict (JSON-ready)."""
         return asdict(self)
 
     def csgm_kwargs(self, generator: nn.Module, call: int = 0) -> dict:
@@ -120,7 +129,7 @@ class ProjectionConfig:
             kw.pop("search_candidates")
         if self.dead_zone > 0:
             kw["loss"] = dead_zone_loss(self.dead_zone)
-        if not getattr(generator, "has_encoder", False):
+        if not isinstance(generator, Encoded):
             kw["init"] = {"encoder": "random", "encoder+search": "search"}.get(kw["init"], kw["init"])
         if self.stochastic:
             kw["seed"] = self.seed + 1 + call
@@ -159,7 +168,7 @@ class DefendedModel(nn.Module):
 
     def project(self, x: torch.Tensor) -> InversionResult:
         """Project ``x`` onto the generator's range; ``result.x`` is ``G(ẑ)``, ``result.loss`` the per-sample
-        residual ``‖G(ẑ) − x‖² / n`` (plus the prior term if λ > 0)."""
+        residual ``‖G(ẑ) − x‖² / n`` (``result.objective`` adds the prior term if λ > 0)."""
         return self._project(x, differentiable=False)
 
     def _project(self, x: torch.Tensor, *, differentiable: bool) -> InversionResult:

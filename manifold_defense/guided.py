@@ -26,7 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from manifold_defense.inversion import _descend, csgm, ilo
+from manifold_defense.defended import ProjectionConfig
+from manifold_defense.inversion import ball_projection, csgm, descend, ilo
+from manifold_defense.inversion.result import check_generator
+from manifold_defense.protocols import Splittable
 from manifold_defense.validation import InputError, check_images
 
 __all__ = ["GuidedResult", "guided_generate", "guided_metrics", "METHODS"]
@@ -164,13 +167,9 @@ def guided_generate(
     generator's fast projection). Without ``start``, pairs begin at ``G(z)``, ``z ~ N(0, I)`` (seeded),
     one per entry of ``target``. ``frames`` > 0 keeps that many snapshots along the way (morphing).
     """
-    from manifold_defense.defended import ProjectionConfig
-
     if method not in METHODS:
         raise InputError(f"unknown guidance method {method!r}; use one of {', '.join(METHODS)}")
-    for attr in ("latent_dim", "output_shape"):
-        if not hasattr(generator, attr):
-            raise InputError(f"{type(generator).__name__} is not a manifold_defense Generator (needs {attr})")
+    check_generator(generator)
     if steps < 1:
         raise InputError(f"steps must be >= 1, got {steps}")
     if reference_weight < 0 or prior_weight < 0:
@@ -212,7 +211,7 @@ def guided_generate(
     else:
         with torch.no_grad():
             begin = generator(z0)
-    if method == "ilo" and not hasattr(generator, "split"):
+    if method == "ilo" and not isinstance(generator, Splittable):
         raise InputError(f"method='ilo' needs a generator with intermediate layers (split); "
                          f"{type(generator).__name__} has none")
 
@@ -244,18 +243,12 @@ def guided_generate(
     else:
         eps = float(epsilon)
 
-        def project(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-            d = x - begin[rows]
-            norm = d.flatten(1).norm(dim=1).clamp_min(1e-12)
-            d = d * (eps / norm).clamp(max=1.0).view(-1, *[1] * (d.dim() - 1))
-            return (begin[rows] + d).clamp(0, 1)  # clamping keeps it inside the ball: begin is in [0, 1]
-
-        def objective(x: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        def guidance(x: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
             return rec(op(x), rows)
 
-        images, _, _, _, _ = _descend(begin.clone(), lambda v: v, objective, steps=steps,
-                                      lr=0.01 if lr is None else lr, project=project, progress=progress,
-                                      desc="guided pixel")
+        # Santurkar et al.: descent in pixel space, projected onto the ℓ2 ball around the start and [0, 1]
+        images = descend(begin.clone(), lambda v: v, guidance, steps=steps, lr=0.01 if lr is None else lr,
+                         project=ball_projection(begin, eps, "l2"), progress=progress, desc="guided pixel").variables
         images, info = images.detach(), {"epsilon": eps}
     with torch.no_grad():
         prob = classifier(images).softmax(1).gather(1, t[:, None]).squeeze(1)
@@ -281,8 +274,6 @@ def guided_metrics(result: GuidedResult, judge: nn.Module, generator: nn.Module,
     ``‖G(ẑ) − x‖²/n`` of the result's projection onto ``generator`` (how far it left the range);
     ``target_probability``: under the guiding classifier. Also the raw per-pair values.
     """
-    from manifold_defense.defended import ProjectionConfig
-
     x = result.images
     with torch.no_grad():
         ok = (judge(x).argmax(1) == result.target).double()

@@ -20,9 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from manifold_defense.inversion.engine import StepRule, descend
+from manifold_defense.inversion.terms import negative_cross_entropy
 from manifold_defense.validation import InputError
 
-__all__ = ["madry_step", "madry_pgd", "robustness_architecture", "load_robustness_checkpoint", "RobustnessClassifier"]
+__all__ = ["madry_step", "madry_pgd", "MadryStep", "robustness_architecture", "load_robustness_checkpoint", "RobustnessClassifier"]
 
 
 def madry_step(norm: str, x: torch.Tensor, epsilon: float, step_size: float):
@@ -36,21 +38,36 @@ def madry_step(norm: str, x: torch.Tensor, epsilon: float, step_size: float):
     return (L2Step if norm == "l2" else LinfStep)(orig_input=x, eps=epsilon, step_size=step_size)
 
 
+class MadryStep(StepRule):
+    """The robustness library's PGD step as a step rule of the descent engine: ``L2Step`` / ``LinfStep``'s
+    ``step`` (normalised or sign ascent of ``step_size``) then its ``project`` (the ε-ball around the
+    row's clean input, and [0, 1]). The engine minimises, so the ascent is taken along ``−g``."""
+
+    name = "madry"
+
+    def __init__(self, norm: str, x: torch.Tensor, epsilon: float, step_size: float) -> None:
+        madry_step(norm, x[:1], epsilon, step_size)  # validates the arguments
+        self.norm, self.x, self.epsilon, self.step_size = norm, x, epsilon, step_size
+
+    def update(self, v, g, lr, state, t, *, rows=None, differentiable=False):
+        step = madry_step(self.norm, self.x if rows is None else self.x[rows], self.epsilon, self.step_size)
+        return step.project(step.step(v, -g)), state
+
+
 def madry_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str, epsilon: float, steps: int,
               step_size: float | None = None, random_start: bool = True) -> torch.Tensor:
-    """Madry et al. 2018 PGD with the robustness library's steps: ``steps`` ascent steps on the
-    cross-entropy, each projected onto the ε-ball around ``x`` and [0, 1]. Default step 2.5 ε / steps."""
+    """Madry et al. 2018 PGD with the robustness library's steps, on the descent engine: ``steps`` ascent
+    steps on the cross-entropy, each projected onto the ε-ball around ``x`` and [0, 1]; returns the last
+    iterate (as Madry et al. train on it). Default step 2.5 ε / steps."""
     if steps < 1:
         raise InputError(f"steps must be >= 1, got {steps}")
-    step = madry_step(norm, x.detach(), epsilon, 2.5 * epsilon / steps if step_size is None else step_size)
-    adv = step.project(step.random_perturb(x.detach())) if random_start else x.detach().clone()
-    for _ in range(steps):
-        with torch.enable_grad():
-            adv = adv.detach().requires_grad_(True)
-            (g,) = torch.autograd.grad(F.cross_entropy(model(adv), y), adv)
-        with torch.no_grad():
-            adv = step.project(step.step(adv, g))
-    return adv.detach()
+    x = x.detach()
+    size = 2.5 * epsilon / steps if step_size is None else step_size
+    step = madry_step(norm, x, epsilon, size)
+    start = step.project(step.random_perturb(x)) if random_start else x.clone()
+    res = descend(start, lambda v: v, negative_cross_entropy(model, y), steps=steps, lr=size,
+                  step_rule=MadryStep(norm, x, epsilon, size), keep="last", desc="madry-pgd")
+    return res.variables.detach()
 
 
 # ------------------------------------------------------------------------------------ checkpoints

@@ -17,15 +17,8 @@ import torch
 from torch import nn
 
 from manifold_defense import data
-from manifold_defense.checkpoint import (
-    CheckpointError,
-    _same_config,
-    build_model,
-    file_lock,
-    load_checkpoint,
-    load_model,
-    model_from_payload,
-)
+from manifold_defense.checkpoint import CheckpointError, file_lock, load_checkpoint, same_config, save_checkpoint
+from manifold_defense.models import build_model, load_model, model_from_payload
 from manifold_defense.utils import resolve_device
 from manifold_defense.validation import InputError
 
@@ -157,7 +150,7 @@ def path(name: str) -> Path:
 
 def _check_spec(name: str, meta: dict[str, Any], file: Path) -> None:
     stored = meta.get("zoo_spec")
-    if stored is not None and not _same_config(stored, ENTRIES[name].spec()):
+    if stored is not None and not same_config(stored, ENTRIES[name].spec()):
         raise CheckpointError(
             f"cached {name} at {file} was trained with a different recipe than this library version's; "
             f"rebuild it with `manifold-defense zoo build {name} --force` (or delete the file)"
@@ -181,9 +174,10 @@ def get(name: str, device: str | torch.device = "cpu", *, train: bool = True, pr
     else:
         build(name, device=device, progress=progress)
         model = load_model(file, device)
-    if "projection" in ENTRIES[name].extra:
-        # tuned projection settings travel with the generator (ProjectionConfig.for_generator reads them)
-        model.projection_defaults = dict(ENTRIES[name].extra["projection"])
+    tuned = ENTRIES[name].extra.get("projection")
+    if tuned is not None and model.metadata.get("projection") != tuned:
+        # a model built before its projection was tuned: the recipe's settings hold (new builds store them)
+        model.metadata["projection"] = dict(tuned)
     return model
 
 
@@ -221,8 +215,8 @@ def build(name: str, *, device: str | torch.device = "cpu", force: bool = False,
 
 
 def _train(entry: ZooEntry, file: Path, device: torch.device, progress: bool) -> None:
-    from manifold_defense.classifiers import train_classifier
     from manifold_defense.generators.train import train_vae, train_wgan
+    from manifold_defense.training import train_classifier
 
     train = data.load(entry.dataset, "train")
     test = data.load(entry.dataset, "test")
@@ -261,8 +255,8 @@ def _train(entry: ZooEntry, file: Path, device: torch.device, progress: bool) ->
     history = ckpt["metadata"].get("history", [])
     ckpt["metadata"]["train_seconds"] = float(sum(h.get("seconds", 0.0) for h in history))
     ckpt["metadata"]["last_build_wall_seconds"] = time.perf_counter() - t0
-    from manifold_defense.checkpoint import save_checkpoint
-
+    if "projection" in entry.extra:  # tuned projection settings travel in the checkpoint (ProjectionConfig.for_generator)
+        ckpt["metadata"]["projection"] = dict(entry.extra["projection"])
     save_checkpoint(file, ckpt)
 
 

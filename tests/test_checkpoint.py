@@ -3,14 +3,8 @@ import pickle
 import pytest
 import torch
 
-from manifold_defense.checkpoint import (
-    CheckpointError,
-    load_checkpoint,
-    load_model,
-    save_checkpoint,
-    save_model,
-    train_epochs,
-)
+from manifold_defense.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, train_epochs
+from manifold_defense.models import load_model, save_model
 from manifold_defense.classifiers import DigitsCNN
 from manifold_defense.generators import VAE, train_vae
 

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from manifold_defense import data
-from manifold_defense.classifiers import DefenseGANClassifier, DigitsCNN, accuracy, predict, train_classifier
+from manifold_defense.classifiers import DefenseGANClassifier, DigitsCNN, accuracy, predict
+from manifold_defense.training import train_classifier
 from manifold_defense.validation import InputError
 
 
@@ -67,7 +68,7 @@ def test_mnist_classifier_a_learns():
 
 
 def test_random_shift_is_a_translation(rng):
-    from manifold_defense.classifiers import random_shift
+    from manifold_defense.training import random_shift
 
     x = torch.rand(64, 2, 6, 6)
     out = random_shift(x, 1, rng)

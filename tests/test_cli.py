@@ -3,7 +3,7 @@ import json
 import pytest
 
 from manifold_defense import zoo
-from manifold_defense.checkpoint import load_model
+from manifold_defense.models import load_model
 from manifold_defense.cli import main
 
 

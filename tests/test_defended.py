@@ -78,13 +78,13 @@ def test_fast_default_matches_defense_gan_residual_with_far_fewer_evaluations(di
 
 def test_for_generator_applies_tuned_settings(digits_vae, digits_classifier):
     assert ProjectionConfig.for_generator(digits_vae) == ProjectionConfig()
-    digits_vae.projection_defaults = {"optimizer": "sgd", "lr": 10.0}
+    digits_vae.metadata["projection"] = {"optimizer": "sgd", "lr": 10.0}
     try:
         cfg = ProjectionConfig.for_generator(digits_vae, lr=5.0)
         assert (cfg.optimizer, cfg.lr, cfg.steps) == ("sgd", 5.0, ProjectionConfig().steps)
         assert DefendedModel(digits_classifier, digits_vae).projection == ProjectionConfig.for_generator(digits_vae)
     finally:
-        del digits_vae.projection_defaults
+        del digits_vae.metadata["projection"]
 
 
 def test_foolbox_bpda_attack_succeeds_where_detached_gradients_fail(digits_classifier, digits_vae, digits_test):

@@ -107,7 +107,8 @@ def test_prune_after_continues_only_the_best_restart(relu_problem):
 @pytest.mark.parametrize("loss", ["mse", "sum", "sse"])
 def test_search_ranks_like_the_loss(relu_problem, loss):
     """The matrix-product ranking of the search equals ranking by the loss itself."""
-    from manifold_defense.inversion import _per_sample_loss, _search_starts
+    from manifold_defense.inversion.csgm import search_starts as _search_starts
+    from manifold_defense.inversion.terms import per_sample_loss as _per_sample_loss
 
     G, _, _, A, y = relu_problem
     fast = _search_starts(G, A, y, loss, 0.0, 3, 700, 1.0, torch.Generator().manual_seed(0))

@@ -8,8 +8,10 @@ import torch
 
 from manifold_defense import data
 from manifold_defense.attacks import L2PGD
-from manifold_defense.checkpoint import CheckpointError, load_model
-from manifold_defense.classifiers import DefenseGANClassifier, DigitsCNN, train_classifier
+from manifold_defense.checkpoint import CheckpointError
+from manifold_defense.models import load_model
+from manifold_defense.classifiers import DefenseGANClassifier, DigitsCNN
+from manifold_defense.training import train_classifier
 from manifold_defense.training import (
     MadryObjective,
     OnManifoldObjective,

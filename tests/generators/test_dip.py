@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from manifold_defense.checkpoint import load_model, save_model
+from manifold_defense.models import load_model, save_model
 from manifold_defense.generators import DeepImagePrior
 from manifold_defense.validation import InputError
 

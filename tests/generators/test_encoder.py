@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from manifold_defense.checkpoint import load_model
+from manifold_defense.protocols import Encoded
+
+from manifold_defense.models import load_model
 from manifold_defense.defended import ProjectionConfig
 from manifold_defense.generators import DefenseGANGenerator, EncodedGenerator, LatentEncoder, train_encoder
 from manifold_defense.validation import InputError
@@ -18,7 +20,7 @@ def test_smoke(small_gan, device, dtype):
     enc = EncodedGenerator.from_generator(g, encoder_dim=8)
     z = g.sample_latent(3)
     torch.testing.assert_close(enc(z), g(z))  # the same generator
-    assert enc.has_encoder and not g.has_encoder
+    assert isinstance(enc, Encoded) and not isinstance(g, Encoded)
     assert enc.encode(enc(z)).shape == (3, 8) and enc.encode(enc(z)).dtype == dtype
     assert LatentEncoder((1, 28, 28), 5, 4)(torch.rand(2, 1, 28, 28)).shape == (2, 5)
     small_gan.to(device="cpu", dtype=torch.float32)

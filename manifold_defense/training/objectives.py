@@ -1,4 +1,4 @@
-"""Training objectives with pluggable adversaries, for :func:`manifold_defense.classifiers.train_classifier`.
+"""Training objectives with pluggable adversaries, for :func:`manifold_defense.training.train_classifier`.
 
 - :class:`StandardObjective` — cross-entropy on the clean batch.
 - :class:`MadryObjective` — PGD adversarial training in pixel space (Madry et al. 2018), ℓ2 or ℓ∞,
@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from manifold_defense.defended import ProjectionConfig
+from manifold_defense.inversion.result import check_generator
 from manifold_defense.robustness_adapter import madry_pgd
 from manifold_defense.validation import InputError, check_compatible
 
@@ -98,8 +99,7 @@ class MadryObjective(TrainingObjective):
 def _check_generator(generator: nn.Module, eta: float) -> None:
     if not eta > 0:
         raise InputError(f"eta must be > 0, got {eta}")
-    if not hasattr(generator, "latent_dim"):
-        raise InputError(f"{type(generator).__name__} is not a manifold_defense generator")
+    check_generator(generator)
 
 
 class OnManifoldObjective(TrainingObjective):

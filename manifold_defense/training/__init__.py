@@ -1,0 +1,15 @@
+"""Adversarial training on and off the manifold: the resumable, DDP-ready loop and its objectives."""
+
+from manifold_defense.training.loop import random_shift, train_classifier
+from manifold_defense.training.objectives import (
+    PRESETS,
+    MadryObjective,
+    OnManifoldObjective,
+    RobustManifoldObjective,
+    StandardObjective,
+    TrainingObjective,
+    objective_preset,
+)
+
+__all__ = ["train_classifier", "random_shift", "TrainingObjective", "StandardObjective", "MadryObjective",
+           "OnManifoldObjective", "RobustManifoldObjective", "objective_preset", "PRESETS"]
