@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,7 +25,7 @@ from manifold_defense.validation import InputError
 __all__ = ["CarliniWagnerL2", "AutoAttack", "HopSkipJump", "foolbox_model"]
 
 
-def foolbox_model(model: nn.Module):
+def foolbox_model(model: nn.Module) -> Any:
     """``foolbox.PyTorchModel`` for images in [0, 1] (foolbox imports GitPython: keep it quiet without git)."""
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     import foolbox as fb

@@ -91,6 +91,7 @@ class BackwardPassDifferentiableApproximation(Attack):
         self.surrogate_description = ""
 
     def crafting_model(self, model: nn.Module) -> nn.Module:
+        """The model whose gradients the attack follows (see :func:`crafting_model`)."""
         return crafting_model(model, self.projection, gradient="bpda", stochastic=self.eot > 1)
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float) -> torch.Tensor:

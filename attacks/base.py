@@ -43,6 +43,7 @@ def perturbation_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
 
 
 def predict_labels(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's predicted class per input (one forward pass, no gradients)."""
     with torch.no_grad():
         return model(x).argmax(1)
 
@@ -58,7 +59,10 @@ class Attack:
 
     norm: str = "linf"
 
-    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float) -> torch.Tensor:
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float
+            ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The attack itself on validated inputs: adversarial inputs (or, on the manifold, ``(adversarial,
+        reference)``); :meth:`__call__` checks the budget and scores them."""
         raise NotImplementedError
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: float) -> AttackResult:

@@ -71,7 +71,8 @@ class LatentPGD(Attack):
     def _project(self, x: torch.Tensor) -> torch.Tensor:
         return self.projection.project(self.generator, x).z
 
-    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float):
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float
+            ) -> tuple[torch.Tensor, torch.Tensor]:
         model = _differentiable_classifier(model, self.generator)
         y = y.to(x.device)
         z0 = self._project(x)
@@ -107,7 +108,8 @@ class OverpoweredAttack(Attack):
         self.multiplier, self.cap, self.init_scale, self.seed = multiplier, cap, init_scale, seed
         self.projection = projection or ProjectionConfig(steps=200, restarts=4)
 
-    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float):
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float
+            ) -> tuple[torch.Tensor, torch.Tensor]:
         classifier = _differentiable_classifier(model, self.generator)
         y = y.to(x.device)
         g = self.generator

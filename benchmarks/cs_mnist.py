@@ -34,16 +34,15 @@ import time
 from pathlib import Path
 
 import torch
+from common import provenance
 
 from manifold_defense import data, zoo
-from manifold_defense.baselines import lasso
 from manifold_defense.generators import DeepImagePrior
-from manifold_defense.inversion import csgm, dip, fit_dip_prior, ilo
+from manifold_defense.inversion import fit_dip_prior
 from manifold_defense.operators import GaussianMeasurements, GaussianNoise
+from manifold_defense.recipes import LOSS_SCALE, RECIPES, recover
 
 M_VALUES = [10, 25, 50, 75, 100, 200, 300, 400, 500, 750]
-CSGM = {"restarts": 10, "steps": 1000, "lr": 0.01}
-DIP = {"steps": 1000, "lr": 0.01, "channels": 32, "loss": "sum"}
 ALPHA_GRID = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]  # × 1/m
 PRIOR_WEIGHT_GRID = [1e-2, 1e-1, 1.0, 10.0]  # the penalty sums ~ Σℓ Cℓ ≈ 200 terms at initialisation; the data term ~ σ²
 
@@ -61,62 +60,49 @@ class Validation:
     def measure(self, A) -> torch.Tensor:
         return GaussianNoise.per_measurement(self.args.noise, A.m, seed=3000 + A.m)(A(self.x))
 
-    def lasso_alpha(self, basis: str, A) -> float:
-        key = (basis, A.m)
+    def lasso_alpha(self, method: str, A) -> float:
+        """The validated α (CSGM's units: the recipe divides it by m) of ``lasso_dct`` / ``lasso_wavelet``."""
+        key = (method, A.m)
         if key not in self.alpha:
             y = self.measure(A)
-            errs = {a: float((lasso(A, y, alpha=a / A.m, basis=basis) - self.x).pow(2).mean()) for a in ALPHA_GRID}
+            errs = {a: float((recover(method, y, A, alpha=a).x - self.x).pow(2).mean()) for a in ALPHA_GRID}
             self.alpha[key] = min(errs, key=errs.get)
-        return self.alpha[key] / A.m
+        return self.alpha[key]
 
     def dip_prior(self):
         if self.prior is None:
             imgs = data.load("mnist", "train", limit=self.args.n_val + self.args.dip_prior_images).images
-            net = DeepImagePrior(imgs.shape[1:], channels=DIP["channels"], seed=self.args.seed).to(self.args.device)
-            self.prior = fit_dip_prior(net, imgs[self.args.n_val:].to(self.args.device), steps=DIP["steps"] // 2,
-                                       lr=DIP["lr"], seed=self.args.seed)
+            net = DeepImagePrior(imgs.shape[1:], channels=RECIPES["dip"].kwargs["channels"], seed=self.args.seed)
+            self.prior = fit_dip_prior(net.to(self.args.device), imgs[self.args.n_val:].to(self.args.device),
+                                       steps=self.args.dip_steps // 2, lr=RECIPES["dip"].kwargs["lr"], seed=self.args.seed)
         return self.prior
 
     def dip_prior_weight(self, A) -> float:
         if A.m not in self.prior_weight:
             y = self.measure(A)
-            errs = {}
-            for w in PRIOR_WEIGHT_GRID:
-                x_hat, _ = _dip(A, y, self.args, self.dip_prior(), w)
-                errs[w] = float((x_hat - self.x).pow(2).mean())
+            errs = {w: float((self.dip_lr(A, y, w).x - self.x).pow(2).mean()) for w in PRIOR_WEIGHT_GRID}
             self.prior_weight[A.m] = min(errs, key=errs.get)
         return self.prior_weight[A.m]
 
-
-def _dip(A, y, args, prior=None, prior_weight: float = 0.0) -> tuple[torch.Tensor, float]:
-    net = DeepImagePrior(A.in_shape, channels=DIP["channels"], seed=args.seed).to(y.device)
-    res = dip(net, y, A, steps=args.dip_steps, lr=DIP["lr"], loss=DIP["loss"], stop_at=args.noise**2,
-              weight_prior=prior, prior_weight=prior_weight, seed=args.seed)
-    return res.x, res.evals_per_sample
+    def dip_lr(self, A, y, weight: float):
+        return recover("dip_lr", y, A, noise=self.args.noise, weight_prior=self.dip_prior(), prior_weight=weight,
+                       steps=self.args.dip_steps, seed=self.args.seed)
 
 
 def run_method(method: str, gen, A, y, args, val: Validation) -> tuple[torch.Tensor, float]:
-    """Returns reconstructions and generator (DIP: network) evaluations per image."""
-    if method == "lasso":
-        # CSGM used A ~ N(0, 1) with Lasso α = 0.1; with A ~ N(0, 1/m) the same problem has α = 0.1 / m.
-        return lasso(A, y, alpha=0.1 / A.m, basis="pixel"), 0.0
+    """Reconstructions and generator (DIP: network) evaluations per image, from the library's recipes."""
     if method in ("lasso_dct", "lasso_wavelet"):
-        basis = method.split("_")[1]
-        return lasso(A, y, alpha=val.lasso_alpha(basis, A), basis=basis), 0.0
-    if method == "dip":
-        return _dip(A, y, args)
-    if method == "dip_lr":
-        return _dip(A, y, args, val.dip_prior(), val.dip_prior_weight(A))
-    kw = dict(CSGM, steps=args.steps, restarts=args.restarts, loss="sum")
-    if method == "csgm":
-        res = csgm(gen, y, A, prior_weight=0.0, seed=args.seed, **kw)
-    elif method == "csgm_reg":
-        res = csgm(gen, y, A, prior_weight=0.1, seed=args.seed, **kw)
-    elif method == "ilo":
-        res = ilo(gen, y, A, csgm_kwargs=dict(kw, prior_weight=0.1), steps=args.ilo_steps, seed=args.seed)
+        rec = recover(method, y, A, alpha=val.lasso_alpha(method, A))
+    elif method == "dip_lr":
+        rec = val.dip_lr(A, y, val.dip_prior_weight(A))
+    elif method == "dip":
+        rec = recover("dip", y, A, noise=args.noise, steps=args.dip_steps, seed=args.seed)
+    elif method == "lasso":
+        rec = recover("lasso", y, A)
     else:
-        raise SystemExit(f"unknown method {method}")
-    return res.x, res.evals_per_sample
+        extra = {"ilo_steps": args.ilo_steps} if method == "ilo" else {}
+        rec = recover(method, y, A, generator=gen, steps=args.steps, restarts=args.restarts, seed=args.seed, **extra)
+    return rec.x, rec.evals_per_image
 
 
 def main(argv=None) -> int:
@@ -126,11 +112,11 @@ def main(argv=None) -> int:
     p.add_argument("--m", type=int, nargs="+", default=M_VALUES)
     p.add_argument("--methods", nargs="+",
                    default=["lasso", "lasso_dct", "lasso_wavelet", "csgm", "csgm_reg", "ilo", "dip", "dip_lr"])
-    p.add_argument("--steps", type=int, default=CSGM["steps"])
-    p.add_argument("--restarts", type=int, default=CSGM["restarts"])
-    p.add_argument("--ilo-steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=RECIPES["csgm"].kwargs["steps"])
+    p.add_argument("--restarts", type=int, default=RECIPES["csgm"].kwargs["restarts"])
+    p.add_argument("--ilo-steps", type=int, default=RECIPES["ilo"].kwargs["ilo_steps"])
     p.add_argument("--n-val", type=int, default=20, help="validation (training) images for hyperparameters")
-    p.add_argument("--dip-steps", type=int, default=DIP["steps"])
+    p.add_argument("--dip-steps", type=int, default=RECIPES["dip"].kwargs["steps"])
     p.add_argument("--dip-max-m", type=int, default=200)
     p.add_argument("--dip-prior-images", type=int, default=32)
     p.add_argument("--noise", type=float, default=0.1, help="σ: total noise norm ‖η‖ ≈ σ")
@@ -159,7 +145,7 @@ def main(argv=None) -> int:
             if method == "dip_lr":  # validation runs are not part of the timed reconstruction
                 val.dip_prior_weight(A)
             elif method.startswith("lasso_"):
-                val.lasso_alpha(method.split("_")[1], A)
+                val.lasso_alpha(method, A)
             t0 = time.perf_counter()
             x_hat, ev = run_method(method, gen, A, y, args, val)
             dt = time.perf_counter() - t0
@@ -188,11 +174,13 @@ def main(argv=None) -> int:
             m: mse["ilo"][m] <= mse["lasso"][m] for m in mse["ilo"] if int(m) <= 500}
     out = {
         "protocol": {"n_images": n, "m": args.m, "noise_sigma": args.noise, "generator": args.generator,
-                     "csgm": dict(CSGM, steps=args.steps, restarts=args.restarts), "ilo_steps": args.ilo_steps,
-                     "lasso_alpha": "0.1 / m (= CSGM's 0.1 under A ~ N(0, 1))", "csgm_loss": "sum",
+                     "recipes": {k: RECIPES[k].kwargs for k in args.methods}, "loss_scale": LOSS_SCALE,
+                     "overrides": {"steps": args.steps, "restarts": args.restarts, "ilo_steps": args.ilo_steps,
+                                   "dip_steps": args.dip_steps},
+                     "lasso_alpha": "0.1 / m (= CSGM's 0.1 under A ~ N(0, 1))",
                      "lasso_basis_alpha_times_m": {f"{b}@{m}": a for (b, m), a in val.alpha.items()},
-                     "dip": dict(DIP, steps=args.dip_steps, stop_at="noise energy sigma^2", max_m=args.dip_max_m,
-                                 prior_images=args.dip_prior_images),
+                     "dip": {"stop_at": "noise energy sigma^2", "max_m": args.dip_max_m,
+                             "prior_images": args.dip_prior_images},
                      "dip_lr_prior_weight": {str(m): w for m, w in val.prior_weight.items()},
                      "validation_images": f"MNIST train[:{args.n_val}]",
                      "device": args.device, "torch_threads": torch.get_num_threads()},
@@ -205,6 +193,7 @@ def main(argv=None) -> int:
         "targets": targets,
         "per_image_mse": per_image,
     }
+    out["provenance"] = provenance(args)
     Path(args.out).write_text(json.dumps(out, indent=2))
     _plot(out, Path(args.out).with_suffix(".png"))
     print(json.dumps({k: out[k] for k in ("per_pixel_mse", "seconds_per_image", "targets")}, indent=1))

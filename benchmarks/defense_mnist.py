@@ -46,6 +46,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import provenance
 
 from manifold_defense import data, zoo
 from manifold_defense.defended import DefendedModel, ProjectionConfig
@@ -224,6 +225,7 @@ def main(argv=None) -> int:
         result["targets"] = {k: bool(f(result["accuracy"], result["sanity"])) for k, f in TARGETS.items()}
     result["total_seconds"] = time.perf_counter() - t0
     title = f"MNIST classifier A behind {args.generator} projections"
+    result["provenance"] = provenance(args)
     out_json.write_text(json.dumps(result, indent=2))
     out_json.with_suffix(".md").write_text(markdown(result, title))
     plot(result, out_json.with_suffix(".png"), title)

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import provenance
 
 from manifold_defense import data, zoo
 from manifold_defense.guided import METHODS, guided_generate, guided_metrics
@@ -132,6 +133,7 @@ def main(argv=None) -> int:
                           "torch_threads": torch.get_num_threads()}
     result["total_seconds"] = time.perf_counter() - t_start
     out_json.parent.mkdir(parents=True, exist_ok=True)
+    result["provenance"] = provenance(args)
     out_json.write_text(json.dumps(result, indent=2))
     k = min(12, len(x))
     save_image_grid([x[:k]] + [images[m][:k] for m in METHODS], out_json.with_name(out_json.stem + "_examples.png"),

@@ -4,7 +4,7 @@ Classifier A (Samangouei et al. 2018) trained three ways on MNIST with the same 
 
 - ``standard`` — cross-entropy;
 - ``pgd_at`` — Madry et al. PGD adversarial training, ℓ2 ε = 1.5 (the robustness library's L2Step);
-- ``manifold_at`` — the ``rmd`` preset (REFERENCES.md): Madry ℓ2 ε = 1.5 plus the overpowered-attack
+- ``manifold_at`` — the ``rmd`` preset (Ilyas et al. 2017): Madry ℓ2 ε = 1.5 plus the overpowered-attack
   consistency term (weight 1e-2) on mnist-vae20 pairs with ‖G(z1) − G(z2)‖₂ ≤ 1.5.
 
 Each is evaluated undefended and behind the default projection (``defended_*``) on the same first N
@@ -31,17 +31,18 @@ import json
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
+from common import provenance
 
 from manifold_defense import data, zoo
-from manifold_defense.attacks import BPDA, LatentPGD, LatentReparameterization, OverpoweredAttack
 from manifold_defense.checkpoint import load_checkpoint
-from manifold_defense.classifiers import DefenseGANClassifier, train_classifier
+from manifold_defense.classifiers import DefenseGANClassifier
 from manifold_defense.defended import DefendedModel, ProjectionConfig
-from manifold_defense.eval import AttackSpec, evaluate, write_report
-from manifold_defense.training import objective_preset
+from manifold_defense.eval import AttackBudget, AttackSpec, build_attack, evaluate, write_report
+from manifold_defense.training import objective_preset, train_classifier
 
 MODELS = {"standard": "standard", "pgd_at": "pgd_at", "manifold_at": "rmd"}
 COLUMNS = ["clean", "pgd_l2_2.5", "latent_reparam_l2_2.5", "on_manifold_l2_1.5", "overpowered_l2_1.5", "worst_case"]
@@ -67,21 +68,22 @@ def attacks(gen, defended: bool, args) -> list[AttackSpec]:
     # it is plain PGD (EOT collapses to one draw on a deterministic model). Latent reparameterisation
     # searches a subset of the same ℓ2 ball that PGD searches directly, so it runs on the defended rows
     # only, where PGD's gradients pass through the projection by approximation.
-    reparam = [AttackSpec("latent_reparam_l2_2.5", LatentReparameterization(gen, norm="l2", steps=args.latent_steps,
-                                                                            restarts=2), [2.5], "l2")]
-    return [AttackSpec("pgd_l2_2.5", BPDA(norm="l2", steps=args.pgd_steps, eot=2), [2.5], "l2"),
-            *(reparam if defended else []),
-            AttackSpec("on_manifold_l2_1.5", LatentPGD(gen, steps=40, latent_stepsize=0.25), [1.5], "on_manifold"),
-            AttackSpec("overpowered_l2_1.5", OverpoweredAttack(gen, steps=50, rounds=2), [1.5], "on_manifold")]
+    budget = AttackBudget(pgd_steps=args.pgd_steps, eot=2, latent_steps=args.latent_steps, latent_restarts=2,
+                          on_manifold_steps=40, on_manifold_stepsize=0.25, overpowered_steps=50, overpowered_rounds=2)
+    columns = [("pgd_l2", 2.5, "pgd_l2_2.5"), ("latent_reparam_l2", 2.5, "latent_reparam_l2_2.5"),
+               ("on_manifold", 1.5, "on_manifold_l2_1.5"), ("overpowered", 1.5, "overpowered_l2_1.5")]
+    return [build_attack(name, [eps], generator=gen, budget=budget, label=label) for name, eps, label in columns
+            if defended or name != "latent_reparam_l2"]
 
 
 def on_manifold_convergence(model, gen, x, y) -> dict[str, float]:
     """Accuracy under latent PGD (40 steps, the column's attack) vs 200 steps vs 200 steps at a larger
     latent step: if these agree the column measures the model, not the attack's budget."""
     out = {}
-    for label, attack in [("steps40", LatentPGD(gen, steps=40, latent_stepsize=0.25)),
-                          ("steps200", LatentPGD(gen, steps=200, latent_stepsize=0.25)),
-                          ("steps200_stepsize1", LatentPGD(gen, steps=200, latent_stepsize=1.0))]:
+    base = AttackBudget(on_manifold_steps=40, on_manifold_stepsize=0.25)
+    for label, budget in [("steps40", base), ("steps200", replace(base, on_manifold_steps=200)),
+                          ("steps200_stepsize1", replace(base, on_manifold_steps=200, on_manifold_stepsize=1.0))]:
+        attack = build_attack("on_manifold", [1.5], generator=gen, budget=budget).attack
         adv, _ = attack.run(model, x, y, 1.5)
         with torch.inference_mode():
             out[label] = float((model(adv).argmax(1) == y).float().mean())
@@ -110,6 +112,7 @@ def timing_only(args) -> int:
               "targets": {"manifold_at epoch time <= 1.5 x pgd_at": ratio <= 1.5},
               "train_pgd_steps": args.train_steps, "torch_threads": torch.get_num_threads()}
     out = Path(args.out) if args.out else Path(__file__).parent / "results" / "manifold_at_mnist_timing.json"
+    result["provenance"] = provenance(args)
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
     return 0
@@ -182,6 +185,7 @@ def main(argv=None) -> int:
                          "seed": args.seed},
               "total_seconds": time.perf_counter() - t0}
     out_json.parent.mkdir(parents=True, exist_ok=True)
+    result["provenance"] = provenance(args)
     out_json.write_text(json.dumps(result, indent=2))
     print(json.dumps({"accuracy": acc, "epoch_seconds": epoch_seconds, "targets": targets}, indent=1))
     print(f"wrote {out_json} ({result['total_seconds']:.0f} s)")

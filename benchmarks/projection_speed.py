@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import provenance
 from torch.utils.flop_counter import FlopCounterMode
 
 from manifold_defense import data, zoo
@@ -220,6 +221,7 @@ def main(argv=None) -> int:
     for key, bare, enc, n in GENERATORS:
         result[key], grids[key] = run_generator(key, bare, enc, (n // 10 if args.quick else n), clf, test, args, peak)
     result["total_seconds"] = time.perf_counter() - t0
+    result["provenance"] = provenance(args)
     out_json.write_text(json.dumps(result, indent=2))
     plot(result, out_json.with_suffix(".png"))
     from manifold_defense.viz import save_image_grid

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import provenance
 
 from manifold_defense.generators import RandomReLUGenerator
 from manifold_defense.inversion import subgradient
@@ -100,6 +101,7 @@ def main(argv=None) -> int:
                     "noisy slope in -0.5 ± 0.15": bool(abs(slope + 0.5) <= 0.15)},
         "seconds": time.perf_counter() - t0,
     }
+    out["provenance"] = provenance(args)
     Path(args.out).write_text(json.dumps(out, indent=2))
     _plot(out, Path(args.out).with_suffix(".png"), intercept, fit_m)
     print(json.dumps({k: out[k] for k in ("success_rate", "success_rate_4_starts", "noisy_slope", "noisy_slope_all_m",

@@ -1,4 +1,4 @@
-"""Robustness evaluation, sanity checks, reports and the named attack suite."""
+"""Robustness evaluation, sanity checks, reports and the registry of named attacks."""
 
 from manifold_defense.eval.robustness import (
     AttackSpec,
@@ -8,7 +8,7 @@ from manifold_defense.eval.robustness import (
     sanity_checks,
     write_report,
 )
-from manifold_defense.eval.suite import ATTACKS, AttackBudget, build_attack, parse_attack
+from manifold_defense.eval.registry import ATTACKS, AttackBudget, RegisteredAttack, build_attack, parse_attack
 
 __all__ = ["AttackSpec", "Evaluation", "evaluate", "sanity_checks", "write_report", "merge_records", "ATTACKS",
-           "AttackBudget", "build_attack", "parse_attack"]
+           "AttackBudget", "RegisteredAttack", "build_attack", "parse_attack"]

@@ -77,6 +77,7 @@ class Evaluation:
         return out
 
     def to_dict(self) -> dict:
+        """The evaluation as JSON-ready numbers: clean, per attack and ε, worst cases, sanity, notes, timings."""
         acc, se, n = self.accuracy()
         return {
             "n": n,

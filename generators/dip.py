@@ -80,6 +80,7 @@ class DeepImagePrior(nn.Module):
         return self.net(self.z0 if z is None else z)
 
     def flat_weights(self) -> torch.Tensor:
+        """This network's weights as one flat vector (the layout :meth:`unflatten` reads)."""
         return torch.cat([p.detach().reshape(-1) for p in self.parameters()])
 
     def unflatten(self, w: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -99,6 +99,7 @@ class EncodedGenerator(SequentialGenerator):
         return out.to(device=p.device, dtype=p.dtype)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The trained encoder's latent codes for images ``x``."""
         return self.encoder(self._check_input_images(x))
 
 

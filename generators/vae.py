@@ -61,6 +61,7 @@ class VAE(SequentialGenerator):
         return h[:, : self.latent_dim], h[:, self.latent_dim :]
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The posterior mean of q(z | x): a warm start for inversion."""
         self._check_input_images(x)
         return self.posterior(x)[0]
 

@@ -3,13 +3,18 @@
 ``load(name, split)`` is the one way in. ``digits`` (scikit-learn's bundled 8×8 digits) needs
 nothing from outside; ``mnist`` is looked up, in order, at an explicit ``path``, at
 ``$MANIFOLD_DEFENSE_DATA/mnist.npz``, in a torchvision ``MNIST`` folder, and finally downloaded by
-torchvision only when the caller passes ``download=True``.
+torchvision only when the caller passes ``download=True``. ``cifar10`` (3×32×32) is the python version
+of CIFAR-10, torchvision's ``cifar-10-batches-py/`` folder (``data_batch_1`` … ``data_batch_5``,
+``test_batch``), looked up in an explicit ``path`` (the folder itself or one holding it), in
+``$MANIFOLD_DEFENSE_DATA``, then in the cache's ``data/`` folder, and downloaded by torchvision only when
+the caller passes ``download=True``.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import pickle
 from pathlib import Path
 from typing import NamedTuple
 
@@ -22,10 +27,12 @@ __all__ = ["load", "DATASETS", "DataNotFoundError", "Split", "data_dir", "cache_
 
 DATA_ENV = "MANIFOLD_DEFENSE_DATA"
 CACHE_ENV = "MANIFOLD_DEFENSE_CACHE"
-DATASETS = {"digits": (1, 8, 8), "mnist": (1, 28, 28)}
+DATASETS = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 SPLITS = ("train", "test")
 DIGITS_SPLIT_SEED = 0
 DIGITS_TEST_FRACTION = 0.2
+CIFAR10_FOLDER = "cifar-10-batches-py"
+CIFAR10_FILES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -67,7 +74,7 @@ def load(
     download: bool = False,
     limit: int | None = None,
 ) -> Split:
-    """Load ``split`` ('train' or 'test') of dataset ``name`` ('digits' or 'mnist').
+    """Load ``split`` ('train' or 'test') of dataset ``name`` ('digits', 'mnist' or 'cifar10').
 
     Returns ``Split(images, labels)``: float32 ``(N, C, H, W)`` in [0, 1] and int64 ``(N,)``.
     ``limit`` keeps the first ``limit`` samples (test protocols use "the first N test images").
@@ -80,6 +87,8 @@ def load(
         raise InputError(f"limit must be a positive number of samples, got {limit}")
     if name == "digits":
         x, y = _digits(split)
+    elif name == "cifar10":
+        x, y = _cifar10(split, None if path is None else Path(path).expanduser(), download)
     else:
         x, y = _mnist(split, None if path is None else str(Path(path).expanduser()), download)
     if limit is not None:
@@ -175,3 +184,66 @@ def _to_tensors(x: np.ndarray, y: np.ndarray, where: str) -> tuple[torch.Tensor,
         raise DataNotFoundError(f"MNIST at {where} has unexpected shapes {x.shape} / {y.shape}")
     xt = torch.from_numpy(np.ascontiguousarray(x)).to(torch.float32).div_(255.0).unsqueeze(1)
     return xt, torch.from_numpy(np.asarray(y, dtype=np.int64))
+
+
+def _cifar10(split: str, path: Path | None, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    if path is not None:
+        cands = [path / CIFAR10_FOLDER, path]  # a folder holding cifar-10-batches-py/, or that folder itself
+    else:
+        cands = [d / CIFAR10_FOLDER for d in (data_dir(), cache_dir() / "data") if d is not None]
+    files = CIFAR10_FILES[split]
+    for cand in cands:
+        if all((cand / f).is_file() for f in files):
+            return _cifar10_folder(cand, split)
+    tried = "; ".join(str(c) for c in cands)
+    if download:
+        from torchvision.datasets import CIFAR10
+
+        root = path if path is not None else cache_dir() / "data"
+        try:
+            CIFAR10(str(root), train=split == "train", download=True)
+        except (RuntimeError, OSError) as exc:
+            raise DataNotFoundError(f"downloading CIFAR-10 to {root} failed: {exc}") from exc
+        return _cifar10_folder(root / CIFAR10_FOLDER, split)
+    target = path if path is not None else data_dir() or cache_dir() / "data"
+    raise DataNotFoundError(
+        f"CIFAR-10 ({split}) is not available offline. Put torchvision's {CIFAR10_FOLDER} folder (the python "
+        f"version: {', '.join(CIFAR10_FILES['train'] + CIFAR10_FILES['test'])}) at {target / CIFAR10_FOLDER}, "
+        f"or set {DATA_ENV} to the folder that holds it, or pass path=..., or allow a torchvision download "
+        f"with download=True. Looked at: {tried}"
+    )
+
+
+def _cifar10_folder(folder: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    files = [folder / f for f in CIFAR10_FILES[split]]
+    stamp = tuple((f.stat().st_mtime_ns, f.stat().st_size) for f in files)
+    return _from_cifar10_batches(str(folder.resolve()), split, stamp)
+
+
+@functools.lru_cache(maxsize=4)
+def _from_cifar10_batches(folder: str, split: str, stamp: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    # Memoised like _from_npz (``stamp``: each batch's mtime/size). The pickles are read here rather than by
+    # torchvision's CIFAR10, which refuses any folder whose files miss its md5 list (a re-pickled or partial
+    # copy, a test's fake folder). Like torchvision, this unpickles: only read folders you trust.
+    xs, ys = [], []
+    for name in CIFAR10_FILES[split]:
+        file = Path(folder) / name
+        try:
+            with open(file, "rb") as f:
+                entry = pickle.load(f, encoding="latin1")
+            entry = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
+            x = np.asarray(entry["data"], dtype=np.uint8)
+            y = np.asarray(entry["labels"], dtype=np.int64)
+        except KeyError as exc:
+            raise DataNotFoundError(f"{file} lacks key {exc}; a CIFAR-10 batch is a dict with 'data' and "
+                                    "'labels'") from exc
+        except Exception as exc:
+            raise DataNotFoundError(f"{file} could not be read as a CIFAR-10 python batch: {exc}") from exc
+        if x.ndim != 2 or x.shape[1] != 3 * 32 * 32 or y.shape != (len(x),):
+            raise DataNotFoundError(f"{file} has unexpected shapes {x.shape} / {y.shape}; expected (N, 3072) / (N,)")
+        if len(y) and not (y.min() >= 0 and y.max() < 10):
+            raise DataNotFoundError(f"{file} has labels outside 0..9")
+        xs.append(x)
+        ys.append(y)
+    x = torch.from_numpy(np.concatenate(xs).reshape(-1, 3, 32, 32)).to(torch.float32).div_(255.0)
+    return x, torch.from_numpy(np.concatenate(ys))

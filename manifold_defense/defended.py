@@ -28,7 +28,10 @@ from manifold_defense.operators import Identity
 from manifold_defense.protocols import Encoded
 from manifold_defense.validation import InputError, check_compatible, check_images
 
-__all__ = ["ProjectionConfig", "DefendedModel"]
+__all__ = ["ProjectionConfig", "DefendedModel", "PROJECTIONS"]
+
+#: named projections (:meth:`ProjectionConfig.preset`)
+PROJECTIONS = ("default", "defense_gan", "dead_zone")
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,18 @@ class ProjectionConfig:
         cfg = cls(init="search", restarts=4, steps=100, lr=0.05, dead_zone=width, search_candidates=2000, prune_after=0,
                   tol=1e-4, patience=20)
         return replace(cfg, **overrides)
+
+    @classmethod
+    def preset(cls, name: str, generator: nn.Module, **overrides) -> "ProjectionConfig":
+        """A projection by name for ``generator``: 'default' (:meth:`for_generator`), 'defense_gan'
+        (:meth:`defense_gan` at the generator's latent size) or 'dead_zone' (:meth:`dead_zone_search`)."""
+        if name == "default":
+            return cls.for_generator(generator, **overrides)
+        if name == "defense_gan":
+            return cls.defense_gan(latent_dim=generator.latent_dim, **overrides)
+        if name == "dead_zone":
+            return cls.dead_zone_search(**overrides)
+        raise InputError(f"unknown projection {name!r}; use one of {', '.join(PROJECTIONS)}")
 
     def as_dict(self) -> dict:
         """The settings as a plain dict (JSON-ready)."""

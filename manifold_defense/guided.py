@@ -145,7 +145,7 @@ def guided_generate(
     reference_weight: float = 0.0,
     prior_weight: float = 0.0,
     epsilon: float | None = None,
-    projection=None,
+    projection: ProjectionConfig | None = None,
     frames: int = 0,
     seed: int = 0,
     progress: bool = False,
@@ -266,7 +266,8 @@ def _mean_se(v: torch.Tensor) -> tuple[float, float]:
     return float(v.mean()), se
 
 
-def guided_metrics(result: GuidedResult, judge: nn.Module, generator: nn.Module, *, projection=None) -> dict:
+def guided_metrics(result: GuidedResult, judge: nn.Module, generator: nn.Module, *,
+                   projection: ProjectionConfig | None = None) -> dict:
     """Quality of guided results, each as (mean, standard error) over pairs:
 
     ``judge_success``: fraction an independent ``judge`` classifier (trained separately, never used for

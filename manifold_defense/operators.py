@@ -91,6 +91,7 @@ class LinearOperator(Operator):
     linear = True
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """``Aᵀ y``: exact (here the vector-Jacobian product of ``forward``; subclasses use fast transforms)."""
         self.check_measurements(y)
         x0 = torch.zeros(y.shape[0], *self.in_shape, device=y.device, dtype=y.dtype, requires_grad=True)
         with torch.enable_grad():
@@ -195,6 +196,11 @@ class Inpainting(LinearOperator):
                 j = int(torch.randint(0, w - block + 1, (1,), generator=gen))
                 mask[i : i + block, j : j + block] = 0
         self.register_buffer("mask", mask.view(1, 1, h, w))
+
+    @property
+    def m(self) -> int:
+        """Measurements per image: the observed entries (channels × observed pixels), not the zero-filled image."""
+        return int(self.mask.sum()) * self.in_shape[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_x(x)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import sys
 import types
+from typing import Any
 from collections.abc import Sequence
 
 import torch
@@ -27,7 +28,7 @@ from manifold_defense.validation import InputError
 __all__ = ["madry_step", "madry_pgd", "MadryStep", "robustness_architecture", "load_robustness_checkpoint", "RobustnessClassifier"]
 
 
-def madry_step(norm: str, x: torch.Tensor, epsilon: float, step_size: float):
+def madry_step(norm: str, x: torch.Tensor, epsilon: float, step_size: float) -> Any:
     """The robustness library's attack step for ``norm`` ('l2' or 'linf') around ``x``."""
     from robustness.attack_steps import L2Step, LinfStep  # the module itself needs only torch
 
@@ -49,7 +50,8 @@ class MadryStep(StepRule):
         madry_step(norm, x[:1], epsilon, step_size)  # validates the arguments
         self.norm, self.x, self.epsilon, self.step_size = norm, x, epsilon, step_size
 
-    def update(self, v, g, lr, state, t, *, rows=None, differentiable=False):
+    def update(self, v: torch.Tensor, g: torch.Tensor, lr: torch.Tensor, state: dict[str, torch.Tensor], t: torch.Tensor,
+               *, rows: torch.Tensor | None = None, differentiable: bool = False) -> tuple[torch.Tensor, dict]:
         step = madry_step(self.norm, self.x if rows is None else self.x[rows], self.epsilon, self.step_size)
         return step.project(step.step(v, -g)), state
 

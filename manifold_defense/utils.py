@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ def minibatches(n: int, batch_size: int, generator: torch.Generator | None = Non
         yield order[i : i + batch_size]
 
 
-def batched_apply(fn, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+def batched_apply(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     """``torch.cat([fn(chunk) for chunk in x.split(batch_size)])`` under ``inference_mode``."""
     with torch.inference_mode():
         return torch.cat([fn(chunk) for chunk in x.split(batch_size)])

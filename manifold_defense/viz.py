@@ -8,7 +8,7 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["save_image_grid", "save_animation"]
+__all__ = ["save_image_grid", "save_animation", "generator_grid", "measurement_picture"]
 
 
 def save_image_grid(
@@ -77,3 +77,34 @@ def save_animation(frames: torch.Tensor, path: str | os.PathLike, *, columns: in
     ms = int(seconds_per_frame * 1000)
     images[0].save(path, save_all=True, append_images=images[1:], duration=[ms] * (f - 1) + [ms * 8], loop=0)
     return path
+
+
+def generator_grid(generator: torch.nn.Module, path: str | os.PathLike, *, rows: int = 4, cols: int = 12, seed: int = 0,
+                   test_images: torch.Tensor | None = None, title: str | None = None) -> Path:
+    """PNG of ``rows`` rows of ``cols`` samples ``G(z)``, ``z`` from the seeded prior; with ``test_images`` and an
+    encoder, two more rows: the images and their reconstructions ``G(E(x))``."""
+    from manifold_defense.protocols import Encoded
+
+    device = next(generator.parameters()).device
+    with torch.inference_mode():
+        g = torch.Generator(device=device).manual_seed(seed)
+        grid = [generator(generator.sample_latent(cols, g)) for _ in range(rows)]
+        labels = ["samples"] * rows
+        if test_images is not None and isinstance(generator, Encoded):
+            x = test_images[:cols].to(device)
+            grid += [x, generator(generator.encode(x))]
+            labels += ["test", "G(E(x))"]
+    return save_image_grid(grid, path, row_labels=labels, title=title)
+
+
+def measurement_picture(operator: torch.nn.Module, y: torch.Tensor) -> torch.Tensor:
+    """Something to look at for measurements ``y``: ``y`` itself when image-shaped (upsampled to the operator's
+    input size), else the back-projection ``Aᵀy`` rescaled to [0, 1] per image."""
+    import torch.nn.functional as F
+
+    if y.dim() == 4:
+        return F.interpolate(y, size=operator.in_shape[1:], mode="nearest") if y.shape[2:] != operator.in_shape[1:] else y
+    back = operator.adjoint(y)
+    lo = back.flatten(1).min(1).values.view(-1, 1, 1, 1)
+    hi = back.flatten(1).max(1).values.view(-1, 1, 1, 1)
+    return (back - lo) / (hi - lo).clamp_min(1e-8)

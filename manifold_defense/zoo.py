@@ -41,6 +41,7 @@ class ZooEntry:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def spec(self) -> dict[str, Any]:
+        """The recipe (architecture, data, trainer and its settings): a cached model built from another is refused."""
         return {"arch": self.arch, "arch_config": self.arch_config, "trainer": self.trainer,
                 "train_config": self.train_config, "dataset": self.dataset}
 
@@ -133,6 +134,7 @@ ENTRIES: dict[str, ZooEntry] = {
 
 
 def names() -> list[str]:
+    """Every zoo model's name."""
     return list(ENTRIES)
 
 

@@ -14,7 +14,8 @@ _CACHE = tempfile.mkdtemp(prefix="manifold-defense-test-cache-")
 os.environ["MANIFOLD_DEFENSE_CACHE"] = _CACHE
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 os.environ.setdefault("MPLBACKEND", "Agg")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Two threads at most (the CI machine has two cores); fewer when OMP_NUM_THREADS asks (a shared machine).
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or max(1, min(2, os.cpu_count() or 1))))
 
 
 def pytest_sessionfinish(session, exitstatus):  # noqa: ARG001

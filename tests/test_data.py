@@ -82,7 +82,7 @@ def test_exception_mnist_bad_file(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"name": "cifar10"}, "unknown dataset 'cifar10'"),
+    ({"name": "cifar100"}, "unknown dataset 'cifar100'"),
     ({"name": "digits", "split": "validation"}, "unknown split"),
     ({"name": "digits", "limit": 0}, "limit"),
 ])

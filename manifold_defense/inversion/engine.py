@@ -86,7 +86,8 @@ class GradientDescent(StepRule):
 
     name = "gd"
 
-    def update(self, v, g, lr, state, t, *, rows=None, differentiable=False):
+    def update(self, v: torch.Tensor, g: torch.Tensor, lr: torch.Tensor, state: dict[str, torch.Tensor], t: torch.Tensor,
+               *, rows: torch.Tensor | None = None, differentiable: bool = False) -> tuple[torch.Tensor, dict]:
         return v - lr * g, state
 
 
@@ -101,7 +102,8 @@ class Momentum(StepRule):
             raise InputError(f"momentum must be in [0, 1), got {momentum}")
         self.momentum = float(momentum)
 
-    def update(self, v, g, lr, state, t, *, rows=None, differentiable=False):
+    def update(self, v: torch.Tensor, g: torch.Tensor, lr: torch.Tensor, state: dict[str, torch.Tensor], t: torch.Tensor,
+               *, rows: torch.Tensor | None = None, differentiable: bool = False) -> tuple[torch.Tensor, dict]:
         m = self.momentum * state["m"] + g
         return v - lr * m, {"m": m}
 
@@ -115,7 +117,8 @@ class Adam(StepRule):
     def __init__(self, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
         self.beta1, self.beta2, self.eps = float(betas[0]), float(betas[1]), float(eps)
 
-    def update(self, v, g, lr, state, t, *, rows=None, differentiable=False):
+    def update(self, v: torch.Tensor, g: torch.Tensor, lr: torch.Tensor, state: dict[str, torch.Tensor], t: torch.Tensor,
+               *, rows: torch.Tensor | None = None, differentiable: bool = False) -> tuple[torch.Tensor, dict]:
         m = self.beta1 * state["m"] + (1 - self.beta1) * g
         s = self.beta2 * state["s"] + (1 - self.beta2) * g * g
         mhat, shat = m / (1 - self.beta1**t), s / (1 - self.beta2**t)
@@ -129,7 +132,8 @@ class SignStep(StepRule):
 
     name = "sign"
 
-    def update(self, v, g, lr, state, t, *, rows=None, differentiable=False):
+    def update(self, v: torch.Tensor, g: torch.Tensor, lr: torch.Tensor, state: dict[str, torch.Tensor], t: torch.Tensor,
+               *, rows: torch.Tensor | None = None, differentiable: bool = False) -> tuple[torch.Tensor, dict]:
         return v - lr * g.sign(), state
 
 
@@ -138,7 +142,8 @@ class NormalizedStep(StepRule):
 
     name = "l2"
 
-    def update(self, v, g, lr, state, t, *, rows=None, differentiable=False):
+    def update(self, v: torch.Tensor, g: torch.Tensor, lr: torch.Tensor, state: dict[str, torch.Tensor], t: torch.Tensor,
+               *, rows: torch.Tensor | None = None, differentiable: bool = False) -> tuple[torch.Tensor, dict]:
         norm = g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (g.dim() - 1)))
         return v - lr * g / norm, state
 

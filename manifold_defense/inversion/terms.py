@@ -108,7 +108,8 @@ class TotalVariation:
         return self.weight * total_variation(x)
 
 
-def negative_cross_entropy(model: Callable[[torch.Tensor], torch.Tensor], labels: torch.Tensor):
+def negative_cross_entropy(model: Callable[[torch.Tensor], torch.Tensor], labels: torch.Tensor
+                           ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
     """``−CE(model(x), labels[rows])`` per row: the data term of an untargeted attack (the engine minimises)."""
 
     def term(x: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

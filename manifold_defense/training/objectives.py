@@ -10,7 +10,8 @@
   Daskalakis, Dimakis 2017): Madry PGD loss plus a weighted consistency term on overpowered-attack
   pairs ``(G(z1), G(z2))``, ``‖G(z1) − G(z2)‖₂ ≤ η``.
 
-``objective_preset("rmd" | "stutz" | "pgd_at" | "standard", ...)`` builds the presets of REFERENCES.md.
+``objective_preset("rmd" | "stutz" | "pgd_at" | "standard", ...)`` builds the published recipes: Madry et al.
+2018 (PGD-AT), Stutz et al. 2019 (on-manifold), Ilyas et al. 2017 (the Robust Manifold Defense).
 Each objective crafts its adversarial inputs on the bare module (in eval mode, so dropout does not
 randomise the attack) and returns the loss of one forward pass of the (possibly DDP-wrapped) model.
 """
@@ -56,7 +57,10 @@ class TrainingObjective:
         """Hyperparameters, stored in checkpoints so a resume with other settings is refused."""
         return {"objective": self.name}
 
-    def __call__(self, model: nn.Module, bare: nn.Module, x: torch.Tensor, y: torch.Tensor):
+    def __call__(self, model: nn.Module, bare: nn.Module, x: torch.Tensor, y: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """The loss of one batch, the logits accuracy is measured on, and extra metrics; ``bare`` is the
+        undistributed module the adversary crafts on."""
         raise NotImplementedError
 
 
@@ -65,7 +69,8 @@ class StandardObjective(TrainingObjective):
 
     name = "standard"
 
-    def __call__(self, model, bare, x, y):
+    def __call__(self, model: nn.Module, bare: nn.Module, x: torch.Tensor, y: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
         logits = model(x)
         return F.cross_entropy(logits, y), logits, {}
 
@@ -82,16 +87,18 @@ class MadryObjective(TrainingObjective):
             raise InputError(f"adversarial training needs epsilon > 0 and steps >= 1, got {epsilon}, {steps}")
         self.norm, self.epsilon, self.steps, self.step_size = norm, float(epsilon), int(steps), step_size
 
-    def config(self):
+    def config(self) -> dict[str, Any]:
         return {"objective": self.name, "norm": self.norm, "epsilon": self.epsilon, "steps": self.steps,
                 "step_size": self.step_size}
 
     def craft(self, bare: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Madry PGD examples for ``(x, y)`` on ``bare`` in eval mode (dropout off)."""
         with _EvalMode(bare):
             return madry_pgd(bare, x, y, norm=self.norm, epsilon=self.epsilon, steps=self.steps,
                              step_size=self.step_size)
 
-    def __call__(self, model, bare, x, y):
+    def __call__(self, model: nn.Module, bare: nn.Module, x: torch.Tensor, y: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
         logits = model(self.craft(bare, x, y))
         return F.cross_entropy(logits, y), logits, {}
 
@@ -123,11 +130,12 @@ class OnManifoldObjective(TrainingObjective):
                        if attack == "latent_pgd" else OverpoweredAttack(generator, steps=steps, rounds=1,
                                                                          projection=projection))
 
-    def config(self):
+    def config(self) -> dict[str, Any]:
         return {"objective": self.name, "eta": self.eta, "attack": self.attack_name, "steps": self.steps,
                 "weight": self.weight, "clean_weight": self.clean_weight}
 
-    def __call__(self, model, bare, x, y):
+    def __call__(self, model: nn.Module, bare: nn.Module, x: torch.Tensor, y: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
         check_compatible(self.generator, bare)
         with _EvalMode(bare):
             x_on = self.attack.run(bare, x, y, self.eta)[0].detach()
@@ -162,11 +170,12 @@ class RobustManifoldObjective(TrainingObjective):
         self.pair_steps, self.pair_fraction = int(pair_steps), float(pair_fraction)
         self.pairs = OverpoweredAttack(generator, steps=pair_steps, rounds=1, projection=projection)
 
-    def config(self):
+    def config(self) -> dict[str, Any]:
         return {**self.madry.config(), "objective": self.name, "eta": self.eta, "weight": self.weight,
                 "pair_steps": self.pair_steps, "pair_fraction": self.pair_fraction}
 
-    def __call__(self, model, bare, x, y):
+    def __call__(self, model: nn.Module, bare: nn.Module, x: torch.Tensor, y: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
         check_compatible(self.generator, bare)
         k = max(1, int(round(self.pair_fraction * len(x))))
         x_adv = self.madry.craft(bare, x, y)
@@ -185,7 +194,7 @@ PRESETS = ("standard", "pgd_at", "stutz", "rmd")
 def objective_preset(name: str, generator: nn.Module | None = None, *, epsilon: float = 1.5, eta: float = 1.5,
                      norm: str = "l2", steps: int = 10) -> TrainingObjective:
     """'standard'; 'pgd_at' (Madry, ``norm``, ε); 'stutz' (on-manifold latent PGD, η); 'rmd' (Madry ℓ2 ε = 1.5
-    plus the overpowered consistency term, weight 1e-2, REFERENCES.md). ``steps``: attack steps per batch."""
+    plus the overpowered consistency term, weight 1e-2, as in Ilyas et al. 2017). ``steps``: attack steps per batch."""
     if name == "standard":
         return StandardObjective()
     if name == "pgd_at":

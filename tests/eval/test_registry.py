@@ -1,3 +1,5 @@
+"""The registry of named attacks: every entry attacks, budgets are honoured, unknown names are errors."""
+
 import pytest
 
 from manifold_defense.defended import DefendedModel, ProjectionConfig
@@ -8,7 +10,7 @@ from manifold_defense.validation import InputError
 @pytest.mark.parametrize("name", sorted(ATTACKS))
 def test_every_named_attack_breaks_the_undefended_classifier(name, digits_classifier, digits_vae, digits_test):
     x, y = digits_test.images[:24], digits_test.labels[:24]
-    threat, eps, _, _ = ATTACKS[name]
+    threat = ATTACKS[name].threat
     big = {"linf": 0.3, "l2": 3.0, "on_manifold": 2.0}[threat]
     spec = build_attack(name, [big], classifier=digits_classifier, generator=digits_vae, budget=AttackBudget.quick())
     assert spec.threat == threat and spec.epsilons == [big]
@@ -34,11 +36,29 @@ def test_parse_attack():
 def test_exception(digits_classifier):
     with pytest.raises(InputError, match="unknown attack"):
         build_attack("pgd_l3")
-    with pytest.raises(InputError, match="needs the undefended classifier"):
+    with pytest.raises(InputError, match="needs classifier="):
         build_attack("fgsm_transfer")
-    with pytest.raises(InputError, match="needs a generator"):
+    with pytest.raises(InputError, match="needs generator="):
         build_attack("on_manifold")
+    with pytest.raises(InputError, match="unknown attack"):
+        parse_attack("cw_l3:1.0")
+    with pytest.raises(InputError, match="budgets must be > 0"):
+        AttackBudget(pgd_steps=0)
     with pytest.raises(InputError, match="non-negative"):
         build_attack("pgd_linf", [-0.1])
     with pytest.raises(InputError, match="parse"):
         parse_attack("pgd_linf:abc")
+
+
+def test_budgets_reach_the_attacks(digits_vae):
+    b = AttackBudget(pgd_steps=7, eot=3, restarts=2, on_manifold_steps=9, on_manifold_stepsize=0.2,
+                     overpowered_steps=11, overpowered_rounds=1, latent_steps=13, latent_restarts=3)
+    pgd = build_attack("pgd_l2", [1.0], budget=b).attack
+    assert (pgd.pgd.steps, pgd.pgd.eot, pgd.pgd.restarts, pgd.norm) == (7, 3, 2, "l2")
+    om = build_attack("on_manifold", generator=digits_vae, budget=b).attack
+    assert (om.steps, om.latent_stepsize) == (9, 0.2)
+    op = build_attack("overpowered", generator=digits_vae, budget=b).attack
+    assert (op.steps, op.rounds) == (11, 1)
+    lr = build_attack("latent_reparam_linf", generator=digits_vae, budget=b).attack
+    assert (lr.steps, lr.restarts, lr.norm) == (13, 3, "linf")
+    assert build_attack("pgd_linf", budget=b, label="mine").name == "mine"

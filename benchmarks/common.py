@@ -1,0 +1,67 @@
+"""Shared by the benchmark scripts: the provenance block every result JSON carries.
+
+The scripts run as ``python benchmarks/NAME.py``, so this folder is on ``sys.path``: ``from common import provenance``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _git(*cmd: str) -> str | None:
+    """``git CMD`` run in the repository root; its stdout, or None when git is missing, fails or times out."""
+    try:
+        res = subprocess.run(["git", *cmd], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10,
+                             check=False)
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+    return res.stdout if res.returncode == 0 else None
+
+
+def _json_safe(value):
+    """``value`` with paths (and anything else JSON cannot hold) as strings, tuples and sets as lists."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted((_json_safe(v) for v in value), key=repr)
+    return str(value)
+
+
+def provenance(args) -> dict:
+    """Where a result came from: commit (and whether tracked files had changes), time, command line,
+    parsed arguments, torch version and threads, library version. Never raises; unknown parts say so."""
+    head = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    try:
+        config = _json_safe(vars(args)) if args is not None else {}
+    except TypeError:
+        config = {"args": str(args)}
+    try:
+        import torch
+
+        torch_version, threads = str(torch.__version__), int(torch.get_num_threads())
+    except Exception:  # noqa: BLE001 — provenance must never break a finished benchmark run
+        torch_version, threads = "unknown", None
+    try:
+        from manifold_defense._version import __version__ as library_version
+    except Exception:  # noqa: BLE001
+        library_version = "unknown"
+    return {
+        "git_commit": head.strip() if head and head.strip() else "unknown",
+        "git_dirty": None if status is None else bool(status.strip()),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv),
+        "config": config,
+        "torch": torch_version,
+        "torch_threads": threads,
+        "library_version": library_version,
+    }

@@ -1,0 +1,301 @@
+"""Render README.md's measured-results tables from ``benchmarks/results/*.json``.
+
+    python benchmarks/render_readme.py           # rewrite the result blocks of README.md in place
+    python benchmarks/render_readme.py --check   # exit 1 and print a unified diff when README is out of date
+
+``benchmarks/results/NAME.json`` fills the README block between the lines ``<!-- results:NAME -->`` and
+``<!-- /results:NAME -->``; nothing outside the markers is touched. Intervals are ± 1.96·SE wherever the
+JSON records a standard error (SE). ``tests/test_readme_results.py`` runs the check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import os
+import re
+import stat
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+README = ROOT / "README.md"
+BLOCK = re.compile(r"(?P<start><!-- results:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(?P<end><!-- /results:(?P=name) -->)",
+                   re.DOTALL)
+Z = 1.96  # half-width of a 95% interval in standard errors
+DASH = "—"
+CS_M = (25, 50, 100, 200, 500)
+
+
+# ---------------------------------------------------------------------------------------------- formatting
+def num(x, digits: int = 4) -> str:
+    """``x`` to ``digits`` significant digits (integers in full); None → —."""
+    if x is None:
+        return DASH
+    if isinstance(x, (bool, str)):
+        return str(x)
+    x = float(x)
+    if x == 0:
+        return "0"
+    if x.is_integer() and abs(x) < 1e12:
+        return str(int(x))
+    if abs(x) >= 10**digits:
+        return f"{x:.0f}"
+    return f"{x:#.{digits}g}".rstrip(".")  # '#': keep trailing zeros (17.00, not 17)
+
+
+def setting(x) -> str:
+    """A configuration value as written (0.1, not 0.1000)."""
+    return DASH if x is None else f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def pm(v, se, digits: int = 3) -> str:
+    """``v ± 1.96·se`` (the half-width to 2 significant digits); just ``v`` without an SE."""
+    if v is None:
+        return DASH
+    return num(v, digits) if se is None else f"{num(v, digits)} ± {num(Z * se, 2)}"
+
+
+def frac(v, se=None, signed: bool = False) -> str:
+    """A fraction (accuracy, success rate) to 3 decimals, ``± 1.96·se`` when given."""
+    if v is None:
+        return DASH
+    s = f"{v:+.3f}" if signed else f"{v:.3f}"
+    return s if se is None else f"{s} ± {Z * se:.3f}"
+
+
+def table(header: list[str], rows: list[list[str]], left: int = 1) -> str:
+    """A Markdown table; the first ``left`` columns (labels) left-aligned, the rest (numbers) right-aligned."""
+    lines = ["| " + " | ".join(header) + " |", "|" + ":---|" * left + "---:|" * (len(header) - left)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def source(name: str, data: dict) -> str:
+    """The provenance line under a table (``not recorded`` for files written before provenance existed)."""
+    prov = data.get("provenance") or {}
+    commit = prov.get("git_commit")
+    if not commit:
+        sha = "not recorded"
+    elif commit == "unknown":
+        sha = "unknown"
+    else:
+        sha = commit[:7] + ("-dirty" if prov.get("git_dirty") else "")
+    date = prov.get("date") or "date not recorded"
+    command = f"`{prov['command']}`" if prov.get("command") else "not recorded"
+    return f"Source: `benchmarks/results/{name}.json` (commit {sha}, {date}; command: {command})"
+
+
+# ---------------------------------------------------------------------------------------------- one per file
+def projection_speed(d: dict) -> str:
+    gens = [k for k, v in d.items() if isinstance(v, dict) and {"defense_gan", "default"} <= set(v)]
+    rows, summary, kinds = [], [], []
+    for g in gens:
+        kinds = [k for k, v in d[g]["defense_gan"].items() if isinstance(v, dict)]
+        for kind in kinds:
+            for proj in ("defense_gan", "default"):
+                r = d[g][proj][kind]
+                rows.append([f"`{g}`", kind, proj, num(r.get("n")), pm(r.get("mse"), r.get("mse_se")),
+                             frac(r.get("accuracy"), r.get("accuracy_se")), num(r.get("gevals_per_image")),
+                             num(r.get("images_per_second"))])
+        diff = d[g].get("paired_default_minus_defense_gan", {})
+        tc = d[g].get("torch_compile")
+        compiled = (DASH if not tc else "error" if "speedup" not in tc else f"{num(tc['speedup'], 3)}× (n = {tc['n']})")
+        summary.append([f"`{g}`", num(d[g].get("geval_ratio"), 3) + "×", num(d[g].get("speed_ratio"), 3) + "×"]
+                       + [pm(diff.get(k, {}).get("mse", {}).get("mean"), diff.get(k, {}).get("mse", {}).get("se"))
+                          for k in kinds]
+                       + [frac(diff.get(k, {}).get("accuracy", {}).get("mean"),
+                               diff.get(k, {}).get("accuracy", {}).get("se"), signed=True) for k in kinds]
+                       + [compiled])
+    return "\n\n".join([
+        (f"Defense-GAN's projection settings (`defense_gan`) against the default ones (`default`) on the same images "
+         f"and generator weights; projection MSE and defended accuracy ± 1.96·SE, {d.get('threads', '?')} threads."),
+        table(["generator", "input", "projection", "n", "MSE", "accuracy", "G evals / image", "images / s"], rows,
+              left=3),
+        ("Ratios: defense_gan / default generator evaluations, default / defense_gan images per second. "
+         "Δ: paired difference default − defense_gan ± 1.96·SE. torch.compile: compiled / eager images per second."),
+        table(["generator", "G-eval ratio", "speed ratio"] + [f"Δ MSE {k}" for k in kinds]
+              + [f"Δ accuracy {k}" for k in kinds] + ["torch.compile"], summary)])
+
+
+def cs_mnist(d: dict) -> str:
+    mse, se, proto = d["per_pixel_mse"], d.get("stderr", {}), d.get("protocol", {})
+    present = sorted({int(m) for v in mse.values() for m in v})
+    ms = [m for m in CS_M if m in present]
+    rows = [[f"`{meth}`"] + [pm(v.get(str(m)), se.get(meth, {}).get(str(m))) if str(m) in v else DASH for m in ms]
+            for meth, v in mse.items()]
+    others = [m for m in present if m not in ms]
+    return "\n\n".join([
+        f"Per-pixel MSE ± 1.96·SE over n = {d.get('n_images', '?')} MNIST test images from m Gaussian measurements, "
+        f"noise σ = {setting(proto.get('noise_sigma'))}, generator `{proto.get('generator', '?')}` (— : not run at that m)"
+        + (f"; the JSON also holds m = {', '.join(map(str, others))}." if others else "."),
+        table(["method"] + [f"m = {m}" for m in ms], rows)])
+
+
+def accuracy_table(acc: dict, se: dict, n) -> str:
+    attacks = list(dict.fromkeys(a for v in acc.values() for a in v))
+    header = ["attack"] + [f"{m} (n = {n[m]})" if isinstance(n, dict) else m for m in acc]
+    return table(header, [[a] + [frac(acc[m].get(a), se.get(m, {}).get(a)) if a in acc[m] else DASH for m in acc]
+                          for a in attacks])
+
+
+def defense_mnist(d: dict) -> str:
+    cfg = d.get("config", {})
+    return "\n\n".join([
+        (f"Accuracy ± 1.96·SE of classifier `{cfg.get('classifier', '?')}`, undefended and behind "
+         f"`{cfg.get('generator', '?')}` projections (n test images per column)."),
+        accuracy_table(d["accuracy"], d.get("stderr", {}), d["n"])])
+
+
+def manifold_at_mnist(d: dict) -> str:
+    cfg = d.get("config", {})
+    return "\n\n".join([
+        (f"Accuracy ± 1.96·SE on n = {d['n']} MNIST test images of classifiers trained {cfg.get('epochs', '?')} "
+         f"epoch(s) ({cfg.get('train_pgd_steps', '?')} training PGD steps), attacked with "
+         f"{cfg.get('eval_pgd_steps', '?')} PGD steps; `defended_*`: the same classifier behind the projection "
+         "(— : attack not run on that model)."),
+        accuracy_table(d["accuracy"], d.get("stderr", {}), d["n"])])
+
+
+def manifold_at_mnist_timing(d: dict) -> str:
+    rows = [[m, num(s)] for m, s in d["epoch_seconds"].items()]
+    return "\n\n".join([
+        (f"One training epoch each, {d.get('train_pgd_steps', '?')} training PGD steps, "
+         f"{d.get('torch_threads', '?')} threads; no SE (one epoch per model)."),
+        table(["model", "seconds / epoch"], rows),
+        f"Ratio manifold_at / pgd_at: {num(d.get('ratio_manifold_at_over_pgd_at'), 3)}."])
+
+
+def guided_mnist(d: dict) -> str:
+    se, proto = d.get("stderr", {}), d.get("protocol", {})
+    gevals, spp = d.get("generator_evals_per_pair", {}), d.get("seconds_per_pair", {})
+
+    def label(meth, eps=None):
+        return f"`{meth}`" if eps is None else f"`{meth}`, ε = {setting(eps)}"
+
+    rows = [[label(m, proto.get("pixel_epsilon_l2") if m == "pixel" else None),
+             frac(d["judge_success"][m], se.get("judge_success", {}).get(m)),
+             pm(d["l2_to_start"][m], se.get("l2_to_start", {}).get(m)),
+             pm(d["range_residual"][m], se.get("range_residual", {}).get(m)),
+             frac(d.get("target_probability", {}).get(m), se.get("target_probability", {}).get(m)),
+             num(gevals.get(m)), num(spp.get(m), 3)] for m in d["judge_success"]]
+    rows += [[label("pixel", float(eps)), frac(s["judge_success"], s.get("judge_success_se")),
+              pm(s["l2_to_start"], s.get("l2_to_start_se")), pm(s["range_residual"], s.get("range_residual_se")),
+              DASH, DASH, DASH] for eps, s in d.get("pixel_epsilon_sweep", {}).items()]
+    return "\n\n".join([
+        (f"{d.get('n_pairs', '?')} (start, target) pairs, ± 1.96·SE; generator `{proto.get('generator', '?')}`, "
+         f"guide `{proto.get('guide', '?')}`, judge `{proto.get('judge', '?')}`, {proto.get('steps', '?')} steps. "
+         "Judge success: the independent judge picks the target; range residual: per-pixel squared distance to the "
+         "result's projection onto the generator; p(target): under the guide (— : not recorded)."),
+        table(["method", "judge success", "ℓ2 to start", "range residual", "p(target)", "G evals / pair",
+               "s / pair"], rows)])
+
+
+def random_relu(d: dict) -> str:
+    s = d.get("setting", {})
+    k = s.get("widths", [None])[0]
+    ratios = list(d["success_rate"])
+    err, err_se = d["noisy_error"], d.get("noisy_stderr", {})
+    fit = d.get("noisy_slope_fit_m")
+    return "\n\n".join([
+        (f"Noiseless recovery: success rate (relative error < {setting(s.get('success_threshold'))}) over "
+         f"{s.get('trials', '?')} trials, widths {' → '.join(map(str, s.get('widths', [])))}, "
+         f"{s.get('steps', '?')} subgradient steps; no SE recorded."),
+        table([f"m / k (k = {k})"] + ratios,
+              [["1 start"] + [frac(d["success_rate"][r]) for r in ratios]]
+              + ([["4 starts"] + [frac(d["success_rate_4_starts"].get(r)) for r in ratios]]
+                 if "success_rate_4_starts" in d else [])),
+        f"Noisy recovery, ‖η‖ = {setting(s.get('noise_norm'))}: error ‖G(ẑ) − G(z*)‖ ± 1.96·SE.",
+        table(["m"] + list(err), [["error"] + [pm(v, err_se.get(m)) for m, v in err.items()]]),
+        f"Fitted log-log slope {num(d.get('noisy_slope'), 3)}"
+        + (f" over m ∈ {{{', '.join(map(str, fit))}}}" if fit else "")
+        + f" (theory -0.5); {num(d.get('noisy_slope_all_m'), 3)} over all m."])
+
+
+def generic(d: dict) -> str:
+    """Files without a renderer of their own: their top-level numbers."""
+    rows = [[f"`{k}`", num(v)] for k, v in sorted(d.items()) if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return "No dedicated renderer; top-level numbers.\n\n" + table(["key", "value"], rows or [[DASH, DASH]])
+
+
+RENDERERS = {"projection_speed": projection_speed, "cs_mnist": cs_mnist, "defense_mnist": defense_mnist,
+             "manifold_at_mnist": manifold_at_mnist, "manifold_at_mnist_timing": manifold_at_mnist_timing,
+             "guided_mnist": guided_mnist, "random_relu": random_relu}
+
+
+# ---------------------------------------------------------------------------------------------- README
+def render(results_dir: Path | str = RESULTS) -> dict[str, str]:
+    """{NAME: Markdown} for every ``NAME.json`` in ``results_dir`` (``X_quick`` renders like ``X``)."""
+    blocks = {}
+    for path in sorted(Path(results_dir).glob("*.json")):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        fn = RENDERERS.get(path.stem) or RENDERERS.get(path.stem.removesuffix("_quick"), generic)
+        blocks[path.stem] = fn(data).rstrip("\n") + "\n\n" + source(path.stem, data)
+    return blocks
+
+
+def blocks_in(readme_text: str) -> dict[str, str]:
+    """{NAME: text between the markers} of README's result blocks."""
+    return {m["name"]: m["body"] for m in BLOCK.finditer(readme_text)}
+
+
+def update(readme_text: str, blocks: dict[str, str]) -> str:
+    """``readme_text`` with each marked block replaced by ``blocks[NAME]`` (blocks without markers are ignored)."""
+    def sub(m: re.Match) -> str:
+        name = m["name"]
+        return f"{m['start']}\n{blocks[name]}\n\n{m['end']}" if name in blocks else m[0]
+
+    return BLOCK.sub(sub, readme_text)
+
+
+def check(readme_text: str, blocks: dict[str, str], label: str = "README.md") -> str:
+    """Empty when README shows exactly ``blocks``; otherwise what disagrees (unpaired names, unified diff)."""
+    have = set(blocks_in(readme_text))
+    problems = [f"README block without a results JSON: {n}" for n in sorted(have - set(blocks))]
+    problems += [f"results JSON without a README block: {n}" for n in sorted(set(blocks) - have)]
+    diff = difflib.unified_diff(readme_text.splitlines(keepends=True),
+                                update(readme_text, blocks).splitlines(keepends=True),
+                                fromfile=label, tofile=f"{label} (rendered from the JSON)")
+    return "".join(p + "\n" for p in problems) + "".join(diff)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--check", action="store_true", help="do not write; exit 1 with a diff when README is out of date")
+    p.add_argument("--readme", type=Path, default=README)
+    p.add_argument("--results", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    text = args.readme.read_text(encoding="utf-8")
+    blocks = render(args.results)
+    if args.check:
+        report = check(text, blocks, label=str(args.readme))
+        print(report, end="")
+        return 1 if report else 0
+    new = update(text, blocks)
+    if new != text:
+        _write_atomic(args.readme, new)
+    missing = sorted(set(blocks) - set(blocks_in(text)))
+    for name in missing:
+        print(f"no <!-- results:{name} --> block in {args.readme}", file=sys.stderr)
+    print(f"{args.readme}: {len(blocks) - len(missing)} result blocks {'updated' if new != text else 'unchanged'}")
+    return 1 if missing else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

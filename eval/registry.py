@@ -1,0 +1,198 @@
+"""The registry of named attacks, with their threat models, default budgets and ε — the one list the
+``evaluate`` CLI, the demo and every benchmark build their attacks from.
+
+``build_attack("pgd_linf", [0.3], classifier=..., generator=..., budget=AttackBudget.quick())`` → an
+:class:`~manifold_defense.eval.robustness.AttackSpec`. Every gradient attack on a
+:class:`~manifold_defense.defended.DefendedModel` is adaptive (BPDA, optionally EOT, on the model's own
+projection or a named surrogate; the unrolled projection; latent reparameterisation), and every result
+is scored on the attacked model itself. An unknown name is an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Callable, Sequence
+
+from torch import nn
+
+from manifold_defense.attacks import (
+    BPDA,
+    FGSM,
+    Attack,
+    AutoAttack,
+    CarliniWagnerL2,
+    LatentPGD,
+    LatentReparameterization,
+    OverpoweredAttack,
+    TransferAttack,
+    UnrolledPGD,
+)
+from manifold_defense.defended import ProjectionConfig
+from manifold_defense.eval.robustness import AttackSpec
+from manifold_defense.validation import InputError
+
+__all__ = ["ATTACKS", "RegisteredAttack", "AttackBudget", "build_attack", "parse_attack"]
+
+
+@dataclass(frozen=True)
+class AttackBudget:
+    """Iteration budgets of the registered attacks. The defaults are the benchmarks'; :meth:`quick` is for
+    smoke runs, :meth:`demo` for the digits demo."""
+
+    pgd_steps: int = 40
+    eot: int = 2
+    restarts: int = 1
+    unroll_steps: int = 20
+    latent_steps: int = 100  # latent reparameterisation, per round
+    latent_restarts: int = 2
+    on_manifold_steps: int = 100
+    on_manifold_stepsize: float = 0.1
+    overpowered_steps: int = 100
+    overpowered_rounds: int = 3
+    autoattack_iter: int = 25
+    autoattack_eot: int = 2
+    cw_steps: int = 100
+
+    def __post_init__(self) -> None:
+        bad = [f.name for f in fields(self) if not getattr(self, f.name) > 0]
+        if bad:
+            raise InputError(f"attack budgets must be > 0, got {', '.join(f'{k}={getattr(self, k)}' for k in bad)}")
+
+    @classmethod
+    def quick(cls) -> "AttackBudget":
+        """Small budgets for smoke runs (results are not publishable)."""
+        return cls(pgd_steps=10, eot=1, unroll_steps=10, latent_steps=50, on_manifold_steps=50, overpowered_steps=50,
+                   autoattack_iter=10, autoattack_eot=1, cw_steps=30)
+
+    @classmethod
+    def demo(cls) -> "AttackBudget":
+        """The digits demo's budgets (a minute and a half on two CPU cores)."""
+        return cls(pgd_steps=20, eot=1, latent_steps=60, on_manifold_steps=20, on_manifold_stepsize=0.25)
+
+
+@dataclass(frozen=True)
+class _Context:
+    budget: AttackBudget
+    threat: str
+    classifier: nn.Module | None
+    generator: nn.Module | None
+    surrogate: ProjectionConfig | None
+
+
+@dataclass(frozen=True)
+class RegisteredAttack:
+    """A named attack: its threat model ('linf', 'l2', 'on_manifold'), default ε, whether it is iterative
+    (for the iterative-beats-single-step check), what it needs (``classifier``: the undefended source of a
+    transfer attack; ``generator``), a one-line description, and how to build it from a budget."""
+
+    name: str
+    threat: str
+    epsilons: tuple[float, ...]
+    iterative: bool
+    description: str
+    build: Callable[[_Context], Attack]
+    needs: tuple[str, ...] = ()
+
+
+def _transfer(c: _Context) -> Attack:
+    return TransferAttack(c.classifier, FGSM())
+
+
+def _bpda(c: _Context) -> Attack:
+    b = c.budget
+    return BPDA(norm=c.threat, steps=b.pgd_steps, eot=b.eot, restarts=b.restarts, projection=c.surrogate)
+
+
+def _unrolled(c: _Context) -> Attack:
+    return UnrolledPGD(norm=c.threat, steps=c.budget.pgd_steps, unroll_steps=c.budget.unroll_steps)
+
+
+def _reparam(c: _Context) -> Attack:
+    b = c.budget
+    return LatentReparameterization(c.generator, norm=c.threat, steps=b.latent_steps, restarts=b.latent_restarts,
+                                    projection=c.surrogate)
+
+
+def _on_manifold(c: _Context) -> Attack:
+    b = c.budget
+    return LatentPGD(c.generator, steps=b.on_manifold_steps, latent_stepsize=b.on_manifold_stepsize,
+                     projection=c.surrogate)
+
+
+def _overpowered(c: _Context) -> Attack:
+    b = c.budget
+    return OverpoweredAttack(c.generator, steps=b.overpowered_steps, rounds=b.overpowered_rounds, projection=c.surrogate)
+
+
+def _autoattack(rand: bool) -> Callable[[_Context], Attack]:
+    def build(c: _Context) -> Attack:
+        b = c.budget
+        return AutoAttack(norm=c.threat, version="rand" if rand else "standard", n_iter=b.autoattack_iter,
+                          eot_iter=b.autoattack_eot if rand else None, projection=c.surrogate, stochastic=rand)
+    return build
+
+
+def _cw(c: _Context) -> Attack:
+    return CarliniWagnerL2(steps=c.budget.cw_steps)
+
+
+ATTACKS: dict[str, RegisteredAttack] = {a.name: a for a in [
+    RegisteredAttack("fgsm", "linf", (0.1, 0.2, 0.3), False, "FGSM on the attacked model (BPDA gradient on a defense)",
+                     lambda c: FGSM()),
+    RegisteredAttack("fgsm_transfer", "linf", (0.3,), False,
+                     "FGSM crafted on the undefended classifier (Defense-GAN protocol)", _transfer, ("classifier",)),
+    RegisteredAttack("pgd_linf", "linf", (0.1, 0.2, 0.3), True, "L-inf PGD, BPDA + EOT", _bpda),
+    RegisteredAttack("pgd_l2", "l2", (1.0, 2.0, 3.8), True, "L2 PGD, BPDA + EOT", _bpda),
+    RegisteredAttack("unrolled_linf", "linf", (0.3,), True, "L-inf PGD through the unrolled projection", _unrolled),
+    RegisteredAttack("unrolled_l2", "l2", (3.8,), True, "L2 PGD through the unrolled projection", _unrolled),
+    RegisteredAttack("latent_reparam_l2", "l2", (3.8,), True, "latent reparameterisation (Athalye et al.), L2 ball",
+                     _reparam),
+    RegisteredAttack("latent_reparam_linf", "linf", (0.3,), True,
+                     "latent reparameterisation (Athalye et al.), L-inf ball", _reparam),
+    RegisteredAttack("on_manifold", "on_manifold", (1.5,), True, "latent PGD, ‖G(z') − G(ẑ)‖₂ ≤ η", _on_manifold,
+                     ("generator",)),
+    RegisteredAttack("overpowered", "on_manifold", (1.5,), True,
+                     "overpowered attack (Ilyas et al.), ‖G(z1) − G(z2)‖₂ ≤ η", _overpowered, ("generator",)),
+    RegisteredAttack("autoattack_linf", "linf", (0.3,), True, "AutoAttack 'standard', L-inf", _autoattack(False)),
+    RegisteredAttack("autoattack_rand_linf", "linf", (0.3,), True,
+                     "AutoAttack 'rand' (EOT), L-inf, on the stochastic projection", _autoattack(True)),
+    RegisteredAttack("autoattack_l2", "l2", (3.8,), True, "AutoAttack 'standard', L2", _autoattack(False)),
+    RegisteredAttack("cw_l2", "l2", (3.8,), True, "Carlini-Wagner L2 (foolbox), BPDA gradient on a defense", _cw),
+]}
+
+
+def build_attack(name: str, epsilons: Sequence[float] | None = None, *, classifier: nn.Module | None = None,
+                 generator: nn.Module | None = None, surrogate: ProjectionConfig | None = None,
+                 budget: AttackBudget | None = None, label: str | None = None) -> AttackSpec:
+    """An :class:`AttackSpec` for a registered attack (see :data:`ATTACKS`).
+
+    ``classifier``: the undefended classifier (source of ``fgsm_transfer``). ``generator``: needed by the
+    on-manifold attacks (and latent reparameterisation of an undefended model). ``surrogate``: the
+    projection adaptive attacks craft on (default: the attacked model's own). ``label``: the name the
+    results are reported under (default ``name``).
+    """
+    if name not in ATTACKS:
+        raise InputError(f"unknown attack {name!r}; choose from {', '.join(ATTACKS)}")
+    entry = ATTACKS[name]
+    eps = list(entry.epsilons if epsilons is None else epsilons)
+    if not eps or min(eps) < 0:
+        raise InputError(f"attack {name} needs non-negative epsilons, got {eps}")
+    given = {"classifier": classifier, "generator": generator}
+    missing = [k for k in entry.needs if given[k] is None]
+    if missing:
+        raise InputError(f"{name} needs {' and '.join(f'{k}=...' for k in missing)} (the {' and '.join(missing)})")
+    attack = entry.build(_Context(budget or AttackBudget(), entry.threat, classifier, generator, surrogate))
+    return AttackSpec(label or name, attack, eps, entry.threat, iterative=entry.iterative)
+
+
+def parse_attack(text: str) -> tuple[str, list[float] | None]:
+    """``"pgd_linf:0.1,0.3"`` → ``("pgd_linf", [0.1, 0.3])``; ``"pgd_linf"`` → default ε list."""
+    name, _, eps = text.partition(":")
+    if name not in ATTACKS:
+        raise InputError(f"unknown attack {name!r}; choose from {', '.join(ATTACKS)}")
+    if not eps:
+        return name, None
+    try:
+        return name, [float(e) for e in eps.split(",") if e]
+    except ValueError as exc:
+        raise InputError(f"cannot parse epsilons in {text!r}; write NAME:EPS1,EPS2") from exc

@@ -1,0 +1,170 @@
+"""``manifold-defense train-generator``, ``train-classifier`` and ``adv-train`` (resumable, torchrun-ready)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from manifold_defense.cli.common import (
+    add_device,
+    check_device,
+    check_output_file,
+    load_role,
+    positive_float,
+    positive_int,
+    refuse_unused,
+)
+
+__all__ = ["add_parsers", "run_generator", "run_classifier", "PRESET_FLAGS"]
+
+#: the flags each adv-train preset uses (argparse dests); any other preset flag given is refused
+PRESET_FLAGS = {"standard": set(), "pgd_at": {"epsilon", "norm", "attack_steps"},
+                "stutz": {"generator", "eta", "attack_steps"},
+                "rmd": {"generator", "epsilon", "eta", "norm", "attack_steps"}}
+_PRESET_DEFAULTS = {"epsilon": 1.5, "eta": 1.5, "norm": "l2", "attack_steps": 10}
+_FLAG_NAMES = {"generator": "--generator", "epsilon": "--epsilon", "eta": "--eta", "norm": "--norm",
+               "attack_steps": "--attack-steps"}
+
+
+def _common(t: argparse.ArgumentParser) -> None:
+    t.add_argument("--dataset", choices=["digits", "mnist"], default="digits", help="training data")
+    t.add_argument("--data-path", default=None, help="MNIST file or folder (default: $MANIFOLD_DEFENSE_DATA)")
+    t.add_argument("--download", action="store_true", help="allow torchvision to download MNIST")
+    t.add_argument("--out", required=True, help="checkpoint path (resumes if it holds an unfinished run)")
+    t.add_argument("--seed", type=int, default=0, help="seed of the initial weights and the data order")
+    add_device(t)
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Register the three training commands."""
+    from manifold_defense.training import PRESETS
+
+    g = sub.add_parser("train-generator", help="train a VAE or WGAN-GP generator")
+    _common(g)
+    g.add_argument("--arch", choices=["vae", "wgan"], default="vae", help="vae (CSGM's) or wgan (Defense-GAN's, MNIST)")
+    g.add_argument("--epochs", type=positive_int, default=None, help="vae: epochs (default: 100)")
+    g.add_argument("--iterations", type=positive_int, default=None,
+                   help="wgan: generator iterations, a multiple of 100 above 100 (default: 2000)")
+    g.add_argument("--latent-dim", type=positive_int, default=None, help="latent size (default: 20 vae / 128 wgan; "
+                                                                         "8 for the digits vae)")
+    g.add_argument("--hidden", type=positive_int, nargs="+", default=None,
+                   help="vae: hidden widths (default: 500 500 on MNIST, 256 256 on digits)")
+    g.add_argument("--batch-size", type=positive_int, default=None, help="default: 100 vae / 50 wgan")
+    g.add_argument("--lr", type=positive_float, default=None, help="Adam learning rate (default: 1e-3 vae / 1e-4 wgan)")
+    g.set_defaults(run=run_generator)
+    for name, hlp in [("train-classifier", "train a classifier"),
+                      ("adv-train", "adversarial training: Madry PGD, on-manifold, or the Robust Manifold Defense "
+                                    "(torchrun-ready)")]:
+        t = sub.add_parser(name, help=hlp)
+        _common(t)
+        t.add_argument("--arch", choices=["a", "b", "c", "d", "digits"], default="digits",
+                       help="Defense-GAN classifier A-D (MNIST) or the digits CNN")
+        t.add_argument("--epochs", type=positive_int, default=10, help="epochs")
+        t.add_argument("--batch-size", type=positive_int, default=128, help="global batch size")
+        t.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (cosine decay)")
+        t.add_argument("--metrics-log", default=None, help="per-epoch metrics, JSON lines (default: none)")
+        if name == "adv-train":
+            t.add_argument("--preset", choices=PRESETS, required=True,
+                           help="standard, pgd_at (Madry), stutz (on-manifold latent PGD), rmd (Ilyas et al.)")
+            t.add_argument("--generator", default=None, help="zoo name or checkpoint (stutz, rmd; required there)")
+            t.add_argument("--epsilon", type=positive_float, default=None, help="pixel-space budget (pgd_at, rmd; "
+                                                                                "default: 1.5)")
+            t.add_argument("--eta", type=positive_float, default=None, help="on-manifold budget (stutz, rmd; default: 1.5)")
+            t.add_argument("--norm", choices=["l2", "linf"], default=None, help="pixel-space norm (pgd_at, rmd; "
+                                                                                "default: l2)")
+            t.add_argument("--attack-steps", type=positive_int, default=None,
+                           help="attack steps per batch (every adversarial preset; default: 10)")
+        t.set_defaults(run=run_classifier)
+
+
+def run_generator(args: argparse.Namespace) -> int:
+    """Train a generator (every check before the data is loaded)."""
+    import torch
+
+    from manifold_defense import data
+    from manifold_defense.generators import VAE, DefenseGANGenerator, WGANCritic, train_vae, train_wgan
+    from manifold_defense.validation import InputError
+
+    if args.arch == "vae":
+        refuse_unused(args, set(), {"iterations": "--iterations"}, "--arch vae")
+    else:
+        refuse_unused(args, set(), {"epochs": "--epochs", "hidden": "--hidden"}, "--arch wgan")
+        if args.dataset != "mnist":
+            raise InputError("the WGAN generator is built for 28x28 images: use --dataset mnist")
+        if args.iterations is not None and args.iterations > 100 and args.iterations % 100:
+            raise InputError(f"--iterations must be a multiple of 100 above 100 (checkpoints every 100), got "
+                             f"{args.iterations}")
+    device = check_device(args.device)
+    out = check_output_file(args.out)
+    train = data.load(args.dataset, "train", path=args.data_path, download=args.download)
+    test = data.load(args.dataset, "test", path=args.data_path, download=args.download)
+    meta = {"dataset": args.dataset, "kind": "generator"}
+    torch.manual_seed(args.seed)  # the initial weights, too, follow --seed
+    if args.arch == "vae":
+        mnist = args.dataset == "mnist"
+        model = VAE(data.image_shape(args.dataset), args.latent_dim or (20 if mnist else 8),
+                    args.hidden or ([500, 500] if mnist else [256, 256])).to(device)
+        hist = train_vae(model, train.images, x_test=test.images, epochs=args.epochs or 100,
+                         batch_size=args.batch_size or 100, lr=args.lr or 1e-3, seed=args.seed, path=out, metadata=meta)
+    else:
+        iterations = args.iterations or 2000
+        model = DefenseGANGenerator(latent_dim=args.latent_dim or 128).to(device)
+        hist = train_wgan(model, WGANCritic().to(device), train.images, x_test=test.images, iterations=iterations,
+                          iterations_per_epoch=min(100, iterations), batch_size=args.batch_size or 50,
+                          lr=args.lr or 1e-4, seed=args.seed, path=out, metadata=meta)
+    print(json.dumps(hist[-1]))
+    print(f"saved {out}")
+    return 0
+
+
+def run_classifier(args: argparse.Namespace) -> int:
+    """Train a classifier, standard or adversarial, in one process or under torchrun."""
+    import torch
+
+    from manifold_defense import data
+    from manifold_defense.classifiers import DefenseGANClassifier, DigitsCNN
+    from manifold_defense.distributed import init_from_environment, shutdown
+    from manifold_defense.training import objective_preset, train_classifier
+    from manifold_defense.validation import InputError, check_compatible
+
+    preset = getattr(args, "preset", None)
+    if preset is not None:
+        refuse_unused(args, PRESET_FLAGS[preset], _FLAG_NAMES, f"--preset {preset}")
+        if "generator" in PRESET_FLAGS[preset] and args.generator is None:
+            raise InputError(f"--preset {preset} needs --generator (a zoo name or checkpoint)")
+        for k, v in _PRESET_DEFAULTS.items():
+            if getattr(args, k) is None:
+                setattr(args, k, v)
+    if (args.arch == "digits") != (args.dataset == "digits"):
+        raise InputError(f"--arch {args.arch} does not fit --dataset {args.dataset} (digits CNN for digits, A-D for "
+                         "MNIST)")
+    device = check_device(args.device)
+    out = check_output_file(args.out)
+    log = check_output_file(args.metrics_log, "--metrics-log") if args.metrics_log else None
+    world, rank, local_device = init_from_environment(str(device))  # torchrun sets WORLD_SIZE/RANK
+    device = local_device or device
+    try:
+        train = data.load(args.dataset, "train", path=args.data_path, download=args.download)
+        test = data.load(args.dataset, "test", path=args.data_path, download=args.download)
+        shape = data.image_shape(args.dataset)
+        torch.manual_seed(args.seed)  # the initial weights, too, follow --seed
+        model = (DigitsCNN(shape) if args.arch == "digits" else DefenseGANClassifier(args.arch.upper(), shape)).to(device)
+        objective, metadata = None, {"dataset": args.dataset, "kind": "classifier"}
+        if preset is not None:
+            gen = load_role(args.generator, "generator", device).eval() if args.generator else None
+            if gen is not None:
+                check_compatible(gen, model)
+                for p in gen.parameters():
+                    p.requires_grad_(False)
+            objective = objective_preset(preset, gen, epsilon=args.epsilon, eta=args.eta, norm=args.norm,
+                                         steps=args.attack_steps)
+            metadata.update({"preset": preset, "generator": args.generator})
+        hist = train_classifier(model, train.images, train.labels, test=(test.images, test.labels),
+                                epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                                path=out, metadata=metadata, objective=objective, log_path=log, progress=rank == 0)
+        if rank == 0:
+            print(json.dumps(hist[-1]))
+            print(f"saved {out}" + (f" (trained on {world} processes)" if world > 1 else ""))
+    finally:
+        shutdown()
+    return 0

@@ -1,0 +1,34 @@
+"""``manifold-defense demo``: the digits story end to end."""
+
+import json
+
+from manifold_defense.cli import main
+
+
+class TestSmoke:
+    def test_demo_tells_the_story(self, digits_vae, digits_classifier, tmp_path, capsys):
+        assert main(["demo", "--out", str(tmp_path), "--quiet", "--n", "50"]) == 0
+        out = capsys.readouterr().out
+        assert "test accuracy" in out and "reconstruction MSE" in out and "pgd_linf_bpda" in out
+        summary = json.loads((tmp_path / "demo.json").read_text())
+        assert summary["classifier"]["test_accuracy"] >= 0.95
+        assert summary["generator"]["test_recon_mse_per_pixel"] < 0.04
+        for name in ("digits-vae.png", "defense_grid.png", "defended/report.md", "undefended/accuracy_vs_epsilon.png"):
+            assert (tmp_path / name).stat().st_size > 500
+        und, dfd = summary["robustness"]["undefended"], summary["robustness"]["defended"]
+        seen = {k: (und["robust"][k]["accuracy"], dfd["robust"][k]["accuracy"]) for k in und["robust"]}
+        # The story the demo tells: the projection resists the non-adaptive transfer attack ...
+        assert dfd["robust"]["fgsm_transfer@0.2"]["accuracy"] > und["robust"]["fgsm_transfer@0.2"]["accuracy"] + 0.2, seen
+        # ... and the adaptive BPDA attack is stronger against it than the transfer attack.
+        assert dfd["robust"]["pgd_linf_bpda@0.3"]["accuracy"] <= dfd["robust"]["fgsm_transfer@0.3"]["accuracy"], seen
+        assert all(und["sanity"].values()), (und["sanity_details"], seen)
+
+
+class TestException:
+    def test_a_gpu_that_is_not_there(self, capsys, monkeypatch):
+        import torch
+
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        assert main(["demo", "--device", "cuda"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "no CUDA GPU" in err
