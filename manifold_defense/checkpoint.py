@@ -38,26 +38,22 @@ def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> None
     """Write ``payload`` with ``torch.save`` atomically: a reader sees the old file or the new one, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(dict(payload), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    _atomic_write(path, "wb", lambda f: torch.save(dict(payload), f))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` atomically (a temporary file in the same folder, then ``os.replace``)."""
     path = Path(path)
+    _atomic_write(path, "w", lambda f: f.write(text))
+    return path
+
+
+def _atomic_write(path: Path, mode: str, write: Callable[[Any], Any]) -> None:
+    """``write(file)`` into a temporary file beside ``path``, flushed to disk, then renamed over ``path``."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -65,7 +61,6 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    return path
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

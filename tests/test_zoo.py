@@ -1,3 +1,5 @@
+"""The model zoo: names, the cache (train once, then load), rebuilds and recipe checks."""
+
 import pytest
 import torch
 
@@ -11,67 +13,69 @@ REQUIRED = ["digits-vae", "digits-classifier", "mnist-vae20", "mnist-wgan", "mni
             "mnist-classifier-b", "mnist-classifier-c", "mnist-classifier-d"]
 
 
-def test_smoke_names():
-    assert set(REQUIRED) <= set(zoo.names())
-    assert all(zoo.path(n).name == f"{n}.pt" for n in REQUIRED)
+class TestSmoke:
+    def test_names(self):
+        assert set(REQUIRED) <= set(zoo.names())
+        assert all(zoo.path(n).name == f"{n}.pt" for n in REQUIRED)
 
 
-def test_get_trains_once_then_loads(digits_vae, digits_classifier, digits_test):
-    assert isinstance(digits_vae, VAE) and isinstance(digits_classifier, DigitsCNN)
-    meta = digits_classifier.metadata
-    assert meta["zoo_name"] == "digits-classifier" and meta["complete"]
-    assert meta["quality"]["test_accuracy"] == pytest.approx(accuracy(digits_classifier, *digits_test))
-    mtime = zoo.path("digits-classifier").stat().st_mtime
-    again = zoo.get("digits-classifier")
-    assert zoo.path("digits-classifier").stat().st_mtime == mtime  # loaded, not retrained
-    x = digits_test.images[:5]
-    assert torch.equal(again(x), digits_classifier(x))
-    rows = {r["name"]: r for r in zoo.status()}
-    assert rows["digits-vae"]["state"] == "built" and rows["digits-vae"]["quality"]["test_recon_mse"] < 0.04
+class TestCache:
+    def test_get_trains_once_then_loads(self, digits_vae, digits_classifier, digits_test):
+        assert isinstance(digits_vae, VAE) and isinstance(digits_classifier, DigitsCNN)
+        meta = digits_classifier.metadata
+        assert meta["zoo_name"] == "digits-classifier" and meta["complete"]
+        assert meta["quality"]["test_accuracy"] == pytest.approx(accuracy(digits_classifier, *digits_test))
+        mtime = zoo.path("digits-classifier").stat().st_mtime
+        again = zoo.get("digits-classifier")
+        assert zoo.path("digits-classifier").stat().st_mtime == mtime  # loaded, not retrained
+        x = digits_test.images[:5]
+        assert torch.equal(again(x), digits_classifier(x))
+        rows = {r["name"]: r for r in zoo.status()}
+        assert rows["digits-vae"]["state"] == "built" and rows["digits-vae"]["quality"]["test_recon_mse"] < 0.04
+
+    def test_corrupted_cache_is_moved_aside_and_rebuilt(self, digits_classifier, tmp_path, monkeypatch):
+        src = zoo.path("digits-classifier").read_bytes()
+        monkeypatch.setenv("MANIFOLD_DEFENSE_CACHE", str(tmp_path))
+        zoo.path("digits-classifier").parent.mkdir(parents=True)
+        zoo.path("digits-classifier").write_bytes(src[:1000])
+        model = zoo.get("digits-classifier", progress=False)
+        assert model.metadata["complete"]
+        assert any(p.name.startswith("digits-classifier.corrupt-")
+                   for p in zoo.path("digits-classifier").parent.iterdir())
 
 
-def test_exception_unknown_name():
-    with pytest.raises(InputError, match="unknown zoo model 'mnist-resnet'"):
-        zoo.get("mnist-resnet")
+class TestReproducibility:
+    def test_build_is_reproducible(self, tmp_path, monkeypatch):
+        """Two builds of one recipe give the same weights, whatever the global RNG held before (the initial
+        weights follow the recipe's seed; unseeded they differed between processes and made tests flaky)."""
+        import dataclasses
+
+        short = dataclasses.replace(zoo.ENTRIES["digits-vae"], train_config={"epochs": 1, "batch_size": 64, "lr": 1e-3,
+                                                                              "seed": 0})
+        monkeypatch.setitem(zoo.ENTRIES, "digits-vae", short)
+        weights = []
+        for run in range(2):
+            monkeypatch.setenv("MANIFOLD_DEFENSE_CACHE", str(tmp_path / str(run)))
+            torch.manual_seed(100 + run)
+            weights.append(zoo.get("digits-vae", progress=False).state_dict())
+        assert weights[0].keys() == weights[1].keys()
+        assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
-def test_exception_not_built(tmp_path, monkeypatch):
-    monkeypatch.setenv("MANIFOLD_DEFENSE_CACHE", str(tmp_path))
-    with pytest.raises(CheckpointError, match="zoo build mnist-wgan"):
-        zoo.get("mnist-wgan", train=False)
+class TestException:
+    def test_unknown_name(self):
+        with pytest.raises(InputError, match="unknown zoo model 'mnist-resnet'"):
+            zoo.get("mnist-resnet")
 
+    def test_not_built(self, tmp_path, monkeypatch):
+        monkeypatch.setenv("MANIFOLD_DEFENSE_CACHE", str(tmp_path))
+        with pytest.raises(CheckpointError, match="zoo build mnist-wgan"):
+            zoo.get("mnist-wgan", train=False)
 
-def test_corrupted_cache_is_moved_aside_and_rebuilt(digits_classifier, tmp_path, monkeypatch):
-    src = zoo.path("digits-classifier").read_bytes()
-    monkeypatch.setenv("MANIFOLD_DEFENSE_CACHE", str(tmp_path))
-    zoo.path("digits-classifier").parent.mkdir(parents=True)
-    zoo.path("digits-classifier").write_bytes(src[:1000])
-    model = zoo.get("digits-classifier", progress=False)
-    assert model.metadata["complete"]
-    assert any(p.name.startswith("digits-classifier.corrupt-") for p in zoo.path("digits-classifier").parent.iterdir())
-
-
-def test_exception_recipe_changed(digits_classifier, tmp_path, monkeypatch):
-    ckpt = load_checkpoint(zoo.path("digits-classifier"))
-    ckpt["metadata"]["zoo_spec"]["train_config"]["lr"] = 0.5
-    monkeypatch.setenv("MANIFOLD_DEFENSE_CACHE", str(tmp_path))
-    save_checkpoint(zoo.path("digits-classifier"), ckpt)
-    with pytest.raises(CheckpointError, match="different recipe.*--force"):
-        zoo.get("digits-classifier")
-
-
-def test_build_is_reproducible(tmp_path, monkeypatch):
-    """Two builds of one recipe give the same weights, whatever the global RNG held before (the initial
-    weights follow the recipe's seed; unseeded they differed between processes and made tests flaky)."""
-    import dataclasses
-
-    short = dataclasses.replace(zoo.ENTRIES["digits-vae"], train_config={"epochs": 1, "batch_size": 64, "lr": 1e-3,
-                                                                          "seed": 0})
-    monkeypatch.setitem(zoo.ENTRIES, "digits-vae", short)
-    weights = []
-    for run in range(2):
-        monkeypatch.setenv("MANIFOLD_DEFENSE_CACHE", str(tmp_path / str(run)))
-        torch.manual_seed(100 + run)
-        weights.append(zoo.get("digits-vae", progress=False).state_dict())
-    assert weights[0].keys() == weights[1].keys()
-    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    def test_recipe_changed(self, digits_classifier, tmp_path, monkeypatch):
+        ckpt = load_checkpoint(zoo.path("digits-classifier"))
+        ckpt["metadata"]["zoo_spec"]["train_config"]["lr"] = 0.5
+        monkeypatch.setenv("MANIFOLD_DEFENSE_CACHE", str(tmp_path))
+        save_checkpoint(zoo.path("digits-classifier"), ckpt)
+        with pytest.raises(CheckpointError, match="different recipe.*--force"):
+            zoo.get("digits-classifier")

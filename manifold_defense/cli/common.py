@@ -104,12 +104,16 @@ def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
         if not _writable(p):
             raise InputError(f"{flag} {p} is not writable")
         return p
+    _check_parent(p, flag)
+    return p
+
+
+def _check_parent(p: Path, flag: str) -> None:
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
-        raise InputError(f"{flag} {p}: its parent folder {parent} does not exist")
+        raise InputError(f"{flag} {p}: the folder {parent} does not exist")
     if not _writable(parent):
-        raise InputError(f"{flag} {p}: cannot create it, {parent} is not writable")
-    return p
+        raise InputError(f"{flag} {p}: the folder {parent} is not writable")
 
 
 def check_output_file(path: str | os.PathLike, flag: str = "--out") -> Path:
@@ -117,11 +121,7 @@ def check_output_file(path: str | os.PathLike, flag: str = "--out") -> Path:
     p = Path(path).expanduser()
     if p.is_dir():
         raise InputError(f"{flag} {p} is a folder; give a file path")
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError(f"{flag} {p}: the folder {parent} does not exist")
-    if not _writable(parent):
-        raise InputError(f"{flag} {p}: the folder {parent} is not writable")
+    _check_parent(p, flag)
     return p
 
 

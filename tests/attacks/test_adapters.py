@@ -1,53 +1,56 @@
+"""Adapters to external attacks: Carlini-Wagner, AutoAttack, HopSkipJump."""
+
 import pytest
 
 from manifold_defense.attacks import AutoAttack, CarliniWagnerL2, HopSkipJump
 from manifold_defense.validation import InputError
 
 
-def test_carlini_wagner_breaks_undefended(digits_classifier, digits_test):
-    x, y = digits_test.images[:32], digits_test.labels[:32]
-    res = CarliniWagnerL2(binary_search_steps=4, steps=50, stepsize=0.05, initial_const=0.1)(digits_classifier, x, y,
-                                                                                          epsilon=2.0)
-    assert bool((res.norms <= 2.0 + 1e-5).all())
-    assert res.success_rate >= 0.8
+class TestSmoke:
+    def test_carlini_wagner_breaks_undefended(self, digits_classifier, digits_test):
+        x, y = digits_test.images[:32], digits_test.labels[:32]
+        res = CarliniWagnerL2(binary_search_steps=4, steps=50, stepsize=0.05, initial_const=0.1)(
+            digits_classifier, x, y, epsilon=2.0)
+        assert bool((res.norms <= 2.0 + 1e-5).all())
+        assert res.success_rate >= 0.8
+
+    @pytest.mark.parametrize("norm, eps", [("linf", 0.2), ("l2", 1.5)])
+    def test_autoattack_breaks_undefended(self, norm, eps, digits_classifier, digits_test):
+        x, y = digits_test.images[:32], digits_test.labels[:32]
+        res = AutoAttack(norm=norm, version="custom", attacks=["apgd-ce"], n_iter=20)(digits_classifier, x, y,
+                                                                                   epsilon=eps)
+        assert bool((res.norms <= eps + 1e-5).all())
+        assert res.success_rate >= 0.7
+
+    @pytest.mark.parametrize("norm, eps", [("l2", 3.0), ("linf", 0.3)])
+    def test_hopskipjump_breaks_undefended_with_labels_only(self, norm, eps, digits_classifier, digits_test):
+        x, y = digits_test.images[:16], digits_test.labels[:16]
+        res = HopSkipJump(norm=norm)(digits_classifier, x, y, epsilon=eps)
+        assert bool((res.norms <= eps + 1e-5).all())
+        assert res.success_rate >= 0.5
 
 
-@pytest.mark.parametrize("norm, eps", [("linf", 0.2), ("l2", 1.5)])
-def test_autoattack_breaks_undefended(norm, eps, digits_classifier, digits_test):
-    x, y = digits_test.images[:32], digits_test.labels[:32]
-    res = AutoAttack(norm=norm, version="custom", attacks=["apgd-ce"], n_iter=20)(digits_classifier, x, y,
-                                                                               epsilon=eps)
-    assert bool((res.norms <= eps + 1e-5).all())
-    assert res.success_rate >= 0.7
+class TestEOT:
+    def test_autoattack_rand_on_defended_uses_stochastic_surrogate(self, digits_classifier, digits_vae, digits_test):
+        from manifold_defense.defended import DefendedModel, ProjectionConfig
+
+        model = DefendedModel(digits_classifier, digits_vae, ProjectionConfig(steps=40, restarts=2)).eval()
+        x, y = digits_test.images[:16], digits_test.labels[:16]
+        attack = AutoAttack(version="rand", n_iter=10, eot_iter=2, stochastic=True)
+        res = attack(model, x, y, epsilon=0.3)
+        assert "stochastic=True" in attack.surrogate_description
+        assert res.success_rate >= 0.5
 
 
-@pytest.mark.parametrize("norm, eps", [("l2", 3.0), ("linf", 0.3)])
-def test_hopskipjump_breaks_undefended_with_labels_only(norm, eps, digits_classifier, digits_test):
-    x, y = digits_test.images[:16], digits_test.labels[:16]
-    res = HopSkipJump(norm=norm)(digits_classifier, x, y, epsilon=eps)
-    assert bool((res.norms <= eps + 1e-5).all())
-    assert res.success_rate >= 0.5
-
-
-def test_autoattack_rand_on_defended_uses_stochastic_surrogate(digits_classifier, digits_vae, digits_test):
-    from manifold_defense.defended import DefendedModel, ProjectionConfig
-
-    model = DefendedModel(digits_classifier, digits_vae, ProjectionConfig(steps=40, restarts=2)).eval()
-    x, y = digits_test.images[:16], digits_test.labels[:16]
-    attack = AutoAttack(version="rand", n_iter=10, eot_iter=2, stochastic=True)
-    res = attack(model, x, y, epsilon=0.3)
-    assert "stochastic=True" in attack.surrogate_description
-    assert res.success_rate >= 0.5
-
-
-def test_exception():
-    with pytest.raises(InputError, match="attacks"):
-        AutoAttack(version="custom")
-    with pytest.raises(InputError, match="version"):
-        AutoAttack(version="lite")
-    with pytest.raises(InputError, match="steps"):
-        CarliniWagnerL2(steps=0)
-    with pytest.raises(InputError, match="norm"):
-        HopSkipJump(norm="l1")
-    with pytest.raises(InputError, match="gradient_eval_steps"):
-        HopSkipJump(initial_gradient_eval_steps=50, max_gradient_eval_steps=10)
+class TestException:
+    def test_exception(self):
+        with pytest.raises(InputError, match="attacks"):
+            AutoAttack(version="custom")
+        with pytest.raises(InputError, match="version"):
+            AutoAttack(version="lite")
+        with pytest.raises(InputError, match="steps"):
+            CarliniWagnerL2(steps=0)
+        with pytest.raises(InputError, match="norm"):
+            HopSkipJump(norm="l1")
+        with pytest.raises(InputError, match="gradient_eval_steps"):
+            HopSkipJump(initial_gradient_eval_steps=50, max_gradient_eval_steps=10)

@@ -1,3 +1,5 @@
+"""Adaptive attacks on the projection defense: BPDA, unrolled PGD, latent reparameterisation, margin loss."""
+
 import pytest
 import torch
 
@@ -24,83 +26,84 @@ def _residual(model, x):
     return float(model.project(x).loss.mean())
 
 
-def test_smoke_bpda_breaks_defense_naive_gradients_cannot(defended, batch):
-    x, y = batch
-    clean = float((defended(x).argmax(1) == y).float().mean())
-    bpda = BPDA(steps=10)(defended, x, y, epsilon=0.3)
-    naive = LinfPGD(steps=10)(defended.variant(gradient="none"), x, y, epsilon=0.3)
-    assert bpda.robust_accuracy < clean - 0.4
-    assert bpda.robust_accuracy < naive.robust_accuracy - 0.3  # zero gradients make the defense look robust
+class TestSmoke:
+    def test_bpda_breaks_defense_naive_gradients_cannot(self, defended, batch):
+        x, y = batch
+        clean = float((defended(x).argmax(1) == y).float().mean())
+        bpda = BPDA(steps=10)(defended, x, y, epsilon=0.3)
+        naive = LinfPGD(steps=10)(defended.variant(gradient="none"), x, y, epsilon=0.3)
+        assert bpda.robust_accuracy < clean - 0.4
+        assert bpda.robust_accuracy < naive.robust_accuracy - 0.3  # zero gradients make the defense look robust
+
+    def test_unrolled_attack_breaks_defense(self, defended, batch):
+        x, y = batch
+        attack = UnrolledPGD(steps=10, unroll_steps=10)
+        res = attack(defended, x, y, epsilon=0.3)
+        clean = float((defended(x).argmax(1) == y).float().mean())
+        assert res.robust_accuracy < clean - 0.4
+        assert "unrolled gradient" in attack.surrogate_description and "steps=10" in attack.surrogate_description
+
+    def test_latent_reparameterisation_lands_on_the_range(self, defended, batch):
+        x, y = batch
+        res = LatentReparameterization(steps=60, restarts=2)(defended, x, y, epsilon=2.0)
+        assert float(res.norms.max()) <= 2.0 + 1e-5
+        assert res.success_rate > 0.7
+        # Its inputs lie (almost) on the generator's range; pixel-space PGD's inputs do not.
+        pgd = BPDA(norm="l2", steps=10)(defended, x, y, epsilon=2.0)
+        assert _residual(defended, res.adversarial) < 0.5 * _residual(defended, pgd.adversarial)
+
+    def test_latent_reparameterisation_linf_respects_budget(self, defended, batch):
+        x, y = batch
+        res = LatentReparameterization(norm="linf", steps=40, restarts=2)(defended, x[:16], y[:16], epsilon=0.3)
+        assert float((res.adversarial - x[:16]).abs().max()) <= 0.3 + 1e-6
 
 
-def test_bpda_on_undefended_model_is_pgd(digits_classifier, batch):
-    x, y = batch
-    a = BPDA(steps=5, eot=1, seed=3)(digits_classifier, x, y, epsilon=0.2).adversarial
-    b = LinfPGD(steps=5, seed=3)(digits_classifier, x, y, epsilon=0.2).adversarial
-    assert torch.equal(a, b)
+class TestEOT:
+    def test_bpda_eot_crafts_on_stochastic_surrogate(self, defended, batch):
+        x, y = batch
+        attack = BPDA(steps=5, eot=3, projection=ProjectionConfig(steps=20, restarts=2))
+        res = attack(defended, x[:16], y[:16], epsilon=0.3)
+        craft = attack.crafting_model(defended)
+        assert craft.projection.stochastic and craft.projection.steps == 20 and craft.classifier is defended.classifier
+        assert "surrogate" in attack.surrogate_description and "stochastic=True" in attack.surrogate_description
+        assert res.success.float().mean() > 0.5  # scored on the real defended model
 
 
-def test_bpda_eot_crafts_on_stochastic_surrogate(defended, batch):
-    x, y = batch
-    attack = BPDA(steps=5, eot=3, projection=ProjectionConfig(steps=20, restarts=2))
-    res = attack(defended, x[:16], y[:16], epsilon=0.3)
-    craft = attack.crafting_model(defended)
-    assert craft.projection.stochastic and craft.projection.steps == 20 and craft.classifier is defended.classifier
-    assert "surrogate" in attack.surrogate_description and "stochastic=True" in attack.surrogate_description
-    assert res.success.float().mean() > 0.5  # scored on the real defended model
+class TestMarginLoss:
+    def test_margin_loss(self):
+        logits = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 5.0]])
+        m = margin_loss(logits, torch.tensor([0, 1]))
+        assert torch.allclose(m, torch.tensor([2.0, -3.0]))
+        assert torch.allclose(margin_loss(logits, torch.tensor([0, 1]), kappa=1.0), torch.tensor([2.0, -1.0]))
 
 
-def test_unrolled_attack_breaks_defense(defended, batch):
-    x, y = batch
-    attack = UnrolledPGD(steps=10, unroll_steps=10)
-    res = attack(defended, x, y, epsilon=0.3)
-    clean = float((defended(x).argmax(1) == y).float().mean())
-    assert res.robust_accuracy < clean - 0.4
-    assert "unrolled gradient" in attack.surrogate_description and "steps=10" in attack.surrogate_description
+class TestGradcheck:
+    @pytest.mark.parametrize("dtype", [torch.float64])
+    def test_unrolled_defended_model(self, dtype):
+        torch.manual_seed(0)
+        gen = VAE((1, 4, 4), latent_dim=3, hidden=(8,)).to(dtype).eval()
+        clf = DigitsCNN((1, 4, 4), num_classes=3, width=4).to(dtype).eval()
+        model = DefendedModel(clf, gen, ProjectionConfig(steps=3, restarts=2, tol=0.0, lr=0.1), gradient="unrolled")
+        x = torch.rand(2, 1, 4, 4, dtype=dtype).clamp(0.05, 0.95).requires_grad_(True)
+        assert torch.autograd.gradcheck(lambda v: model(v), (x,), eps=1e-6, atol=1e-5)
+
+    def test_bpda_on_undefended_model_is_pgd(self, digits_classifier, batch):
+        x, y = batch
+        a = BPDA(steps=5, eot=1, seed=3)(digits_classifier, x, y, epsilon=0.2).adversarial
+        b = LinfPGD(steps=5, seed=3)(digits_classifier, x, y, epsilon=0.2).adversarial
+        assert torch.equal(a, b)
 
 
-def test_latent_reparameterisation_lands_on_the_range(defended, batch):
-    x, y = batch
-    res = LatentReparameterization(steps=60, restarts=2)(defended, x, y, epsilon=2.0)
-    assert float(res.norms.max()) <= 2.0 + 1e-5
-    assert res.success_rate > 0.7
-    # Its inputs lie (almost) on the generator's range; pixel-space PGD's inputs do not.
-    pgd = BPDA(norm="l2", steps=10)(defended, x, y, epsilon=2.0)
-    assert _residual(defended, res.adversarial) < 0.5 * _residual(defended, pgd.adversarial)
-
-
-def test_latent_reparameterisation_linf_respects_budget(defended, batch):
-    x, y = batch
-    res = LatentReparameterization(norm="linf", steps=40, restarts=2)(defended, x[:16], y[:16], epsilon=0.3)
-    assert float((res.adversarial - x[:16]).abs().max()) <= 0.3 + 1e-6
-
-
-@pytest.mark.parametrize("dtype", [torch.float64])
-def test_gradcheck_unrolled_defended_model(dtype):
-    torch.manual_seed(0)
-    gen = VAE((1, 4, 4), latent_dim=3, hidden=(8,)).to(dtype).eval()
-    clf = DigitsCNN((1, 4, 4), num_classes=3, width=4).to(dtype).eval()
-    model = DefendedModel(clf, gen, ProjectionConfig(steps=3, restarts=2, tol=0.0, lr=0.1), gradient="unrolled")
-    x = torch.rand(2, 1, 4, 4, dtype=dtype).clamp(0.05, 0.95).requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda v: model(v), (x,), eps=1e-6, atol=1e-5)
-
-
-def test_margin_loss():
-    logits = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 5.0]])
-    m = margin_loss(logits, torch.tensor([0, 1]))
-    assert torch.allclose(m, torch.tensor([2.0, -3.0]))
-    assert torch.allclose(margin_loss(logits, torch.tensor([0, 1]), kappa=1.0), torch.tensor([2.0, -1.0]))
-
-
-def test_exception(digits_classifier, batch):
-    x, y = batch
-    with pytest.raises(InputError, match="norm"):
-        BPDA(norm="l1")
-    with pytest.raises(InputError, match="unroll_steps"):
-        UnrolledPGD(unroll_steps=0)
-    with pytest.raises(InputError, match="needs a generator"):
-        LatentReparameterization()(digits_classifier, x[:4], y[:4], epsilon=1.0)
-    with pytest.raises(InputError, match="epsilon"):
-        BPDA()(digits_classifier, x[:4], y[:4], epsilon=-0.1)
-    with pytest.raises(InputError):
-        LatentReparameterization(slack=0.0)
+class TestException:
+    def test_exception(self, digits_classifier, batch):
+        x, y = batch
+        with pytest.raises(InputError, match="norm"):
+            BPDA(norm="l1")
+        with pytest.raises(InputError, match="unroll_steps"):
+            UnrolledPGD(unroll_steps=0)
+        with pytest.raises(InputError, match="needs a generator"):
+            LatentReparameterization()(digits_classifier, x[:4], y[:4], epsilon=1.0)
+        with pytest.raises(InputError, match="epsilon"):
+            BPDA()(digits_classifier, x[:4], y[:4], epsilon=-0.1)
+        with pytest.raises(InputError):
+            LatentReparameterization(slack=0.0)

@@ -1,3 +1,5 @@
+"""Robustness evaluation: resumable records, shards, worst case, sanity checks and reports."""
+
 import json
 
 import pytest
@@ -13,87 +15,92 @@ def _specs():
             AttackSpec("pgd_l2", L2PGD(steps=10, rel_stepsize=0.2), [0.5], "l2")]
 
 
-def test_smoke_undefended_passes_sanity(digits_classifier, digits_test, tmp_path):
-    x, y = digits_test.images[:48], digits_test.labels[:48]
-    ev = evaluate(digits_classifier, x, y, _specs(), batch_size=16, out_dir=tmp_path, progress=False)
-    clean, _, n = ev.accuracy()
-    assert n == 48 and clean >= 0.9
-    for key in ev.robust:
-        assert ev.accuracy(key)[0] <= clean
-    assert ev.worst_case()[("linf", 0.1)][0] <= min(ev.accuracy(("fgsm", 0.1))[0], ev.accuracy(("pgd_linf", 0.1))[0])
-    sanity_checks(ev, digits_classifier, x, y)
-    assert all(ev.sanity.values()), ev.sanity_details
-    paths = write_report(ev, tmp_path, title="digits undefended")
-    report = json.loads(paths["json"].read_text())
-    assert report["n"] == 48 and "pgd_linf@0.1" in report["robust"] and "linf@0.1" in report["worst_case"]
-    assert "PASS" in paths["markdown"].read_text() and paths["plot"].stat().st_size > 5000
-    assert "decision_based_not_stronger" in ev.sanity and "HopSkipJump" in ev.sanity_details["decision_based_not_stronger"]
-    assert paths["examples"].stat().st_size > 5000 and len(ev.examples["clean"]) == 8
+class TestSmoke:
+    def test_undefended_passes_sanity(self, digits_classifier, digits_test, tmp_path):
+        x, y = digits_test.images[:48], digits_test.labels[:48]
+        ev = evaluate(digits_classifier, x, y, _specs(), batch_size=16, out_dir=tmp_path, progress=False)
+        clean, _, n = ev.accuracy()
+        assert n == 48 and clean >= 0.9
+        for key in ev.robust:
+            assert ev.accuracy(key)[0] <= clean
+        assert ev.worst_case()[("linf", 0.1)][0] <= min(ev.accuracy(("fgsm", 0.1))[0],
+                                                        ev.accuracy(("pgd_linf", 0.1))[0])
+        sanity_checks(ev, digits_classifier, x, y)
+        assert all(ev.sanity.values()), ev.sanity_details
+        paths = write_report(ev, tmp_path, title="digits undefended")
+        report = json.loads(paths["json"].read_text())
+        assert report["n"] == 48 and "pgd_linf@0.1" in report["robust"] and "linf@0.1" in report["worst_case"]
+        assert "PASS" in paths["markdown"].read_text() and paths["plot"].stat().st_size > 5000
+        assert "decision_based_not_stronger" in ev.sanity and "HopSkipJump" in ev.sanity_details["decision_based_not_stronger"]
+        assert paths["examples"].stat().st_size > 5000 and len(ev.examples["clean"]) == 8
 
 
-def test_masked_gradients_fail_the_checks(digits_classifier, digits_vae, digits_test, tmp_path):
-    """Zero gradients (Defense-GAN as first evaluated): white-box PGD finds nothing, the decision-based
-    attack does, and the report says so."""
-    from manifold_defense.defended import DefendedModel, ProjectionConfig
+class TestSanityChecks:
+    def test_masked_gradients_fail_the_checks(self, digits_classifier, digits_vae, digits_test, tmp_path):
+        """Zero gradients (Defense-GAN as first evaluated): white-box PGD finds nothing, the decision-based
+        attack does, and the report says so."""
+        from manifold_defense.defended import DefendedModel, ProjectionConfig
 
-    masked = DefendedModel(digits_classifier, digits_vae, ProjectionConfig(steps=40, restarts=2), gradient="none")
-    x, y = digits_test.images[:16], digits_test.labels[:16]
-    ev = evaluate(masked, x, y, [AttackSpec("pgd_l2", L2PGD(steps=5, random_start=False), [3.0], "l2")],
-                  batch_size=16, out_dir=tmp_path, progress=False, examples=4)
-    sanity_checks(ev, masked, x, y, subset=8, decision_subset=8)
-    assert ev.sanity["gradients_not_vanishing"] is False
-    assert ev.sanity["decision_based_not_stronger"] is False, ev.sanity_details
-    assert "clean → projected" in ev.examples  # the model has project(): projections are shown too
-    assert "**FAIL**" in write_report(ev, tmp_path)["markdown"].read_text()
+        masked = DefendedModel(digits_classifier, digits_vae, ProjectionConfig(steps=40, restarts=2), gradient="none")
+        x, y = digits_test.images[:16], digits_test.labels[:16]
+        ev = evaluate(masked, x, y, [AttackSpec("pgd_l2", L2PGD(steps=5, random_start=False), [3.0], "l2")],
+                      batch_size=16, out_dir=tmp_path, progress=False, examples=4)
+        sanity_checks(ev, masked, x, y, subset=8, decision_subset=8)
+        assert ev.sanity["gradients_not_vanishing"] is False
+        assert ev.sanity["decision_based_not_stronger"] is False, ev.sanity_details
+        assert "clean → projected" in ev.examples  # the model has project(): projections are shown too
+        assert "**FAIL**" in write_report(ev, tmp_path)["markdown"].read_text()
 
+    def test_failed_check_is_flagged(self, digits_classifier, digits_test):
+        from manifold_defense.eval.robustness import Evaluation
 
-def test_resume_skips_finished_batches(digits_classifier, digits_test, tmp_path):
-    x, y = digits_test.images[:32], digits_test.labels[:32]
-    specs = _specs()[:1]
-    first = evaluate(digits_classifier, x, y, specs, batch_size=16, out_dir=tmp_path, stop=16, progress=False)
-    lines = (tmp_path / "records.jsonl").read_text().splitlines()
-    assert len(lines) == 1 + 2  # clean + two epsilons for the first batch
-    (tmp_path / "records.jsonl").write_text("\n".join(lines) + '\n{"kind": "cle')  # a torn last write
-    full = evaluate(digits_classifier, x, y, specs, batch_size=16, out_dir=tmp_path, progress=False)
-    assert len(full.indices) == 32 and full.clean.keys() >= first.clean.keys()
-
-
-def test_shards_merge(digits_classifier, digits_test, tmp_path):
-    x, y = digits_test.images[:32], digits_test.labels[:32]
-    specs = _specs()[1:2]
-    a = evaluate(digits_classifier, x, y, specs, batch_size=16, out_dir=tmp_path / "a", start=0, stop=16,
-                 progress=False)
-    b = evaluate(digits_classifier, x, y, specs, batch_size=16, out_dir=tmp_path / "b", start=16, stop=32,
-                 progress=False)
-    merged = merge_records([tmp_path / "a" / "records.jsonl", tmp_path / "b" / "records.jsonl"],
-                           tmp_path / "all.jsonl")
-    assert merged.indices == list(range(32))
-    key = ("pgd_linf", 0.05)
-    assert merged.accuracy(key)[0] == pytest.approx((a.accuracy(key)[0] + b.accuracy(key)[0]) / 2)
+        ev = Evaluation(indices=[0, 1, 2, 3], clean={i: True for i in range(4)},
+                        robust={("pgd", 0.1): {0: False, 1: False, 2: True, 3: True},
+                                ("pgd", 0.3): {0: True, 1: True, 2: True, 3: True}},
+                        threats={"pgd": "linf"}, iterative={"pgd": True})
+        sanity_checks(ev)
+        assert ev.sanity["monotone_in_epsilon"] is False
 
 
-def test_failed_check_is_flagged(digits_classifier, digits_test):
-    from manifold_defense.eval.robustness import Evaluation
+class TestResume:
+    def test_skips_finished_batches(self, digits_classifier, digits_test, tmp_path):
+        x, y = digits_test.images[:32], digits_test.labels[:32]
+        specs = _specs()[:1]
+        first = evaluate(digits_classifier, x, y, specs, batch_size=16, out_dir=tmp_path, stop=16, progress=False)
+        lines = (tmp_path / "records.jsonl").read_text().splitlines()
+        assert len(lines) == 1 + 2  # clean + two epsilons for the first batch
+        (tmp_path / "records.jsonl").write_text("\n".join(lines) + '\n{"kind": "cle')  # a torn last write
+        full = evaluate(digits_classifier, x, y, specs, batch_size=16, out_dir=tmp_path, progress=False)
+        assert len(full.indices) == 32 and full.clean.keys() >= first.clean.keys()
 
-    ev = Evaluation(indices=[0, 1, 2, 3], clean={i: True for i in range(4)},
-                    robust={("pgd", 0.1): {0: False, 1: False, 2: True, 3: True},
-                            ("pgd", 0.3): {0: True, 1: True, 2: True, 3: True}},
-                    threats={"pgd": "linf"}, iterative={"pgd": True})
-    sanity_checks(ev)
-    assert ev.sanity["monotone_in_epsilon"] is False
+
+class TestShards:
+    def test_shards_merge(self, digits_classifier, digits_test, tmp_path):
+        x, y = digits_test.images[:32], digits_test.labels[:32]
+        specs = _specs()[1:2]
+        a = evaluate(digits_classifier, x, y, specs, batch_size=16, out_dir=tmp_path / "a", start=0, stop=16,
+                     progress=False)
+        b = evaluate(digits_classifier, x, y, specs, batch_size=16, out_dir=tmp_path / "b", start=16, stop=32,
+                     progress=False)
+        merged = merge_records([tmp_path / "a" / "records.jsonl", tmp_path / "b" / "records.jsonl"],
+                               tmp_path / "all.jsonl")
+        assert merged.indices == list(range(32))
+        key = ("pgd_linf", 0.05)
+        assert merged.accuracy(key)[0] == pytest.approx((a.accuracy(key)[0] + b.accuracy(key)[0]) / 2)
 
 
-def test_exception(digits_classifier, digits_test):
-    x, y = digits_test.images[:4], digits_test.labels[:4]
-    with pytest.raises(InputError, match="non-negative"):
-        evaluate(digits_classifier, x, y, [AttackSpec("f", FGSM(), [-0.1], "linf")])
-    with pytest.raises(InputError, match="at least one"):
-        evaluate(digits_classifier, x, y, [])
-    with pytest.raises(InputError, match="empty index range"):
-        evaluate(digits_classifier, x, y, _specs(), start=4)
-    with pytest.raises(InputError, match=r"shape \(4,\)"):
-        evaluate(digits_classifier, x, y[:2], _specs())
-    with pytest.raises(InputError, match="empty batch"):
-        evaluate(digits_classifier, x[:0], y[:0], _specs())
-    with pytest.raises(InputError, match="outside"):
-        evaluate(digits_classifier, x * 3, y, _specs())
+class TestException:
+    def test_exception(self, digits_classifier, digits_test):
+        x, y = digits_test.images[:4], digits_test.labels[:4]
+        with pytest.raises(InputError, match="non-negative"):
+            evaluate(digits_classifier, x, y, [AttackSpec("f", FGSM(), [-0.1], "linf")])
+        with pytest.raises(InputError, match="at least one"):
+            evaluate(digits_classifier, x, y, [])
+        with pytest.raises(InputError, match="empty index range"):
+            evaluate(digits_classifier, x, y, _specs(), start=4)
+        with pytest.raises(InputError, match=r"shape \(4,\)"):
+            evaluate(digits_classifier, x, y[:2], _specs())
+        with pytest.raises(InputError, match="empty batch"):
+            evaluate(digits_classifier, x[:0], y[:0], _specs())
+        with pytest.raises(InputError, match="outside"):
+            evaluate(digits_classifier, x * 3, y, _specs())

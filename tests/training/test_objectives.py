@@ -1,0 +1,80 @@
+"""Training objectives and presets: standard, Madry PGD, on-manifold (Stutz et al.), the Robust Manifold Defense."""
+
+import json
+
+import pytest
+import torch
+
+from manifold_defense import data
+from manifold_defense.attacks import L2PGD
+from manifold_defense.classifiers import DefenseGANClassifier, DigitsCNN
+from manifold_defense.training import (
+    MadryObjective,
+    OnManifoldObjective,
+    RobustManifoldObjective,
+    StandardObjective,
+    objective_preset,
+    train_classifier,
+)
+from manifold_defense.validation import InputError
+
+
+@pytest.fixture(scope="module")
+def digits_train():
+    return data.load("digits", "train")
+
+
+def _train(objective, digits_train, digits_test, tmp_path, name, epochs=10):
+    torch.manual_seed(0)
+    model = DigitsCNN()
+    log = tmp_path / f"{name}.jsonl"
+    train_classifier(model, digits_train.images, digits_train.labels, epochs=epochs, batch_size=64, lr=3e-3, seed=0,
+                     objective=objective, path=tmp_path / f"{name}.pt", log_path=log, progress=False)
+    assert len(log.read_text().splitlines()) == epochs
+    return model.eval()
+
+
+class TestSmoke:
+    @pytest.mark.parametrize("preset", ["standard", "pgd_at", "stutz", "rmd"])
+    def test_smoke(self, preset, digits_vae, digits_test):
+        torch.manual_seed(0)
+        model = DigitsCNN()
+        obj = objective_preset(preset, digits_vae, epsilon=1.0, eta=1.0)
+        x, y = digits_test.images[:16], digits_test.labels[:16]
+        loss, logits, metrics = obj(model, model, x, y)
+        assert loss.dim() == 0 and torch.isfinite(loss) and logits.shape == (16, 10)
+        loss.backward()
+        assert all(p.grad is not None for p in model.parameters())
+        assert model.training  # crafting ran in eval mode and restored the mode
+
+
+class TestRobustness:
+    def test_adversarial_training_buys_robustness(self, digits_vae, digits_train, digits_test, tmp_path):
+        x, y = digits_test.images[:240], digits_test.labels[:240]
+        std = _train(StandardObjective(), digits_train, digits_test, tmp_path, "std")
+        pgd = _train(MadryObjective(norm="l2", epsilon=1.0, steps=5), digits_train, digits_test, tmp_path, "pgd")
+        onm = _train(OnManifoldObjective(digits_vae, eta=1.0, steps=10, weight=2.0), digits_train, digits_test,
+                     tmp_path, "onm")
+        acc = {name: L2PGD(steps=10)(m, x, y, epsilon=1.0).robust_accuracy for name, m in (("std", std), ("pgd", pgd))}
+        assert acc["pgd"] > acc["std"] + 0.15, acc      # Madry training: pixel-space robustness (.04 -> .42 measured)
+        # On-manifold training drives down the loss on its own on-manifold adversarial examples.
+        log = [json.loads(line) for line in (tmp_path / "onm.jsonl").read_text().splitlines()]
+        assert log[-1]["on_manifold_loss"] < 0.8 * log[0]["on_manifold_loss"], log  # 2.06 -> 1.45 measured
+        with torch.no_grad():
+            assert (onm(x).argmax(1) == y).float().mean() > 0.85  # and keeps its clean accuracy
+
+
+class TestException:
+    def test_exception(self, digits_vae):
+        with pytest.raises(InputError, match="epsilon"):
+            MadryObjective(epsilon=0.0)
+        with pytest.raises(InputError, match="eta"):
+            OnManifoldObjective(digits_vae, eta=-1.0)
+        with pytest.raises(InputError, match="needs a generator"):
+            objective_preset("rmd")
+        with pytest.raises(InputError, match="unknown training preset"):
+            objective_preset("trades")
+        obj = RobustManifoldObjective(digits_vae, eta=1.0)
+        big = DefenseGANClassifier("A")
+        with pytest.raises(InputError, match="shape mismatch"):
+            obj(big, big, torch.rand(2, 1, 28, 28), torch.tensor([0, 1]))
