@@ -25,13 +25,17 @@ from torch import nn
 
 from manifold_defense.inversion import InversionResult, csgm, dead_zone_loss
 from manifold_defense.operators import Identity
-from manifold_defense.protocols import Encoded
+from manifold_defense.implicit import implicit_projection
+from manifold_defense.protocols import Encoded, Generator, describe
+from manifold_defense.utils import content_keys, rows_at_least
 from manifold_defense.validation import InputError, check_compatible, check_images
 
-__all__ = ["ProjectionConfig", "DefendedModel", "PROJECTIONS"]
+__all__ = ["ProjectionConfig", "DefendedModel", "PROJECTIONS", "GRADIENTS"]
 
 #: named projections (:meth:`ProjectionConfig.preset`)
 PROJECTIONS = ("default", "defense_gan", "dead_zone")
+#: gradient modes of :class:`DefendedModel`
+GRADIENTS = ("bpda", "implicit", "unrolled", "none")
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,10 @@ class ProjectionConfig:
     'encoder' falls back to 'random' and 'encoder+search' to 'search'. ``stochastic=True`` draws fresh
     random restarts on every call (a randomised defense: attack it with EOT). ``dead_zone`` > 0
     replaces the squared error by :func:`~manifold_defense.inversion.dead_zone_loss` (residuals up
-    to that size per pixel are free, so bounded pixel noise does not pull the projection).
+    to that size per pixel are free, so bounded pixel noise does not pull the projection). ``min_rows``
+    pads every network pass to that many rows so that an input's projection — and the defended model's
+    answer — does not depend on the rest of its batch (float32 kernels for a few rows round differently;
+    :func:`~manifold_defense.utils.rows_at_least`); 1 turns it off.
     """
 
     steps: int = 70
@@ -70,6 +77,7 @@ class ProjectionConfig:
     dead_zone: float = 0.0
     search_candidates: int = 2000
     prune_after: int = 10
+    min_rows: int = 16
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.restarts < 1:
@@ -80,6 +88,8 @@ class ProjectionConfig:
             raise InputError(f"init must be 'encoder', 'random', 'search' or 'encoder+search', got {self.init!r}")
         if not 0 <= self.dead_zone < 1:
             raise InputError(f"dead_zone must be in [0, 1), got {self.dead_zone}")
+        if self.min_rows < 1:
+            raise InputError(f"min_rows must be >= 1, got {self.min_rows}")
         if self.prune_after < 0:
             raise InputError(f"prune_after must be >= 0 (0 or >= steps: never prune), got {self.prune_after}")
         if self.search_candidates < self.restarts and "search" in self.init:
@@ -151,25 +161,37 @@ class ProjectionConfig:
         return kw
 
 
-    def project(self, generator: nn.Module, x: torch.Tensor) -> InversionResult:
-        """Project ``x`` onto ``generator``'s range with these settings (the inversion core, identity operator)."""
-        return csgm(generator, x, Identity(tuple(generator.output_shape)), **self.csgm_kwargs(generator))
+    def project(self, generator: nn.Module, x: torch.Tensor, *, call: int = 0,
+                differentiable: bool = False) -> InversionResult:
+        """Project ``x`` onto ``generator``'s range with these settings (the inversion core, identity operator).
+
+        Each input's random restarts are keyed by its own content (and ``call`` in stochastic mode), so its
+        projection does not depend on what else is in the batch."""
+        kw = self.csgm_kwargs(generator, call)
+        keys = content_keys(x, kw["seed"])
+        return csgm(generator, x, Identity(tuple(generator.output_shape)), differentiable=differentiable,
+                    sample_keys=keys, **kw)
 
 
 class DefendedModel(nn.Module):
     """``classifier(G(ẑ(x)))``: a classifier behind a projection onto a generator's range.
 
     An ``nn.Module`` returning logits for images in [0, 1], usable unchanged by foolbox, AutoAttack
-    and torchattacks. ``gradient`` is 'bpda' (straight-through, the default), 'unrolled'
-    (backpropagate through the projection's steps) or 'none' (zero gradient, for comparison).
+    and torchattacks. ``gradient`` is 'bpda' (straight-through, the default), 'implicit' (the exact local
+    derivative of the converged projection by implicit differentiation, :mod:`manifold_defense.implicit`),
+    'unrolled' (backpropagate through the projection's steps) or 'none' (zero gradient, for comparison).
+    Each input's answer does not depend on the rest of its batch (see ``ProjectionConfig.min_rows``).
     """
 
     def __init__(self, classifier: nn.Module, generator: nn.Module, projection: ProjectionConfig | None = None,
                  *, gradient: str = "bpda") -> None:
         super().__init__()
         check_compatible(generator, classifier)
-        if gradient not in ("bpda", "unrolled", "none"):
-            raise InputError(f"gradient must be 'bpda', 'unrolled' or 'none', got {gradient!r}")
+        if gradient not in GRADIENTS:
+            raise InputError(f"gradient must be one of {', '.join(GRADIENTS)}, got {gradient!r}")
+        if not isinstance(generator, Generator):
+            raise InputError(f"{type(generator).__name__} has no latent space (latent_dim, sample_latent): a projection "
+                             f"defense, and its {gradient} gradient, needs a Generator (it meets: {describe(generator)})")
         self.classifier = classifier
         self.generator = generator
         self.projection = projection or ProjectionConfig.for_generator(generator)
@@ -191,8 +213,8 @@ class DefendedModel(nn.Module):
         # The projection takes gradient steps in z even when the caller runs under inference_mode/no_grad.
         with torch.inference_mode(False), torch.enable_grad():
             target = x if differentiable else x.detach().clone()
-            kw = self.projection.csgm_kwargs(self.generator, next(self._calls))
-            return csgm(self.generator, target, Identity(self.input_shape), differentiable=differentiable, **kw)
+            return self.projection.project(self.generator, target, call=next(self._calls),
+                                           differentiable=differentiable)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         unrolled = self.gradient == "unrolled" and x.requires_grad and torch.is_grad_enabled()
@@ -202,9 +224,13 @@ class DefendedModel(nn.Module):
         if x.requires_grad and not unrolled:
             if self.gradient == "bpda":
                 x_proj = x + (x_proj - x).detach()  # value G(ẑ), gradient of the identity (BPDA)
+            elif self.gradient == "implicit":
+                cfg = self.projection
+                x_proj = implicit_projection(x, x_proj, res.z, self.generator, dead_zone=cfg.dead_zone,
+                                             prior_weight=cfg.prior_weight)
             else:
                 x_proj = x_proj + 0 * x  # connected to x with exactly zero gradient (what a naive attack sees)
-        return self.classifier(x_proj)
+        return rows_at_least(self.classifier, x_proj, self.projection.min_rows)
 
     def variant(self, *, projection: ProjectionConfig | None = None, gradient: str | None = None) -> "DefendedModel":
         """The same classifier and generator behind another projection or gradient mode (a surrogate for

@@ -50,7 +50,7 @@ class MadryStep(StepRule):
         madry_step(norm, x[:1], epsilon, step_size)  # validates the arguments
         self.norm, self.x, self.epsilon, self.step_size = norm, x, epsilon, step_size
 
-    def update(self, v: torch.Tensor, g: torch.Tensor, lr: torch.Tensor, state: dict[str, torch.Tensor], t: torch.Tensor,
+    def update(self, v: torch.Tensor, g: torch.Tensor, lr: torch.Tensor, state: dict[str, torch.Tensor], t: int,
                *, rows: torch.Tensor | None = None, differentiable: bool = False) -> tuple[torch.Tensor, dict]:
         step = madry_step(self.norm, self.x if rows is None else self.x[rows], self.epsilon, self.step_size)
         return step.project(step.step(v, -g)), state

@@ -81,6 +81,32 @@ class TestProjection:
         assert ProjectionConfig(dead_zone=0.3).csgm_kwargs(digits_vae)["loss"] is not None
 
 
+class TestBatchInvariance:
+    """A defense gives each input the same answer whatever else is in its batch (the docstring's promise)."""
+
+    @pytest.mark.parametrize("preset", ["default", "defense_gan", "dead_zone"])
+    def test_answer_does_not_depend_on_the_batch(self, preset, digits_classifier, digits_vae, digits_test):
+        cfg = ProjectionConfig.preset(preset, digits_vae)
+        if preset == "defense_gan":
+            cfg = ProjectionConfig.defense_gan(latent_dim=digits_vae.latent_dim, steps=30, restarts=4)
+        model = DefendedModel(digits_classifier, digits_vae, cfg).eval()
+        x = digits_test.images[:20]
+        with torch.no_grad():
+            together = model(x)
+            alone = torch.cat([model(x[i:i + 1]) for i in range(len(x))])
+            shuffled = model(x.flip(0)).flip(0)
+            in_fives = torch.cat([model(c) for c in x.split(5)])
+        assert torch.equal(together, alone) and torch.equal(together, shuffled) and torch.equal(together, in_fives)
+
+    def test_without_padding_small_batches_round_differently(self, digits_vae, digits_test):
+        """The reason for ``min_rows``: with it off, some projections change in the last bits (or more)."""
+        x = digits_test.images[:20]
+        cfg = ProjectionConfig(min_rows=1)
+        together = cfg.project(digits_vae, x).z
+        alone = torch.cat([cfg.project(digits_vae, x[i:i + 1]).z for i in range(len(x))])
+        assert not torch.equal(together, alone)
+
+
 class TestAttackLibraries:
     def test_pyautoattack_runs_on_defended_model(self, defended, digits_test):
         from pyautoattack import AutoAttack

@@ -19,6 +19,7 @@ from manifold_defense.inversion.result import InversionResult, check_generator, 
 from manifold_defense.inversion.terms import QUADRATIC_SCALE, DataTerm, LatentPrior, LossFn, per_sample_loss
 from manifold_defense.operators import Identity, Operator
 from manifold_defense.protocols import Encoded
+from manifold_defense.utils import keyed_normal, rows_at_least
 from manifold_defense.validation import InputError
 
 __all__ = ["csgm", "init_latents", "search_starts", "INITS"]
@@ -27,13 +28,18 @@ INITS = ("random", "encoder", "search", "encoder+search")
 
 
 def init_latents(generator: nn.Module, y: torch.Tensor, operator: Operator, restarts: int, init: str | torch.Tensor,
-                 init_scale: float, gen: torch.Generator, differentiable: bool = False) -> torch.Tensor:
+                 init_scale: float, gen: torch.Generator, differentiable: bool = False, min_rows: int = 1,
+                 keys: torch.Tensor | None = None) -> torch.Tensor:
     """``(n · restarts, k)`` starting latents: 'random' (``init_scale · N(0, I)``), 'encoder' (restart 0 at
     ``encode(x0)``, the others perturb it; ``x0`` is ``y`` for the identity, ``Aᵀy`` for a linear
-    operator) or a tensor ``(n, k)`` (restarts perturb it) or ``(n, restarts, k)``."""
+    operator) or a tensor ``(n, k)`` (restarts perturb it) or ``(n, restarts, k)``. With ``keys`` (one per
+    sample) the random draws of sample ``i`` depend on ``keys[i]`` only, not on its place in the batch."""
     device, dtype = device_dtype(generator)
     n, k = y.shape[0], generator.latent_dim
-    noise = torch.randn(n, restarts, k, generator=gen, dtype=dtype).to(device) * init_scale
+    if keys is not None:
+        noise = keyed_normal(keys.to(device), (restarts, k), dtype) * init_scale
+    else:
+        noise = torch.randn(n, restarts, k, generator=gen, dtype=dtype).to(device) * init_scale
     if isinstance(init, torch.Tensor):
         if tuple(init.shape) not in ((n, k), (n, restarts, k)):
             raise InputError(f"init latents must have shape ({n}, {k}) or ({n}, {restarts}, {k}), got "
@@ -55,7 +61,7 @@ def init_latents(generator: nn.Module, y: torch.Tensor, operator: Operator, rest
         else:
             raise InputError("init='encoder' needs a linear operator")
         with contextlib.nullcontext() if differentiable else torch.no_grad():
-            z_enc = generator.encode(x0.to(dtype))
+            z_enc = rows_at_least(generator.encode, x0.to(dtype), min_rows)
         z0 = z_enc[:, None].expand(n, restarts, k).clone()
         z0[:, 1:] += noise[:, 1:]  # restart 0 is the encoder's code, the others perturb it
         return z0.reshape(n * restarts, k)
@@ -64,12 +70,17 @@ def init_latents(generator: nn.Module, y: torch.Tensor, operator: Operator, rest
 
 def search_starts(generator: nn.Module, operator: Operator, y: torch.Tensor, loss: str | LossFn, prior_weight: float,
                   restarts: int, candidates: int, init_scale: float, gen: torch.Generator,
-                  mask: torch.Tensor | None = None) -> torch.Tensor:
+                  mask: torch.Tensor | None = None, min_rows: int = 1) -> torch.Tensor:
     """The ``restarts`` best of ``candidates`` random latents per sample by the objective (forward passes
     only, candidates shared by all samples, in chunks so memory stays bounded). Returns ``(n, restarts, k)``.
 
     For the squared-error losses the scores come from ``‖w⊙y‖² + w·p² − 2 (w⊙y)·p`` (``w`` the 0/1
-    mask, or ones): matrix products per chunk instead of an ``n × candidates`` difference tensor."""
+    mask, or ones): matrix products per chunk instead of an ``n × candidates`` difference tensor. With
+    ``min_rows`` the products have at least that many rows (a sample's scores then do not depend on its batch)."""
+    if y.shape[0] < min_rows:
+        pad = lambda t: None if t is None else torch.cat([t, t[-1:].expand(min_rows - t.shape[0], *t.shape[1:])])  # noqa: E731
+        return search_starts(generator, operator, pad(y), loss, prior_weight, restarts, candidates, init_scale, gen,
+                             pad(mask), min_rows)[: y.shape[0]]
     device, dtype = device_dtype(generator)
     n, k = y.shape[0], generator.latent_dim
     if candidates < restarts:
@@ -133,6 +144,8 @@ def csgm(
     differentiable: bool = False,
     search_candidates: int = 1000,
     prune_after: int = 0,
+    min_rows: int = 1,
+    sample_keys: torch.Tensor | None = None,
 ) -> InversionResult:
     """CSGM (Bora et al. 2017): ``argmin_z loss(A(G(z)), y) + λ‖z‖²`` by gradient descent from ``restarts``
     starting points per sample, all in one batch; the restart with the lowest objective is kept.
@@ -151,6 +164,10 @@ def csgm(
     ``prune_after`` > 0: after that many steps (constant learning rate) only each sample's best restart
     continues, for the remaining ``steps − prune_after`` steps under ``schedule`` (successive halving
     down to one restart: all restarts explore, one converges); 0 or ≥ ``steps`` never prunes.
+    ``min_rows`` > 1 pads every generator and encoder pass to that many rows and ``sample_keys`` (one
+    64-bit key per sample, e.g. :func:`~manifold_defense.utils.content_keys`) draws each sample's random
+    restarts from its own key; with both, each sample's result is the same whatever else is in the batch.
+    The search's candidates come from a stream of their own (seeded by ``seed``), shared by every batch.
     """
     check_generator(generator)
     operator = check_operator(tuple(generator.output_shape), y, operator, loss, "the generator")
@@ -158,6 +175,8 @@ def csgm(
         raise InputError(f"restarts must be >= 1, got {restarts}")
     if prune_after < 0:
         raise InputError(f"prune_after must be >= 0 (0 or >= steps: never prune), got {prune_after}")
+    if sample_keys is not None and tuple(sample_keys.shape) != (y.shape[0],):
+        raise InputError(f"sample_keys must hold one key per sample ({y.shape[0]}), got shape {tuple(sample_keys.shape)}")
     if weights is not None and tuple(weights.shape) != tuple(y.shape):
         raise InputError(f"weights must have the shape of y {tuple(y.shape)}, got {tuple(weights.shape)}")
     prior = LatentPrior(prior_weight)
@@ -175,21 +194,24 @@ def csgm(
         n_enc = int(init == "encoder+search")
         parts = []
         if n_enc:
-            parts.append(init_latents(generator, y, operator, 1, "encoder", init_scale, gen, differentiable)[:, None])
+            parts.append(init_latents(generator, y, operator, 1, "encoder", init_scale, gen, differentiable,
+                                      min_rows, sample_keys)[:, None])
         if restarts > n_enc:
+            candidates = torch.Generator().manual_seed(seed)  # the same candidates whatever the batch
             parts.append(search_starts(generator, operator, y, loss, prior_weight, restarts - n_enc, search_candidates,
-                                       init_scale, gen, mask=weights))
+                                       init_scale, candidates, mask=weights, min_rows=min_rows))
             search_evals = search_candidates / n
         z0 = torch.cat(parts, 1).reshape(n * restarts, generator.latent_dim)
     else:
-        z0 = init_latents(generator, y, operator, restarts, init, init_scale, gen, differentiable)
+        z0 = init_latents(generator, y, operator, restarts, init, init_scale, gen, differentiable, min_rows, sample_keys)
 
     def run(start: torch.Tensor, repeat: int, n_steps: int, sched, stop_tol: float):
         mask = None if weights is None else weights.repeat_interleave(repeat, 0)
         data = DataTerm(y.repeat_interleave(repeat, 0), operator, loss, mask)
         return descend(start, generator, data, penalties=[prior] if prior_weight else [], steps=n_steps, lr=lr,
                        step_rule=rule, schedule=sched, negation=negation, tol=stop_tol,
-                       patience=patience, differentiable=differentiable, progress=progress, desc="csgm")
+                       patience=patience, differentiable=differentiable, min_rows=min_rows, progress=progress,
+                       desc="csgm")
 
     pruning = 0 < prune_after < steps and restarts > 1
     first = prune_after if pruning else steps
@@ -205,7 +227,7 @@ def csgm(
         z, f, d = d2.variables, torch.where(take, d2.objective, f), torch.where(take, d2.data, d)
         evals, div, hist = evals + d2.evaluations.to(dtype), div | d2.diverged, torch.cat([hist, d2.history])
     with torch.enable_grad() if differentiable else torch.no_grad():
-        x = generator(z)
+        x = rows_at_least(generator, z, min_rows)
     return InversionResult(z=z, x=x, loss=d, objective=f, history=hist, generator_evals=evals, restart=best,
                            diverged=div, info={"method": "csgm", "search_evals_per_sample": search_evals})
 

@@ -66,8 +66,8 @@ class StepRule:
     """How a row moves given its gradient: ``update(v, g, lr, state, t, rows=…) → (new v, new state)``.
 
     ``state`` holds the rule's per-row tensors (restricted to the active rows; the engine stores them
-    back), ``lr`` is ``(A, 1, …)``, ``t`` the rows' step counts (from 1) and ``rows`` their indices in
-    the batch. Subclass it to plug in another rule (the engine's ``get_step_rule`` hook, as foolbox's
+    back), ``lr`` is ``(A, 1, …)``, ``t`` the step count (from 1; the same for every active row, which all
+    started together) and ``rows`` the rows' indices in the batch. Subclass it to plug in another rule (the engine's ``get_step_rule`` hook, as foolbox's
     ``get_optimizer``).
     """
 
@@ -75,7 +75,7 @@ class StepRule:
     state_names: tuple[str, ...] = ()
 
     def update(self, v: torch.Tensor, g: torch.Tensor, lr: torch.Tensor, state: dict[str, torch.Tensor],
-               t: torch.Tensor, *, rows: torch.Tensor, differentiable: bool = False
+               t: int, *, rows: torch.Tensor, differentiable: bool = False
                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One step of the active rows ``v`` along (minus) their gradients ``g``."""
         raise NotImplementedError
@@ -86,7 +86,7 @@ class GradientDescent(StepRule):
 
     name = "gd"
 
-    def update(self, v: torch.Tensor, g: torch.Tensor, lr: torch.Tensor, state: dict[str, torch.Tensor], t: torch.Tensor,
+    def update(self, v: torch.Tensor, g: torch.Tensor, lr: torch.Tensor, state: dict[str, torch.Tensor], t: int,
                *, rows: torch.Tensor | None = None, differentiable: bool = False) -> tuple[torch.Tensor, dict]:
         return v - lr * g, state
 
@@ -102,7 +102,7 @@ class Momentum(StepRule):
             raise InputError(f"momentum must be in [0, 1), got {momentum}")
         self.momentum = float(momentum)
 
-    def update(self, v: torch.Tensor, g: torch.Tensor, lr: torch.Tensor, state: dict[str, torch.Tensor], t: torch.Tensor,
+    def update(self, v: torch.Tensor, g: torch.Tensor, lr: torch.Tensor, state: dict[str, torch.Tensor], t: int,
                *, rows: torch.Tensor | None = None, differentiable: bool = False) -> tuple[torch.Tensor, dict]:
         m = self.momentum * state["m"] + g
         return v - lr * m, {"m": m}
@@ -117,10 +117,11 @@ class Adam(StepRule):
     def __init__(self, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
         self.beta1, self.beta2, self.eps = float(betas[0]), float(betas[1]), float(eps)
 
-    def update(self, v: torch.Tensor, g: torch.Tensor, lr: torch.Tensor, state: dict[str, torch.Tensor], t: torch.Tensor,
+    def update(self, v: torch.Tensor, g: torch.Tensor, lr: torch.Tensor, state: dict[str, torch.Tensor], t: int,
                *, rows: torch.Tensor | None = None, differentiable: bool = False) -> tuple[torch.Tensor, dict]:
         m = self.beta1 * state["m"] + (1 - self.beta1) * g
         s = self.beta2 * state["s"] + (1 - self.beta2) * g * g
+        # bias corrections as Python floats: the same arithmetic for every row, whatever the batch
         mhat, shat = m / (1 - self.beta1**t), s / (1 - self.beta2**t)
         # sqrt has an infinite derivative at 0: the unrolled loop smooths it (a 1e-16 shift).
         denom = (shat + self.eps**2).sqrt() if differentiable else shat.sqrt() + self.eps
@@ -132,7 +133,7 @@ class SignStep(StepRule):
 
     name = "sign"
 
-    def update(self, v: torch.Tensor, g: torch.Tensor, lr: torch.Tensor, state: dict[str, torch.Tensor], t: torch.Tensor,
+    def update(self, v: torch.Tensor, g: torch.Tensor, lr: torch.Tensor, state: dict[str, torch.Tensor], t: int,
                *, rows: torch.Tensor | None = None, differentiable: bool = False) -> tuple[torch.Tensor, dict]:
         return v - lr * g.sign(), state
 
@@ -142,7 +143,7 @@ class NormalizedStep(StepRule):
 
     name = "l2"
 
-    def update(self, v: torch.Tensor, g: torch.Tensor, lr: torch.Tensor, state: dict[str, torch.Tensor], t: torch.Tensor,
+    def update(self, v: torch.Tensor, g: torch.Tensor, lr: torch.Tensor, state: dict[str, torch.Tensor], t: int,
                *, rows: torch.Tensor | None = None, differentiable: bool = False) -> tuple[torch.Tensor, dict]:
         norm = g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (g.dim() - 1)))
         return v - lr * g / norm, state
@@ -223,6 +224,7 @@ def descend(
     keep: str = "best",
     eot: int = 1,
     differentiable: bool = False,
+    min_rows: int = 1,
     progress: bool = False,
     desc: str = "descend",
 ) -> Descent:
@@ -247,7 +249,9 @@ def descend(
     (Expectation over Transformation, Athalye et al. 2018, for randomised objectives).
     ``differentiable=True`` unrolls the loop: updates are out of place and gradients are taken with
     ``create_graph``, so the result is a differentiable function of whatever ``start`` and the terms
-    depend on (no early stopping then; memory grows with ``steps``).
+    depend on (no early stopping then; memory grows with ``steps``). ``min_rows`` pads every evaluation
+    (decode and terms) to at least that many rows (as :func:`~manifold_defense.utils.rows_at_least`), so
+    each row's arithmetic — and therefore its whole descent — is the same whatever else is in the batch.
     """
     if steps < 0:
         raise InputError(f"steps must be >= 0, got {steps}")
@@ -260,11 +264,11 @@ def descend(
         return _loop(start, decode, data, tuple(penalties), steps=steps, lr=lr, rule=rule, schedule=schedule,
                      project=project, negation=negation, tol=0.0 if differentiable else tol, patience=patience,
                      stop_at=stop_at, until=until, keep=keep, eot=eot, differentiable=differentiable,
-                     progress=progress, desc=desc)
+                     min_rows=min_rows, progress=progress, desc=desc)
 
 
 def _loop(var, decode, data, penalties, *, steps, lr, rule, schedule, project, negation, tol, patience, stop_at,
-          until, keep, eot, differentiable, progress, desc) -> Descent:
+          until, keep, eot, differentiable, min_rows, progress, desc) -> Descent:
     B, device, dtype = var.shape[0], var.device, var.dtype
     rows_io = _Rows(differentiable)
     put = rows_io.put
@@ -273,16 +277,19 @@ def _loop(var, decode, data, penalties, *, steps, lr, rule, schedule, project, n
     shape = (-1, *([1] * (var.dim() - 1)))
 
     def evaluate(v: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        n = len(v)
+        if n < min_rows:  # the whole evaluation on at least min_rows rows: a row's arithmetic is then batch-free
+            v = torch.cat([v, v[-1:].expand(min_rows - n, *v.shape[1:])])
+            rows = torch.cat([rows, rows[-1:].expand(min_rows - n)])
         x = decode(v)
         d = data(x, v, rows)
         f = d
         for term in penalties:
             f = f + term(x, v, rows)
-        return f, d, x
+        return f[:n], d[:n], x[:n]
 
     lr_rows = torch.as_tensor(lr, dtype=dtype, device=device).expand(B).clone().view(shape)
     state = {k: torch.zeros_like(var) for k in rule.state_names}
-    t_row = torch.zeros(B, device=device)
     best_var = var.clone()
     best = torch.full((B,), math.inf, device=device, dtype=dtype)
     best_data = torch.full((B,), math.nan, device=device, dtype=dtype)
@@ -356,10 +363,9 @@ def _loop(var, decode, data, penalties, *, steps, lr, rule, schedule, project, n
         stall[active[~better]] += 1
         history[step] = best
         # The step, on the active rows.
-        t_row[active] += 1
         g = torch.where(finite.view(shape), grad, torch.zeros_like(grad))
         new, new_state = rule.update(v, g, lr_rows[active] * factor(step), {k: s[active] for k, s in state.items()},
-                                     t_row[active].view(shape), rows=active, differentiable=differentiable)
+                                     step + 1, rows=active, differentiable=differentiable)
         for k, s in new_state.items():
             state[k] = put(state[k], active, s)
         if project is not None:

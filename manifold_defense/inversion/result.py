@@ -80,9 +80,18 @@ def check_operator(shape: tuple[int, ...], y: torch.Tensor, operator: Operator |
     return operator
 
 
-def pick_best(values: torch.Tensor, n: int, restarts: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per sample, the restart with the lowest finite value: ``(restart index, flat row index)``."""
+def pick_best(values: torch.Tensor, n: int, restarts: int, rel_tol: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample, the restart with the lowest finite value: ``(restart index, flat row index)``.
+
+    Near-ties go to the lowest index: among restarts within ``rel_tol`` (relative) of the best, the first
+    wins. A strict argmin would let rounding decide between two restarts of (almost) equal value, and
+    float32 rounding depends on the batch a sample sits in (matrix products of other shapes), so the same
+    input could land in another basin in another batch; with the tolerance only a gap of about
+    ``rel_tol`` can flip, which rounding of ~1e-7 almost never reaches.
+    """
     per = values.view(n, restarts)
     per = torch.where(torch.isfinite(per), per, torch.full_like(per, math.inf))
-    best = per.argmin(1)
+    low = per.min(1, keepdim=True).values
+    near = per <= low + rel_tol * low.abs() + 1e-12
+    best = near.to(torch.int8).argmax(1)
     return best, torch.arange(n, device=values.device) * restarts + best

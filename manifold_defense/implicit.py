@@ -1,0 +1,87 @@
+"""The exact local derivative of a projection onto a generator's range, by implicit differentiation.
+
+At a converged projection ``ẑ(x) = argmin_z F(z, x)``, ``F = (1/n) Σ_p ρ(G_p(z) − x_p) + λ‖z‖²``, the
+implicit function theorem gives ``dẑ/dx = −(∂²F/∂z²)⁻¹ ∂²F/∂z∂x`` (implicit differentiation of argmin
+layers: Amos & Kolter, "OptNet", ICML 2017; Blondel et al., "Efficient and Modular Implicit
+Differentiation", NeurIPS 2022). Here ``∂²F/∂z∂x = −(1/n) Jᵀ diag(ρ'')`` with ``J = ∂G/∂z`` at ``ẑ``, so
+
+    dG(ẑ(x))/dx = J H⁻¹ (1/n) Jᵀ diag(ρ''),        H = ∂²F/∂z²  (k × k, curvature of G included)
+
+(``ρ'' = 2`` for the squared error; for :func:`~manifold_defense.inversion.dead_zone_loss` it is 2 outside
+the dead zone and 0 inside). ``curvature=False`` uses the Gauss–Newton ``H ≈ (1/n) Jᵀ diag(ρ'') J + 2λI``,
+i.e. ``J (JᵀDJ + nλI)⁻¹ JᵀD``, which drops the second derivatives of ``G`` (measured on the digits VAE: the
+exact form matches finite differences of a converged projection to ~1 %, Gauss–Newton is off by up to 2×).
+A vector–Jacobian product costs one Jacobian and one Hessian (``k`` forward-mode passes each) and one
+``k × k`` solve per sample: no unrolling memory, no EOT for a deterministic projection. A small damping
+(relative to the trace) keeps the solve defined where ``H`` is singular (e.g. every residual in the dead
+zone: the projection is then locally constant and the derivative ~0). The derivative is exact only where
+the projection has converged to a minimum; elsewhere it is the derivative of the stationarity condition.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["implicit_projection", "projection_jacobian"]
+
+_DAMPING = 1e-6  # relative to trace(H)/k
+
+
+def projection_jacobian(generator: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """``(N, n, k)``: per sample the Jacobian of the flattened image ``G(z)`` with respect to ``z``."""
+    def one(zi: torch.Tensor) -> torch.Tensor:
+        return generator(zi[None]).flatten()
+
+    with torch.enable_grad():
+        return torch.func.vmap(torch.func.jacfwd(one))(z.detach())
+
+
+def _objective_hessian(generator: nn.Module, z: torch.Tensor, x: torch.Tensor, dead_zone: float,
+                       prior: float) -> torch.Tensor:
+    """``(N, k, k)``: per sample ∂²F/∂z² of the projection objective at ``z``."""
+    def objective(zi: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
+        r = (generator(zi[None]) - xi[None]).flatten()
+        data = torch.relu(r.abs() - dead_zone).pow(2) if dead_zone > 0 else r.pow(2)
+        return data.mean() + prior * zi.pow(2).sum()
+
+    with torch.enable_grad():
+        return torch.func.vmap(torch.func.hessian(objective))(z.detach(), x.detach())
+
+
+class _ImplicitProjection(torch.autograd.Function):
+    """Value ``G(ẑ)``; backward ``(1/n) diag(ρ'') J H⁻ᵀ Jᵀ u`` (the transpose of the derivative above)."""
+
+    @staticmethod
+    def forward(ctx, x, x_proj, z, generator, dead_zone, prior, curvature):  # noqa: D102 - autograd's signature
+        ctx.generator, ctx.dead_zone, ctx.prior, ctx.curvature = generator, dead_zone, prior, curvature
+        ctx.save_for_backward(x.detach(), x_proj.detach(), z.detach())
+        return x_proj.detach().clone()
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        x, x_proj, z = ctx.saved_tensors
+        J = projection_jacobian(ctx.generator, z).to(grad.dtype)  # (N, n, k)
+        n, k = J.shape[1], J.shape[2]
+        r = (x_proj - x).flatten(1)
+        rho2 = 2.0 * (r.abs() > ctx.dead_zone).to(grad.dtype) if ctx.dead_zone > 0 else torch.full_like(r, 2.0)
+        if ctx.curvature:
+            H = _objective_hessian(ctx.generator, z, x, ctx.dead_zone, ctx.prior).to(grad.dtype)
+        else:
+            H = torch.einsum("bnk,bn,bnl->bkl", J, rho2 / n, J) + 2 * ctx.prior * torch.eye(k, dtype=grad.dtype,
+                                                                                             device=grad.device)
+        trace = H.diagonal(dim1=1, dim2=2).abs().sum(1).clamp_min(1e-12) / k
+        H = H + (_DAMPING * trace + 1e-12)[:, None, None] * torch.eye(k, dtype=H.dtype, device=H.device)
+        s = torch.linalg.solve(H.transpose(1, 2), torch.einsum("bnk,bn->bk", J, grad.flatten(1)))
+        gx = (rho2 / n) * torch.einsum("bnk,bk->bn", J, s)
+        return gx.view_as(grad), None, None, None, None, None, None
+
+
+def implicit_projection(x: torch.Tensor, x_proj: torch.Tensor, z: torch.Tensor, generator: nn.Module, *,
+                        dead_zone: float = 0.0, prior_weight: float = 0.0, curvature: bool = True) -> torch.Tensor:
+    """``G(ẑ)`` as a function of ``x`` whose gradient is the implicit derivative of the projection.
+
+    ``x``: the projected inputs (requiring grad); ``x_proj = G(ẑ)``; ``z = ẑ``; ``dead_zone`` and
+    ``prior_weight`` (λ) as in the projection's objective; ``curvature=False`` for the Gauss–Newton form.
+    """
+    return _ImplicitProjection.apply(x, x_proj, z, generator, float(dead_zone), float(prior_weight), bool(curvature))
