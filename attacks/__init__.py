@@ -8,15 +8,16 @@ from manifold_defense.attacks.adapters import AutoAttack, CarliniWagnerL2, HopSk
 from manifold_defense.attacks.adaptive import (
     BPDA,
     BackwardPassDifferentiableApproximation,
+    ImplicitPGD,
     LatentReparam,
     LatentReparameterization,
     UnrolledPGD,
     margin_loss,
 )
-from manifold_defense.attacks.base import Attack, AttackResult, TransferAttack, perturbation_norm
+from manifold_defense.attacks.base import Attack, AttackResult, FirstSuccess, TransferAttack, perturbation_norm
 from manifold_defense.attacks.on_manifold import LatentPGD, OnManifoldPGD, OverpoweredAttack
 from manifold_defense.attacks.pixel import FGSM, L2PGD, FastGradientSignMethod, LinfPGD, ProjectedGradientDescent
 
-__all__ = ["BPDA", "BackwardPassDifferentiableApproximation", "LatentReparam", "LatentReparameterization",
-           "UnrolledPGD", "margin_loss", "HopSkipJump", "OverpoweredAttack", "LatentPGD", "OnManifoldPGD", "AutoAttack", "CarliniWagnerL2", "Attack", "AttackResult", "TransferAttack", "perturbation_norm", "FGSM", "FastGradientSignMethod", "LinfPGD", "L2PGD",
+__all__ = ["BPDA", "BackwardPassDifferentiableApproximation", "ImplicitPGD", "LatentReparam", "LatentReparameterization",
+           "UnrolledPGD", "margin_loss", "HopSkipJump", "OverpoweredAttack", "LatentPGD", "OnManifoldPGD", "AutoAttack", "CarliniWagnerL2", "Attack", "AttackResult", "FirstSuccess", "TransferAttack", "perturbation_norm", "FGSM", "FastGradientSignMethod", "LinfPGD", "L2PGD",
            "ProjectedGradientDescent"]

@@ -34,9 +34,11 @@ def foolbox_model(model: nn.Module) -> Any:
 
 
 class CarliniWagnerL2(Attack):
-    """C&W ℓ2 (foolbox): ``binary_search_steps`` × ``steps`` Adam iterations; the result is clipped to ε."""
+    """C&W ℓ2 (foolbox): ``binary_search_steps`` × ``steps`` Adam iterations; a minimisation attack (run once
+    per sample, clipped per ε by :meth:`~manifold_defense.attacks.Attack.sweep`)."""
 
     norm = "l2"
+    minimization = True
 
     def __init__(self, *, binary_search_steps: int = 5, steps: int = 100, stepsize: float = 0.01,
                  confidence: float = 0.0, initial_const: float = 1e-3) -> None:
@@ -101,8 +103,10 @@ class HopSkipJump(Attack):
     boundary iterations with ``initial_gradient_eval_steps`` … ``max_gradient_eval_steps`` label queries
     for each gradient-direction estimate (defaults sized for a sanity check on a projection defense,
     where every query is a projection: ~500 queries per image; foolbox's own defaults use ~50× more).
-    Minimal-perturbation attack; the result is clipped to ε.
+    Minimal-perturbation attack (run once per sample, clipped per ε by ``sweep``).
     """
+
+    minimization = True
 
     def __init__(self, *, norm: str = "l2", steps: int = 8, initial_gradient_eval_steps: int = 20,
                  max_gradient_eval_steps: int = 100, gamma: float = 1.0) -> None:

@@ -3,16 +3,21 @@ Sense of Security", ICML 2018).
 
 - :class:`BPDA` — PGD whose gradient passes the projection by the straight-through estimator, averaged
   over ``eot`` draws of a stochastic projection (BPDA + EOT).
+- :class:`ImplicitPGD` — PGD whose gradient is the exact local derivative of the converged projection
+  (implicit differentiation, :mod:`manifold_defense.implicit`): no approximation of the projection, no
+  unrolling memory, no EOT for a deterministic projection.
 - :class:`UnrolledPGD` — PGD backpropagating end to end through a short unrolled projection.
 - :class:`LatentReparameterization` — search ``z`` near the projection ``ẑ(x)`` so that ``G(z)`` lies
   within ε of ``x`` and is misclassified; ``G(z)`` is on the generator's range, so the defense's own
   projection returns (close to) it. This is the attack that broke Defense-GAN.
 
-Crafting may use a cheaper *surrogate* projection than the attacked model's (``projection=``): the
-adversarial inputs are always scored on the attacked model itself, so a weak surrogate can only make
-the attack weaker, never the reported robustness optimistic. ``surrogate_description`` says which
-projection was attacked, for reports. On a model that is not a
-:class:`~manifold_defense.defended.DefendedModel`, :class:`BPDA` and :class:`UnrolledPGD` are plain PGD.
+Crafting may use a cheaper *surrogate* projection than the attacked model's (``projection=``). Success is
+always checked on the attacked model itself, but a weaker surrogate makes a weaker attack — and a weaker
+attack reports robustness that is too high; use one to save time only, and report it
+(``surrogate_description`` says which projection was attacked; evaluation records carry it). Every
+attack keeps, per sample, the first iterate the attacked model misclassifies. On a model that is not a
+:class:`~manifold_defense.defended.DefendedModel`, :class:`BPDA`, :class:`ImplicitPGD` and
+:class:`UnrolledPGD` are plain PGD.
 """
 
 from __future__ import annotations
@@ -24,15 +29,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from manifold_defense.attacks.base import Attack
+from manifold_defense.attacks.base import Attack, FirstSuccess, on_rows
 from manifold_defense.attacks.pixel import ProjectedGradientDescent, project_to_ball
 from manifold_defense.defended import DefendedModel, ProjectionConfig
 from manifold_defense.inversion import descend
 from manifold_defense.inversion.result import pick_best
 from manifold_defense.validation import InputError, check_compatible
 
-__all__ = ["BPDA", "BackwardPassDifferentiableApproximation", "UnrolledPGD", "LatentReparameterization",
-           "LatentReparam", "margin_loss", "crafting_model", "describe_projection"]
+__all__ = ["BPDA", "BackwardPassDifferentiableApproximation", "ImplicitPGD", "UnrolledPGD",
+           "LatentReparameterization", "LatentReparam", "margin_loss", "crafting_model", "describe_projection",
+           "same_function"]
 
 
 def _copy_with(obj, **changes):
@@ -60,6 +66,18 @@ def crafting_model(model: nn.Module, projection: ProjectionConfig | None = None,
     if stochastic:
         cfg = replace(cfg, stochastic=True)
     return model.variant(projection=cfg, gradient=gradient)
+
+
+def same_function(model: nn.Module, craft: nn.Module) -> bool:
+    """Whether ``craft``'s forward pass is exactly ``model``'s (so its logits can judge success): the same
+    module, or a BPDA/implicit variant of a deterministic defended model behind the same projection."""
+    if craft is model:
+        return True
+    if isinstance(model, DefendedModel) and isinstance(craft, DefendedModel):
+        return (craft.classifier is model.classifier and craft.generator is model.generator
+                and craft.projection == model.projection and not model.projection.stochastic
+                and craft.gradient in ("bpda", "implicit", "none"))
+    return False
 
 
 def describe_projection(model: nn.Module, crafted_on: nn.Module) -> str:
@@ -95,12 +113,26 @@ class BackwardPassDifferentiableApproximation(Attack):
         return crafting_model(model, self.projection, gradient="bpda", stochastic=self.eot > 1)
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float) -> torch.Tensor:
+        """PGD on the crafting model's gradients; success checked on ``model`` (see the module docstring)."""
         craft = self.crafting_model(model)
         self.surrogate_description = describe_projection(model, craft)
         pgd = self.pgd
         if not isinstance(craft, DefendedModel) and pgd.eot > 1:  # a deterministic model: one draw is the expectation
             pgd = _copy_with(pgd, eot=1)
-        return pgd.run(craft, x, y, epsilon)
+        return pgd.run(craft, x, y, epsilon, scorer=None if same_function(model, craft) else model)
+
+
+class ImplicitPGD(BackwardPassDifferentiableApproximation):
+    """PGD with the implicit derivative of the projection (``DefendedModel(gradient="implicit")``): at the
+    converged projection ``ẑ(x)`` the gradient of ``classifier(G(ẑ(x)))`` is exact up to the projection's
+    convergence (Amos & Kolter 2017; Blondel et al. 2022). A deterministic projection needs no EOT; a
+    stochastic one gets ``eot`` draws like :class:`BPDA`. Keyword arguments of PGD otherwise.
+    """
+
+    def crafting_model(self, model: nn.Module) -> nn.Module:
+        """The attacked model behind the same projection with the implicit gradient."""
+        stochastic = isinstance(model, DefendedModel) and model.projection.stochastic
+        return crafting_model(model, self.projection, gradient="implicit", stochastic=stochastic and self.eot > 1)
 
 
 class UnrolledPGD(BackwardPassDifferentiableApproximation):
@@ -164,6 +196,8 @@ class LatentReparameterization(Attack):
         return torch.relu(d.abs() - r).pow(2).flatten(1).sum(1)
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float) -> torch.Tensor:
+        """Search the latent space near the projection; a sample's first input the attacked model misclassifies
+        is kept (checked on ``model`` where the classifier at ``G(z)`` is already fooled)."""
         generator, classifier, cfg = self._parts(model)
         self.surrogate_description = f"latent search started at the projection ({cfg.steps} steps, {cfg.restarts} restarts)"
         n, R = len(x), self.restarts
@@ -174,24 +208,40 @@ class LatentReparameterization(Attack):
         noise[:, 0] = 0  # restart 0 starts exactly at the projection
         z = (z_hat[:, None] + self.init_scale * noise).reshape(n * R, -1)
         x_rep, y_rep = x.repeat_interleave(R, 0), y.repeat_interleave(R, 0)
-        def margin(img: torch.Tensor, zz: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-            return margin_loss(classifier(img), y_rep[rows], self.kappa)
 
+        def adversarial(img: torch.Tensor, zz: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            return (x_rep[rows] + project_to_ball(img - x_rep[rows], epsilon, self.norm)).clamp(0, 1)
+
+        check = FirstSuccess(model, y_rep, prefilter=True, transform=adversarial)
+
+        def margin(img: torch.Tensor, zz: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            logits = classifier(img)
+            check.record(logits)
+            return margin_loss(logits, y_rep[rows], self.kappa)
+
+        broken = torch.zeros(n * R, dtype=torch.bool, device=x.device)
         for r in range(self.rounds):  # a penalty method: the weight on leaving the ball grows ×10 per round
             c = self.penalty * 10**r
+            todo = (~broken).nonzero().squeeze(1)
+            if todo.numel() == 0:
+                break
 
             def excess(img: torch.Tensor, zz: torch.Tensor, rows: torch.Tensor, c: float = c) -> torch.Tensor:
                 return c * self._excess(img - x_rep[rows], epsilon)
 
-            z = descend(z, generator, margin, penalties=[excess], steps=self.steps, lr=self.lr, step_rule="adam",
-                        desc="latent-reparam").variables
+            sub = on_rows(todo)
+            res = descend(z[todo], generator, sub(margin), penalties=[sub(excess)], steps=self.steps, lr=self.lr,
+                          step_rule="adam", until=sub(check), desc="latent-reparam")
+            z[todo] = res.variables.detach()
+            broken[todo] = res.reached
         with torch.no_grad():
             img = generator(z)
-            adv = (x_rep + project_to_ball(img - x_rep, epsilon, self.norm)).clamp(0, 1)
+            adv = adversarial(img, z, torch.arange(n * R, device=x.device))
             m = margin_loss(classifier(adv), y_rep)
             inside = self._excess(img - x_rep, epsilon / self.slack) == 0
-        # Per sample keep the restart that is inside the ball with the lowest margin (else the lowest margin).
-        score = m + (~inside).to(m.dtype) * (m.abs().max() + 1)
+        # Per sample: a restart that broke the attacked model; else the one inside the ball with the lowest margin.
+        big = m.abs().max() + 1
+        score = torch.where(broken, -2 * big, m + (~inside).to(m.dtype) * big)
         _, idx = pick_best(score, n, R)
         return adv[idx]
 

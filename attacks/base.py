@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
 from manifold_defense.validation import InputError, check_images, check_labels
 
-__all__ = ["Attack", "AttackResult", "TransferAttack", "perturbation_norm", "predict_labels"]
+__all__ = ["Attack", "AttackResult", "TransferAttack", "perturbation_norm", "predict_labels", "FirstSuccess", "on_rows"]
 
 
 @dataclass
@@ -48,6 +49,50 @@ def predict_labels(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model(x).argmax(1)
 
 
+class FirstSuccess:
+    """The engine's ``until``: a row stops, keeping its iterate, as soon as the *attacked* model misclassifies it.
+
+    ``scorer`` is the attacked model; ``transform(x, v, rows)`` maps the engine's decoded images (and
+    variables) to the input the attacked model sees. With ``reuse`` the logits come from the objective's own forward pass
+    (record them with :meth:`record`): only when that forward *is* the attacked model (the same deterministic
+    function). Otherwise the scorer runs on the candidates; ``prefilter`` (cheap logits recorded by the
+    objective, e.g. the classifier at ``G(z)`` for an on-manifold attack) limits that to the rows the cheap
+    model already gets wrong. Success is never judged on a surrogate alone.
+    """
+
+    def __init__(self, scorer: nn.Module, labels: torch.Tensor, *, reuse: bool = False, prefilter: bool = False,
+                 transform: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> None:
+        self.scorer, self.labels, self.reuse, self.prefilter = scorer, labels, reuse, prefilter
+        self.transform = transform
+        self.logits: torch.Tensor | None = None
+
+    def record(self, logits: torch.Tensor) -> None:
+        """Keep the objective's logits of the rows just evaluated."""
+        self.logits = logits.detach()
+
+    def __call__(self, x: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        y = self.labels[rows]
+        if self.reuse:
+            return self.logits[: len(rows)].argmax(1) != y
+        candidate = torch.ones(len(rows), dtype=torch.bool, device=y.device)
+        if self.prefilter and self.logits is not None:
+            candidate = self.logits[: len(rows)].argmax(1) != y
+        hit = torch.zeros_like(candidate)
+        if bool(candidate.any()):
+            inputs = x if self.transform is None else self.transform(x, v, rows)
+            with torch.no_grad():
+                hit[candidate] = self.scorer(inputs[candidate]).argmax(1) != y[candidate]
+        return hit
+
+
+def on_rows(subset: torch.Tensor) -> Callable:
+    """Adapt a term (or ``until``) written for a whole batch to a descent over ``subset`` of its rows: the
+    engine's row indices are positions in ``subset``; the term sees the batch's own rows."""
+    def wrap(fn: Callable) -> Callable:
+        return lambda img, v, rows: fn(img, v, subset[rows])
+    return wrap
+
+
 class Attack:
     """Base class. Subclasses set ``norm`` and implement ``run(model, x, y, epsilon) → adversarial`` (or
     ``(adversarial, reference)`` when the ε-ball is centred elsewhere than ``x``, as on the manifold).
@@ -58,6 +103,9 @@ class Attack:
     """
 
     norm: str = "linf"
+    #: a minimisation attack (C&W, HopSkipJump) finds each sample's smallest adversarial perturbation once;
+    #: :meth:`sweep` then clips it to every ε instead of rerunning the attack per ε
+    minimization: bool = False
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float
             ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -87,6 +135,33 @@ class Attack:
         success = predict_labels(model, adv) != y.to(adv.device)
         return AttackResult(adversarial=adv, success=success.cpu(), norms=norms.cpu(), epsilon=float(epsilon),
                             norm=self.norm)
+
+    def sweep(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilons: Sequence[float]
+              ) -> dict[float, AttackResult]:
+        """The attack at every ε. A bounded attack runs once per ε; a minimisation attack runs once, at the
+        largest ε, and its adversarial inputs are clipped to each smaller ε (each scored by a forward pass)."""
+        epsilons = sorted(float(e) for e in epsilons)
+        if not self.minimization or len(epsilons) == 1:
+            return {e: self(model, x, y, epsilon=e) for e in epsilons}
+        top = self(model, x, y, epsilon=epsilons[-1])
+        out = {epsilons[-1]: top}
+        clipped = _Clipped(self.norm, top.adversarial.to(x.device))
+        for e in epsilons[:-1]:
+            out[e] = clipped(model, x, y, epsilon=e)
+        return out
+
+
+class _Clipped(Attack):
+    """Another attack's adversarial inputs projected onto a smaller ε-ball (no new search)."""
+
+    def __init__(self, norm: str, adversarial: torch.Tensor) -> None:
+        self.norm, self.adversarial = norm, adversarial
+
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float) -> torch.Tensor:
+        """``x + Π_ε(adversarial − x)``."""
+        from manifold_defense.inversion.constraints import project_lp_ball
+
+        return (x + project_lp_ball(self.adversarial - x, epsilon, self.norm)).clamp(0, 1)
 
 
 class TransferAttack(Attack):

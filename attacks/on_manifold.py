@@ -19,10 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from manifold_defense.attacks.base import Attack
+from manifold_defense.attacks.base import Attack, FirstSuccess, on_rows
 from manifold_defense.defended import DefendedModel, ProjectionConfig
 from manifold_defense.inversion import descend
-from manifold_defense.inversion.terms import negative_cross_entropy
 from manifold_defense.validation import InputError, check_compatible
 
 __all__ = ["LatentPGD", "OnManifoldPGD", "OverpoweredAttack", "pull_back"]
@@ -73,16 +72,26 @@ class LatentPGD(Attack):
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float
             ) -> tuple[torch.Tensor, torch.Tensor]:
-        model = _differentiable_classifier(model, self.generator)
+        """Latent PGD from the projection; each sample keeps its first ``G(z')`` the attacked model misclassifies."""
+        classifier = _differentiable_classifier(model, self.generator)
         y = y.to(x.device)
         z0 = self._project(x)
         with torch.no_grad():
             x0 = self.generator(z0)
+
         def project(z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
             return pull_back(self.generator, z0[rows], z, x0[rows], epsilon, self.bisection_steps)
 
-        z = descend(z0, self.generator, negative_cross_entropy(model, y), steps=self.steps, lr=self.latent_stepsize,
-                    step_rule="l2", project=project, keep="last", desc="latent-pgd").variables
+        check = FirstSuccess(model, y, reuse=classifier is model, prefilter=True,
+                             transform=lambda img, z, rows: img.clamp(0, 1))
+
+        def loss(img: torch.Tensor, z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            logits = classifier(img)
+            check.record(logits)
+            return -F.cross_entropy(logits, y[rows], reduction="none").to(img.dtype)
+
+        z = descend(z0, self.generator, loss, steps=self.steps, lr=self.latent_stepsize, step_rule="l2",
+                    project=project, until=check, keep="last", desc="latent-pgd").variables
         with torch.no_grad():
             adv = self.generator(z)
         return adv.clamp(0, 1), x0
@@ -110,6 +119,7 @@ class OverpoweredAttack(Attack):
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float
             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Search the pair; a sample keeps its first pair within η whose ``G(z2)`` the attacked model misclassifies."""
         classifier = _differentiable_classifier(model, self.generator)
         y = y.to(x.device)
         g = self.generator
@@ -121,20 +131,35 @@ class OverpoweredAttack(Attack):
         def decode(v: torch.Tensor) -> torch.Tensor:
             return g(v.flatten(0, 1)).view(len(v), 2, *g.output_shape)
 
+        check = FirstSuccess(model, y, reuse=classifier is model, prefilter=True,
+                             transform=lambda img, v, rows: img[:, 1].clamp(0, 1))
+
         def disagreement(img: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
             logits = classifier(img.flatten(0, 1)).view(len(img), 2, -1)
+            check.record(logits[:, 1])
             keep = F.cross_entropy(logits[:, 0], y[rows], reduction="none")
             flip = F.cross_entropy(logits[:, 1], y[rows], reduction="none").clamp_max(self.cap)
             return keep - flip
 
+        def success(img: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            within = (img[:, 1] - img[:, 0]).flatten(1).norm(dim=1) <= epsilon
+            return within & check(img, v, rows)
+
+        broken = torch.zeros(len(x), dtype=torch.bool, device=x.device)
         for r in range(self.rounds):  # the Lagrange multiplier on ‖G(z1) − G(z2)‖₂ ≤ η grows ×10 per round
             lam = self.multiplier * 10**r
+            todo = (~broken).nonzero().squeeze(1)
+            if todo.numel() == 0:
+                break
 
             def distance(img: torch.Tensor, v: torch.Tensor, rows: torch.Tensor, lam: float = lam) -> torch.Tensor:
                 return lam * torch.relu((img[:, 1] - img[:, 0]).flatten(1).norm(dim=1) - epsilon).pow(2)
 
-            pair = descend(pair, decode, disagreement, penalties=[distance], steps=self.steps, lr=self.lr,
-                           step_rule="adam", desc="overpowered").variables
+            sub = on_rows(todo)
+            res = descend(pair[todo], decode, sub(disagreement), penalties=[sub(distance)], steps=self.steps,
+                          lr=self.lr, step_rule="adam", until=sub(success), desc="overpowered")
+            pair[todo] = res.variables.detach()
+            broken[todo] = res.reached
         with torch.no_grad():
             ref = g(pair[:, 0])
         z2 = pull_back(g, pair[:, 0], pair[:, 1], ref, epsilon)

@@ -13,9 +13,10 @@ straight-through estimate, so ``LinfPGD(eot=k)`` is BPDA + EOT.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from manifold_defense.attacks.base import Attack
+from manifold_defense.attacks.base import Attack, FirstSuccess
 from manifold_defense.inversion import ball_projection, descend, project_lp_ball
 from manifold_defense.inversion.constraints import NORMS
 from manifold_defense.inversion.engine import StepRule, get_step_rule
@@ -53,8 +54,10 @@ class ProjectedGradientDescent(Attack):
     """PGD (Madry et al. 2018) in ℓ∞ or ℓ2: ``steps`` ascent steps on the cross-entropy of size
     ``rel_stepsize·ε`` (default 2.5/steps, so the walk can cross the ball), projection onto the ε-ball
     and [0, 1], optional random start, ``restarts`` random starts run together in the batch, ``eot``
-    gradient samples per step. Returns, per sample, the iterate with the highest loss seen over all
-    steps and restarts (as APGD does). ``get_step_rule()`` is the hook for another ascent direction.
+    gradient samples per step. A success is never lost: each restart stops at, and keeps, the first
+    iterate the attacked model misclassifies (checked on the attacked model itself, ``scorer``, when the
+    gradients come from another model); samples never broken keep their highest-loss iterate over all steps
+    and restarts. ``get_step_rule()`` is the hook for another ascent direction.
     """
 
     def __init__(self, *, norm: str = "linf", steps: int = 40, rel_stepsize: float | None = None,
@@ -81,18 +84,29 @@ class ProjectedGradientDescent(Attack):
         r = torch.rand(x.shape[0], generator=gen, dtype=x.dtype).to(x.device) ** (1 / d[0].numel())
         return d * (epsilon * r).view(-1, *([1] * (x.dim() - 1)))
 
-    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float) -> torch.Tensor:
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float, *,
+            scorer: nn.Module | None = None) -> torch.Tensor:
+        """PGD on ``model``'s gradients; ``scorer`` is the attacked model when ``model`` is only the one the
+        gradients come from (a BPDA, implicit or surrogate variant): success is then checked on ``scorer``."""
         n, r = x.shape[0], self.restarts
         gen = torch.Generator().manual_seed(self.seed)
         xr = x.repeat(r, *([1] * (x.dim() - 1)))  # restart-major: row = restart * n + sample
         yr = y.to(x.device).repeat(r)
         start = (xr + project_to_ball(self._start(xr, epsilon, gen), epsilon, self.norm)).clamp(0, 1)
-        res = descend(start, _identity, negative_cross_entropy(model, yr), steps=self.steps,
-                      lr=self.rel_stepsize * epsilon, step_rule=self.get_step_rule(),
-                      project=ball_projection(xr, epsilon, self.norm), eot=self.eot, desc="pgd")
+        check = FirstSuccess(scorer if scorer is not None else model, yr, reuse=scorer is None)
+
+        def loss(images: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            logits = model(images)
+            check.record(logits)
+            return -F.cross_entropy(logits, yr[rows], reduction="none").to(images.dtype)
+
+        res = descend(start, _identity, loss, steps=self.steps, lr=self.rel_stepsize * epsilon,
+                      step_rule=self.get_step_rule(), project=ball_projection(xr, epsilon, self.norm), until=check,
+                      eot=self.eot, desc="pgd")
         if r == 1:
             return res.variables
-        pick = res.objective.view(r, n).argmin(0)  # the restart with the highest loss
+        score = torch.where(res.reached, torch.full_like(res.objective, -torch.inf), res.objective)
+        pick = score.view(r, n).argmin(0)  # a restart that broke the sample, else the one with the highest loss
         return res.variables.view(r, n, *x.shape[1:])[pick, torch.arange(n, device=x.device)]
 
 

@@ -1,14 +1,12 @@
-"""Robustness evaluation, sanity checks, reports and the registry of named attacks."""
+"""Robustness evaluation (fail-closed records, N-attempt numbers, torchrun shards), sanity checks that can
+fail, reports with RobustBench's fields, and the registry of named attacks."""
 
-from manifold_defense.eval.robustness import (
-    AttackSpec,
-    Evaluation,
-    evaluate,
-    merge_records,
-    sanity_checks,
-    write_report,
-)
+from manifold_defense.eval.records import IncompleteEvaluation, RecordError, merge_records
 from manifold_defense.eval.registry import ATTACKS, AttackBudget, RegisteredAttack, build_attack, parse_attack
+from manifold_defense.eval.report import write_report
+from manifold_defense.eval.robustness import AttackSpec, Evaluation, evaluate, wilson_interval
+from manifold_defense.eval.sanity import gradient_agreement, sanity_checks
 
 __all__ = ["AttackSpec", "Evaluation", "evaluate", "sanity_checks", "write_report", "merge_records", "ATTACKS",
-           "AttackBudget", "RegisteredAttack", "build_attack", "parse_attack"]
+           "AttackBudget", "RegisteredAttack", "build_attack", "parse_attack", "RecordError", "IncompleteEvaluation",
+           "wilson_interval", "gradient_agreement"]

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from manifold_defense.checkpoint import atomic_write_text
+from manifold_defense.utils import state_digest, tensor_digest
 from manifold_defense.validation import InputError
 
 __all__ = ["RecordError", "IncompleteEvaluation", "RecordStore", "state_digest", "tensor_digest", "model_fingerprint",
@@ -59,25 +60,6 @@ def _ranges(idx: Sequence[int]) -> str:
             out.append(f"{start}" if start == a else f"{start}-{a}")
             start = None
     return ", ".join(out[:6]) + (" ..." if len(out) > 6 else "")
-
-
-def tensor_digest(*tensors: torch.Tensor) -> str:
-    """sha256 of tensors' dtypes, shapes and bytes (CPU copies)."""
-    h = hashlib.sha256()
-    for t in tensors:
-        t = t.detach().cpu().contiguous()
-        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def state_digest(module: nn.Module) -> str:
-    """sha256 of a module's state dict (names, dtypes, shapes and values)."""
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor_digest(t).encode())
-    return h.hexdigest()
 
 
 def _jsonable(value: Any, depth: int = 0) -> Any:

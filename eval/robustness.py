@@ -1,14 +1,15 @@
-"""Robustness evaluation: clean and robust accuracy per attack and ε, worst case per threat model,
-sanity checks (Carlini et al., "On Evaluating Adversarial Robustness", 2019) and reports.
+"""Robustness evaluation: clean and robust accuracy per attack and ε, worst case per threat model, with
+intervals that hold at small n, one-attempt and N-attempt numbers for randomised defenses.
 
-Results are appended to ``records.jsonl`` one batch at a time, so an interrupted run loses nothing and
-resumes where it stopped; ``start``/``stop`` evaluate an index range (one shard per machine) and
-:func:`merge_records` joins shards.
+Results go to a fail-closed record store (:mod:`manifold_defense.eval.records`) one batch at a time, so
+an interrupted run loses nothing and resumes where it stopped; ``start``/``stop`` evaluate a range of
+batches (a shard) and :func:`~manifold_defense.eval.records.merge_records` joins shards; under
+``torchrun`` every rank evaluates its share of the batches and every rank returns the whole evaluation.
+A number is only ever computed from complete records.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -17,16 +18,23 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from manifold_defense.attacks.adapters import HopSkipJump
 from manifold_defense.attacks.base import Attack
-from manifold_defense.attacks.pixel import LinfPGD
+from manifold_defense.eval.records import (
+    IncompleteEvaluation,
+    RecordStore,
+    attack_fingerprint,
+    attack_record,
+    coverage_gaps,
+    model_fingerprint,
+    read_records,
+    tensor_digest,
+)
 from manifold_defense.validation import InputError, check_images, check_labels
 
-__all__ = ["AttackSpec", "Evaluation", "evaluate", "sanity_checks", "write_report", "merge_records"]
+__all__ = ["AttackSpec", "Evaluation", "evaluate", "wilson_interval"]
 
 
 @dataclass
@@ -41,85 +49,164 @@ class AttackSpec:
     iterative: bool = True
 
 
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for ``k`` successes in ``n`` trials (Wilson 1927): inside [0, 1] and honest at
+    small n and at 0 or n successes, unlike ``p ± z·SE``."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _summary(vals: list[bool]) -> tuple[float, float, int]:
+    n = len(vals)
+    p = sum(vals) / n if n else float("nan")
+    return p, math.sqrt(p * (1 - p) / n) if n else float("nan"), n
+
+
 @dataclass
 class Evaluation:
-    """Per-sample outcomes: ``clean[i]`` (correct on the clean input) and ``robust[(name, eps)][i]``
-    (correct and not broken by that attack)."""
+    """Per-sample outcomes: ``clean[i]`` (correct on the clean input) and ``robust[(name, eps)][i]`` (correct
+    and not broken by that attack), in one attempt; ``clean_all``/``robust_all`` hold the N-attempt outcomes
+    (correct in, and not broken by any of, ``attempts`` fresh evaluations of a randomised model)."""
 
     indices: list[int]
     clean: dict[int, bool]
     robust: dict[tuple[str, float], dict[int, bool]]
     threats: dict[str, str]
     iterative: dict[str, bool]
-    sanity: dict[str, bool] = field(default_factory=dict)
+    attempts: int = 1
+    clean_all: dict[int, bool] = field(default_factory=dict)
+    robust_all: dict[tuple[str, float], dict[int, bool]] = field(default_factory=dict)
+    sanity: dict[str, bool | None] = field(default_factory=dict)
     sanity_details: dict[str, str] = field(default_factory=dict)
     examples: dict[str, torch.Tensor] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    run: dict = field(default_factory=dict)
+    specs: list[AttackSpec] = field(default_factory=list, repr=False)
 
-    def accuracy(self, key: tuple[str, float] | None = None) -> tuple[float, float, int]:
-        """(accuracy, standard error, n) for clean (``key=None``) or one (attack, ε)."""
-        vals = list(self.clean.values()) if key is None else list(self.robust[key].values())
-        n = len(vals)
-        p = sum(vals) / n if n else float("nan")
-        return p, math.sqrt(p * (1 - p) / n) if n else float("nan"), n
+    def _table(self, key: tuple[str, float] | None, attempts: int) -> dict[int, bool]:
+        if attempts > 1:
+            return (self.clean_all or self.clean) if key is None else self.robust_all.get(key, self.robust[key])
+        return self.clean if key is None else self.robust[key]
 
-    def worst_case(self) -> dict[tuple[str, float], tuple[float, float, int]]:
-        """Per threat model and ε: a sample is robust only if every attack of that threat at that ε failed."""
+    def accuracy(self, key: tuple[str, float] | None = None, *, attempts: int = 1) -> tuple[float, float, int]:
+        """(accuracy, standard error, n) for clean (``key=None``) or one (attack, ε); ``attempts > 1``: N-attempt."""
+        return _summary(list(self._table(key, attempts).values()))
+
+    def interval(self, key: tuple[str, float] | None = None, *, attempts: int = 1) -> tuple[float, float]:
+        """95 % Wilson interval of :meth:`accuracy`."""
+        vals = list(self._table(key, attempts).values())
+        return wilson_interval(sum(vals), len(vals))
+
+    def worst_case_samples(self, *, attempts: int = 1) -> dict[tuple[str, float], list[bool]]:
+        """Per threat model and ε, per sample: robust only if every attack of that threat at that ε failed."""
         out = {}
         for threat in sorted(set(self.threats.values())):
-            eps_set = sorted({e for (a, e) in self.robust if self.threats[a] == threat})
-            for eps in eps_set:
+            for eps in sorted({e for (a, e) in self.robust if self.threats[a] == threat}):
                 keys = [k for k in self.robust if self.threats[k[0]] == threat and k[1] == eps]
-                vals = [all(self.robust[k][i] for k in keys) for i in self.indices]
-                p = sum(vals) / len(vals)
-                out[(threat, eps)] = (p, math.sqrt(p * (1 - p) / len(vals)), len(vals))
+                out[(threat, eps)] = [all(self._table(k, attempts)[i] for k in keys) for i in self.indices]
+        return out
+
+    def worst_case(self, *, attempts: int = 1) -> dict[tuple[str, float], tuple[float, float, int]]:
+        """Per threat model and ε: (accuracy, SE, n) of the per-sample worst case."""
+        return {k: _summary(v) for k, v in self.worst_case_samples(attempts=attempts).items()}
+
+    def _entry(self, vals: list[bool]) -> dict:
+        p, se, n = _summary(vals)
+        return {"accuracy": p, "stderr": se, "n": n, "ci95": list(wilson_interval(sum(vals), n))}
+
+    def robustbench(self, dataset: str | None = None) -> list[dict]:
+        """RobustBench-style entries, one per ℓ∞/ℓ2 threat model and ε: ``clean_acc``, ``autoattack_acc``
+        (when an AutoAttack ran there), the worst case as ``robust_acc``, ``eps`` as a string,
+        ``threat_model``, ``dataset``, ``number_forward_passes``."""
+        out = []
+        for (threat, eps), vals in self.worst_case_samples().items():
+            if threat not in ("linf", "l2"):
+                continue
+            aa = [k for k in self.robust if k[1] == eps and self.threats[k[0]] == threat and "autoattack" in k[0]]
+            entry = {"threat_model": {"linf": "Linf", "l2": "L2"}[threat], "eps": f"{eps:g}",
+                     "dataset": dataset or self.run.get("data", {}).get("dataset"), "clean_acc": self.accuracy()[0],
+                     "robust_acc": sum(vals) / len(vals), "number_forward_passes": 1}
+            if aa:
+                entry["autoattack_acc"] = min(self.accuracy(k)[0] for k in aa)
+            out.append(entry)
         return out
 
     def to_dict(self) -> dict:
-        """The evaluation as JSON-ready numbers: clean, per attack and ε, worst cases, sanity, notes, timings."""
-        acc, se, n = self.accuracy()
-        return {
-            "n": n,
-            "clean": {"accuracy": acc, "stderr": se},
-            "robust": {f"{a}@{e:g}": dict(zip(("accuracy", "stderr", "n"), self.accuracy((a, e))))
-                       for (a, e) in sorted(self.robust)},
-            "worst_case": {f"{t}@{e:g}": dict(zip(("accuracy", "stderr", "n"), v))
-                           for (t, e), v in self.worst_case().items()},
-            "sanity": self.sanity,
-            "sanity_details": self.sanity_details,
-            "notes": self.notes,
-            "attack_seconds": {k: round(v, 2) for k, v in self.seconds.items()},
-        }
+        """The evaluation as JSON-ready numbers: clean, per attack and ε, worst cases (one attempt and N
+        attempts), RobustBench fields, sanity verdicts, notes, timings and the run's fingerprint."""
+        d = {"n": len(self.indices), "attempts": self.attempts, "clean": self._entry(list(self.clean.values())),
+             "robust": {f"{a}@{e:g}": self._entry(list(self.robust[(a, e)].values())) for (a, e) in sorted(self.robust)},
+             "worst_case": {f"{t}@{e:g}": self._entry(v) for (t, e), v in self.worst_case_samples().items()},
+             "sanity": self.sanity, "sanity_details": self.sanity_details, "notes": self.notes,
+             "attack_seconds": {k: round(v, 2) for k, v in self.seconds.items()}, "run": self.run}
+        if self.attempts > 1:
+            d["n_attempts"] = {
+                "clean": self._entry(list((self.clean_all or self.clean).values())),
+                "robust": {f"{a}@{e:g}": self._entry(list(self._table((a, e), self.attempts).values()))
+                           for (a, e) in sorted(self.robust)},
+                "worst_case": {f"{t}@{e:g}": self._entry(v)
+                               for (t, e), v in self.worst_case_samples(attempts=self.attempts).items()}}
+        entries = self.robustbench()
+        d["robustbench"] = entries
+        if entries:  # the first ℓ∞ (else ℓ2) entry at its largest ε, as RobustBench's top-level fields
+            main = max(entries, key=lambda e: (e["threat_model"] == "Linf", float(e["eps"])))
+            d.update({k: main[k] for k in ("clean_acc", "eps", "threat_model", "dataset", "number_forward_passes")})
+            if "autoattack_acc" in main:
+                d["autoattack_acc"] = main["autoattack_acc"]
+        return d
+
+    @classmethod
+    def from_records(cls, records: list[dict], indices: Sequence[int], jobs: Sequence[tuple[str, float]], *,
+                     attempts: int = 1) -> "Evaluation":
+        """Build the evaluation of ``indices`` under ``jobs`` ((attack, ε) pairs) from records; a missing record
+        is an :class:`~manifold_defense.eval.records.IncompleteEvaluation`, never a robust sample."""
+        gaps = coverage_gaps(records, indices, jobs)
+        if gaps:
+            raise IncompleteEvaluation(gaps)
+        want = set(indices)
+        clean, clean_all, broken, broken_any = {}, {}, {}, {}
+        threats, iterative, seconds, notes = {}, {}, {}, {}
+        wanted_jobs = {(a, float(e)) for a, e in jobs}
+        for r in records:
+            rows = [(i, k) for k, i in enumerate(r["indices"]) if i in want]
+            if r["kind"] == "clean":
+                clean.update((i, bool(r["correct"][k])) for i, k in rows)
+                clean_all.update((i, bool(r.get("correct_all", r["correct"])[k])) for i, k in rows)
+                continue
+            key = (r["attack"], float(r["epsilon"]))
+            if key not in wanted_jobs:
+                continue
+            broken.setdefault(key, {}).update((i, bool(r["broken"][k])) for i, k in rows)
+            broken_any.setdefault(key, {}).update((i, bool(r.get("broken_any", r["broken"])[k])) for i, k in rows)
+            threats[r["attack"]], iterative[r["attack"]] = r["threat"], r.get("iterative", True)
+            label = f"{r['attack']}@{float(r['epsilon']):g}"
+            seconds[label] = seconds.get(label, 0.0) + float(r.get("seconds", 0.0))
+            if r.get("note"):
+                notes[r["attack"]] = r["note"]
+        idx = sorted(want)
+        robust = {k: {i: clean[i] and not v[i] for i in idx} for k, v in broken.items()}
+        robust_all = {k: {i: clean_all[i] and not v[i] for i in idx} for k, v in broken_any.items()}
+        return cls(indices=idx, clean={i: clean[i] for i in idx}, robust=robust, threats=threats, iterative=iterative,
+                   attempts=attempts, clean_all={i: clean_all[i] for i in idx}, robust_all=robust_all,
+                   notes=notes, seconds=seconds)
 
 
-def _done_keys(path: Path, *, repair: bool = False) -> tuple[set, list[dict]]:
-    records: list[dict] = []
-    torn = False
-    if path.is_file():
-        with open(path) as f:
-            for line in f:
-                line = line.strip()
-                if line:
-                    try:
-                        records.append(json.loads(line))
-                    except json.JSONDecodeError:
-                        torn = True  # a torn last line from an interrupted write: everything before it is kept
-                        break
-    if torn and repair:  # drop the fragment (atomically) so new records start on a line of their own
-        tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-        os.replace(tmp, path)
-    return {(r["kind"], r.get("attack"), r.get("epsilon"), r["start"]) for r in records}, records
+def _world() -> tuple[int, int]:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
 
 
-def _append(path: Path | None, record: dict) -> None:
-    if path is None:
-        return
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+def _predictions(model: nn.Module, x: torch.Tensor, attempts: int) -> torch.Tensor:
+    """``(attempts, N)`` predicted labels from fresh forward passes (a randomised model draws anew each time)."""
+    with torch.no_grad():
+        return torch.stack([model(x).argmax(1) for _ in range(attempts)])
 
 
 def evaluate(
@@ -134,14 +221,20 @@ def evaluate(
     stop: int | None = None,
     progress: bool = True,
     examples: int = 8,
+    attempts: int = 1,
+    dataset: str | None = None,
 ) -> Evaluation:
     """Run every attack at every ε on samples ``start … stop`` of ``(x, y)``, batch by batch.
 
-    With ``out_dir`` each finished (batch, attack, ε) is appended to ``out_dir/records.jsonl``; a rerun
-    skips what is already there. Sample indices are global, so shards merge without renumbering.
-    The first ``examples`` images of the first batch are kept (clean, and adversarial at each attack's
-    largest ε; with their projections when the model has ``project``) for the report's image grid.
-    Attacks that craft on a surrogate projection say which in ``notes``.
+    Batches are ``[b, b + batch_size)`` for ``b`` a multiple of ``batch_size``, so a shard attacks exactly
+    the batches an unsharded run does (``start`` must be such a multiple). With ``out_dir`` each finished
+    (batch, attack, ε) is appended to the record store there; a rerun skips what is recorded, and a folder
+    of another run is refused (see :mod:`manifold_defense.eval.records`). ``attempts`` > 1 scores every
+    clean and adversarial input that many times (a sample of a randomised defense is broken in N attempts if
+    any draw misclassifies it); both numbers are reported. Under ``torchrun`` (``out_dir`` required) rank
+    ``r`` attacks every ``world``-th batch into ``out_dir/shard-r-of-W`` and every rank returns the evaluation
+    of all shards, checked for complete coverage. The first ``examples`` images of the first batch are kept
+    for the report's image grid.
     """
     check_images(x, getattr(model, "input_shape", None))
     check_labels(y, len(x), getattr(model, "num_classes", None))
@@ -153,211 +246,86 @@ def evaluate(
     for a in attacks:
         if not a.epsilons or min(a.epsilons) < 0:
             raise InputError(f"attack {a.name} needs non-negative epsilons, got {list(a.epsilons)}")
+    if attempts < 1:
+        raise InputError(f"attempts must be >= 1, got {attempts}")
+    if batch_size < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
     stop = len(x) if stop is None else min(stop, len(x))
     if not 0 <= start < stop:
         raise InputError(f"empty index range [{start}, {stop}) for {len(x)} samples")
-    path = None
-    done: set = set()
-    if out_dir is not None:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        path = Path(out_dir) / "records.jsonl"
-        done, _ = _done_keys(path, repair=True)
+    if start % batch_size:
+        raise InputError(f"start ({start}) must be a multiple of batch_size ({batch_size}): a shard must attack the "
+                         "same batches as an unsharded run")
+    world, rank = _world()
+    if world > 1 and out_dir is None:
+        raise InputError("a distributed evaluation needs out_dir (each rank writes its shard there)")
+    run = {"model": model_fingerprint(model), "data": {"digest": tensor_digest(x, y), "n": len(x), "dataset": dataset},
+           "batch_size": batch_size, "attempts": attempts}
+    folder = None if out_dir is None else Path(out_dir) / (f"shard-{rank}-of-{world}" if world > 1 else "")
+    store = RecordStore(folder, run) if folder is not None else None
+    fingerprints = {s.name: attack_fingerprint(s) for s in attacks}
+    if store is not None:
+        for s in attacks:
+            store.check_attack(s.name, fingerprints[s.name])
     device = next(model.parameters()).device
     model.eval()
-    jobs = [(a, float(e)) for a in attacks for e in a.epsilons]
-    bar = tqdm(total=(stop - start + batch_size - 1) // batch_size * (1 + len(jobs)), desc="evaluate",
-               disable=not progress)
+    batches = [b for b in range(start, stop, batch_size) if (b // batch_size) % world == rank]
     fresh: list[dict] = []
     shown: dict[str, torch.Tensor] = {}
-    notes: dict[str, str] = {}
     project = getattr(model, "project", None)
 
-    def keep_examples(name: str, imgs: torch.Tensor) -> None:
-        if examples <= 0:
-            return
-        shown[name] = imgs[:examples].detach().cpu()
-        if callable(project):
-            shown[f"{name} → projected"] = project(imgs[:examples]).x.detach().cpu()
+    def done(kind: str, attack: str | None, eps: float | None, b: int) -> bool:
+        return store.has(kind, attack, eps, b) if store is not None else False
 
     def record(r: dict) -> None:
-        _append(path, r)
-        fresh.append(r)
-        done.add((r["kind"], r.get("attack"), r.get("epsilon"), r["start"]))
+        (store.append if store is not None else fresh.append)(r)
 
-    for b0 in range(start, stop, batch_size):
+    def keep_examples(name: str, imgs: torch.Tensor) -> None:
+        if examples > 0:
+            shown[name] = imgs[:examples].detach().cpu()
+            if callable(project):
+                shown[f"{name} → projected"] = project(imgs[:examples]).x.detach().cpu()
+
+    bar = tqdm(total=len(batches) * (1 + len(attacks)), desc="evaluate", disable=not progress)
+    for b0 in batches:
         b1 = min(b0 + batch_size, stop)
         xb, yb = x[b0:b1].to(device), y[b0:b1].to(device)
         idx = list(range(b0, b1))
-        if ("clean", None, None, b0) not in done:
-            with torch.no_grad():
-                correct = (model(xb).argmax(1) == yb).cpu().tolist()
-            record({"kind": "clean", "start": b0, "indices": idx, "correct": correct})
-            if b0 == start:
-                keep_examples("clean", xb)
+        if not done("clean", None, None, b0):
+            preds = _predictions(model, xb, attempts)
+            record({"kind": "clean", "start": b0, "indices": idx, "correct": (preds[0] == yb).cpu().tolist(),
+                    "correct_all": (preds == yb).all(0).cpu().tolist()})
+        if b0 == start:
+            keep_examples("clean", xb)
         bar.update(1)
-        for spec, eps in jobs:
-            if ("attack", spec.name, eps, b0) not in done:
+        for spec in attacks:
+            todo = [float(e) for e in spec.epsilons if not done("attack", spec.name, float(e), b0)]
+            if todo:
                 t0 = time.perf_counter()
-                res = spec.attack(model, xb, yb, epsilon=eps)
-                record({"kind": "attack", "attack": spec.name, "epsilon": eps, "threat": spec.threat,
-                        "iterative": spec.iterative, "start": b0, "indices": idx,
-                        "broken": res.success.tolist(), "max_norm": float(res.norms.max()),
-                        "seconds": time.perf_counter() - t0})
-                if b0 == start and eps == max(spec.epsilons):
-                    keep_examples(f"{spec.name} ε={eps:g}", res.adversarial)
-                desc = getattr(spec.attack, "surrogate_description", "")
-                if desc:
-                    notes[spec.name] = f"crafted on {desc}"
+                results = spec.attack.sweep(model, xb, yb, todo)
+                seconds = (time.perf_counter() - t0) / len(todo)
+                note = getattr(spec.attack, "surrogate_description", "")
+                for eps, res in results.items():
+                    broken = res.success.to(device)
+                    if attempts > 1:
+                        broken = broken | (_predictions(model, res.adversarial, attempts - 1) != yb).any(0)
+                    record(attack_record(spec, fingerprints[spec.name], eps, b0, idx, broken=res.success.tolist(),
+                                         broken_any=broken.cpu().tolist(), max_norm=float(res.norms.max()),
+                                         seconds=seconds, note=f"crafted on {note}" if note else ""))
+                    if b0 == start and eps == max(spec.epsilons):
+                        keep_examples(f"{spec.name} ε={eps:g}", res.adversarial)
             bar.update(1)
     bar.close()
-    records = _done_keys(path)[1] if path is not None else fresh
-    ev = _from_records(records, start, stop)
-    ev.examples, ev.notes = shown, notes
+    if world > 1:
+        torch.distributed.barrier()
+        records = []
+        for r in range(world):
+            shard = Path(out_dir) / f"shard-{r}-of-{world}"
+            RecordStore(shard, run)  # the same run in every shard, or a RecordError
+            records += read_records(shard / "records.jsonl")
+    else:
+        records = store.records if store is not None else fresh
+    jobs = [(s.name, float(e)) for s in attacks for e in s.epsilons]
+    ev = Evaluation.from_records(records, range(start, stop), jobs, attempts=attempts)
+    ev.examples, ev.run, ev.specs = shown, run, list(attacks)
     return ev
-
-
-def _from_records(records: list[dict], start: int = 0, stop: int | None = None) -> Evaluation:
-    clean: dict[int, bool] = {}
-    broken: dict[tuple[str, float], dict[int, bool]] = {}
-    threats: dict[str, str] = {}
-    iterative: dict[str, bool] = {}
-    seconds: dict[str, float] = {}
-    for r in records:
-        if r["kind"] == "clean":
-            clean.update(zip(r["indices"], map(bool, r["correct"])))
-        else:
-            broken.setdefault((r["attack"], float(r["epsilon"])), {}).update(zip(r["indices"], map(bool, r["broken"])))
-            threats[r["attack"]] = r["threat"]
-            iterative[r["attack"]] = r.get("iterative", True)
-            key = f"{r['attack']}@{float(r['epsilon']):g}"
-            seconds[key] = seconds.get(key, 0.0) + float(r.get("seconds", 0.0))
-    indices = sorted(i for i in clean if i >= start and (stop is None or i < stop))
-    robust = {k: {i: clean[i] and not v.get(i, False) for i in indices} for k, v in broken.items()}
-    return Evaluation(indices=indices, clean={i: clean[i] for i in indices}, robust=robust, threats=threats,
-                      iterative=iterative, seconds=seconds)
-
-
-def merge_records(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> Evaluation:
-    """Concatenate shards' ``records.jsonl`` files into ``out`` and return the merged evaluation."""
-    records: list[dict] = []
-    for p in paths:
-        records += _done_keys(Path(p))[1]
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
-    return _from_records(records)
-
-
-def sanity_checks(ev: Evaluation, model: nn.Module | None = None, x: torch.Tensor | None = None,
-                  y: torch.Tensor | None = None, *, subset: int = 32, tol: float | None = None,
-                  decision_subset: int = 16, decision_attack: Attack | None = None) -> Evaluation:
-    """Fill ``ev.sanity`` with pass/fail per check; a failure is reported, never hidden.
-
-    - ``monotone_in_epsilon``: robust accuracy non-increasing in ε, per attack (tolerance one sample).
-    - ``iterative_beats_single_step``: per threat and ε, the best iterative attack is no weaker than
-      every single-step one.
-    - ``large_epsilon_breaks_all`` (needs ``model``, ``x``, ``y``): L∞ PGD at ε = 1 leaves ≤ 5%.
-    - ``gradients_not_vanishing`` (needs the model): mean |∇ₓ CE| at the inputs is not ~0.
-    - ``decision_based_not_stronger`` (needs the model; ``decision_subset`` > 0): HopSkipJump (labels
-      only, immune to gradient masking) on the first ``decision_subset`` evaluated samples, at the
-      largest ε of the ℓ2 (else ℓ∞) threat, breaks no more samples than the white-box worst case
-      did on the same samples (tolerance one sample).
-    """
-    n = len(ev.indices)
-    tol = 1.0 / max(n, 1) if tol is None else tol
-    by_attack: dict[str, list[tuple[float, float]]] = {}
-    for (a, e) in ev.robust:
-        by_attack.setdefault(a, []).append((e, ev.accuracy((a, e))[0]))
-    bad = [a for a, pts in by_attack.items()
-           if any(p2 > p1 + tol for (_, p1), (_, p2) in zip(sorted(pts), sorted(pts)[1:]))]
-    ev.sanity["monotone_in_epsilon"] = not bad
-    ev.sanity_details["monotone_in_epsilon"] = f"violations: {bad}" if bad else "ok"
-    viol = []
-    for (a, e) in ev.robust:
-        if ev.iterative.get(a, True):
-            continue
-        rivals = [ev.accuracy((b, e2))[0] for (b, e2) in ev.robust
-                  if e2 == e and ev.iterative.get(b, True) and ev.threats[b] == ev.threats[a]]
-        if rivals and min(rivals) > ev.accuracy((a, e))[0] + tol:
-            viol.append(f"{a}@{e:g}")
-    ev.sanity["iterative_beats_single_step"] = not viol
-    ev.sanity_details["iterative_beats_single_step"] = f"single-step stronger at {viol}" if viol else "ok"
-    if model is not None and x is not None and y is not None:
-        xs, ys = x[:subset], y[:subset]
-        big = LinfPGD(steps=20, rel_stepsize=0.1)(model, xs, ys, epsilon=1.0).robust_accuracy
-        ev.sanity["large_epsilon_breaks_all"] = big <= 0.05
-        ev.sanity_details["large_epsilon_breaks_all"] = f"L-inf PGD eps=1 leaves {big:.1%} of {len(xs)}"
-        device = next(model.parameters()).device
-        xg = xs.to(device).clone().requires_grad_(True)
-        with torch.enable_grad():
-            (g,) = torch.autograd.grad(F.cross_entropy(model(xg), ys.to(device)), xg)
-        mag = float(g.abs().mean())
-        ev.sanity["gradients_not_vanishing"] = mag > 1e-8
-        ev.sanity_details["gradients_not_vanishing"] = f"mean |grad| = {mag:.3g}"
-        worst = ev.worst_case()
-        threat = next((t for t in ("l2", "linf") if any(k[0] == t for k in worst)), None)
-        if decision_subset > 0 and threat is not None:
-            eps = max(e for (t, e) in worst if t == threat)
-            idx = ev.indices[:decision_subset]
-            attack = decision_attack or HopSkipJump(norm=threat)
-            res = attack(model, x[idx].to(device), y[idx].to(device), epsilon=eps)
-            hsj_robust = [ev.clean[i] and not bool(b) for i, b in zip(idx, res.success.tolist())]
-            keys = [k for k in ev.robust if ev.threats[k[0]] == threat and k[1] == eps]
-            wb_robust = [all(ev.robust[k][i] for k in keys) for i in idx]
-            a_hsj, a_wb = sum(hsj_robust) / len(idx), sum(wb_robust) / len(idx)
-            ev.sanity["decision_based_not_stronger"] = a_hsj >= a_wb - 1.0 / len(idx) - 1e-12
-            ev.sanity_details["decision_based_not_stronger"] = (
-                f"{type(attack).__name__} {threat} eps={eps:g} on {len(idx)} samples: robust accuracy {a_hsj:.1%} vs "
-                f"white-box worst case {a_wb:.1%}")
-    return ev
-
-
-def write_report(ev: Evaluation, out_dir: str | os.PathLike, *, title: str = "robustness") -> dict[str, Path]:
-    """``report.json``, ``report.md`` (a table with ± 1.96·SE), ``accuracy_vs_epsilon.png`` and, when the
-    evaluation kept examples, ``examples.png`` (clean / adversarial / projected images)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    d = ev.to_dict()
-    (out / "report.json").write_text(json.dumps(d, indent=2))
-    lines = [f"# {title}", "", f"n = {d['n']}; accuracy ± 1.96·SE", "", "| attack | ε | accuracy |",
-             "|---|---|---|", f"| clean | – | {d['clean']['accuracy']:.3f} ± {1.96 * d['clean']['stderr']:.3f} |"]
-    for (a, e) in sorted(ev.robust):
-        p, se, _ = ev.accuracy((a, e))
-        lines.append(f"| {a} | {e:g} | {p:.3f} ± {1.96 * se:.3f} |")
-    for (t, e), (p, se, _) in ev.worst_case().items():
-        lines.append(f"| **worst {t}** | {e:g} | **{p:.3f} ± {1.96 * se:.3f}** |")
-    lines += ["", "## Sanity checks", ""]
-    lines += [f"- {'PASS' if ok else '**FAIL**'} {k}: {ev.sanity_details.get(k, '')}" for k, ok in ev.sanity.items()]
-    if ev.notes:
-        lines += ["", "## Which projection was attacked", ""]
-        lines += [f"- {a}: {note}" for a, note in sorted(ev.notes.items())]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for a in sorted({k[0] for k in ev.robust}):
-        eps = sorted(e for (b, e) in ev.robust if b == a)
-        acc = [ev.accuracy((a, e)) for e in eps]
-        ax.errorbar(eps, [p for p, _, _ in acc], yerr=[1.96 * s for _, s, _ in acc], marker="o", ms=3, capsize=2,
-                    label=f"{a} ({ev.threats[a]})")
-    ax.set_xlabel("ε")
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "accuracy_vs_epsilon.png", dpi=120)
-    plt.close(fig)
-    paths = {"json": out / "report.json", "markdown": out / "report.md", "plot": out / "accuracy_vs_epsilon.png"}
-    if ev.examples:
-        from manifold_defense.viz import save_image_grid
-
-        names = list(ev.examples)
-        paths["examples"] = save_image_grid([ev.examples[k] for k in names], out / "examples.png", row_labels=names,
-                                            title=title)
-    return paths

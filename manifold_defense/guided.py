@@ -30,6 +30,7 @@ from manifold_defense.defended import ProjectionConfig
 from manifold_defense.inversion import ball_projection, csgm, descend, ilo
 from manifold_defense.inversion.result import check_generator
 from manifold_defense.protocols import Splittable
+from manifold_defense.utils import state_digest
 from manifold_defense.validation import InputError, check_images
 
 __all__ = ["GuidedResult", "guided_generate", "guided_metrics", "METHODS"]
@@ -254,7 +255,7 @@ def guided_generate(
         prob = classifier(images).softmax(1).gather(1, t[:, None]).squeeze(1)
     trace = torch.stack(rec.trace) if rec.trace else torch.zeros(0, n)
     fr = torch.stack(rec.frames + [images]) if frames > 0 else torch.zeros(0, n, *shape)
-    info.update({"steps": steps, "reference_weight": reference_weight})
+    info.update({"steps": steps, "reference_weight": reference_weight, "guide_digest": state_digest(classifier)})
     return GuidedResult(images=images, start=start.detach(), start_range=begin.detach(), target=t,
                         target_probability=prob, trace=trace, frames=fr, generator_evals=evals, method=method,
                         info=info)
@@ -275,6 +276,9 @@ def guided_metrics(result: GuidedResult, judge: nn.Module, generator: nn.Module,
     ``‖G(ẑ) − x‖²/n`` of the result's projection onto ``generator`` (how far it left the range);
     ``target_probability``: under the guiding classifier. Also the raw per-pair values.
     """
+    if "guide_digest" in result.info and state_digest(judge) == result.info["guide_digest"]:
+        raise InputError("the judge is the guiding classifier (same weights): its verdict would not be independent; "
+                         "judge with a classifier trained separately")
     x = result.images
     with torch.no_grad():
         ok = (judge(x).argmax(1) == result.target).double()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 from typing import Callable, Iterator
@@ -9,7 +10,8 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-__all__ = ["seed_everything", "resolve_device", "minibatches", "batched_apply", "rows_at_least", "content_keys", "keyed_normal"]
+__all__ = ["seed_everything", "resolve_device", "minibatches", "batched_apply", "rows_at_least", "content_keys", "keyed_normal", "tensor_digest",
+           "state_digest"]
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -98,3 +100,22 @@ def keyed_normal(keys: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype 
     r = torch.sqrt(-2 * torch.log(u1))
     normal = torch.cat([r * torch.cos(2 * math.pi * u2), r * torch.sin(2 * math.pi * u2)], 1)[:, :count]
     return normal.to(dtype).reshape(len(keys), *shape)
+
+
+def tensor_digest(*tensors: torch.Tensor) -> str:
+    """sha256 of tensors' dtypes, shapes and bytes (CPU copies)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def state_digest(module: torch.nn.Module) -> str:
+    """sha256 of a module's state dict (names, dtypes, shapes and values)."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor_digest(t).encode())
+    return h.hexdigest()

@@ -81,6 +81,12 @@ class TestSeeding:
 
 
 class TestException:
+    def test_the_judge_is_never_the_guide(self, digits_vae, robust_digits, pairs):
+        x, _, t = pairs
+        res = guided_generate(digits_vae, robust_digits, t[:2], x[:2], method="latent", steps=5)
+        with pytest.raises(InputError, match="not be independent"):
+            guided_metrics(res, robust_digits, digits_vae)
+
     def test_exception(self, digits_vae, robust_digits, pairs):
         x, _, t = pairs
         with pytest.raises(InputError, match=r"target classes must be in \[0, 10\)"):

@@ -37,6 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run a command; a user's mistake prints one line on stderr and returns 2."""
     from manifold_defense.checkpoint import CheckpointError
     from manifold_defense.data import DataNotFoundError
+    from manifold_defense.eval.records import IncompleteEvaluation
     from manifold_defense.validation import InputError
 
     try:
@@ -45,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     try:
         return int(args.run(args) or 0)
-    except (InputError, CheckpointError, DataNotFoundError) as exc:
+    except (InputError, CheckpointError, DataNotFoundError, IncompleteEvaluation) as exc:
         print(f"manifold-defense: error: {exc}", file=sys.stderr)
         return 2
 

@@ -41,14 +41,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="repeatable, e.g. --attack pgd_linf:0.1,0.3 --attack latent_reparam_l2:3.8 (default: "
                         "fgsm_transfer:0.3, pgd_linf:0.3, pgd_l2:3.8, and with a generator latent_reparam_l2:3.8, "
                         "on_manifold:1.5)")
-    p.add_argument("--n", type=positive_int, default=100, help="first N test images")
+    p.add_argument("--n", "--num-images", dest="n", type=positive_int, default=100,
+                   help="first N test images (write --num-images under torchrun, whose own options start with --n)")
     p.add_argument("--start", type=non_negative_int, default=0, help="shard: first index")
     p.add_argument("--stop", type=positive_int, default=None, help="shard: one past the last index (default: N)")
     p.add_argument("--batch-size", type=positive_int, default=100, help="images per attack batch")
     p.add_argument("--dataset", choices=["digits", "mnist", "cifar10"], default=None,
                    help="test set (default: from the classifier's input shape)")
     p.add_argument("--data-path", default=None, help="MNIST file or folder (default: $MANIFOLD_DEFENSE_DATA)")
-    p.add_argument("--quick", action="store_true", help="small attack budgets (smoke runs, not publishable)")
+    p.add_argument("--budget", choices=["quick", "default", "full"], default=None,
+                   help="attack budgets: quick (smoke runs, not publishable), default, full (AutoAttack's published "
+                        "100 iterations, EOT 20; slow) (default: default)")
+    p.add_argument("--quick", action="store_true", help="the same as --budget quick")
+    p.add_argument("--attempts", type=positive_int, default=1,
+                   help="score every input this many times: a randomised defense's N-attempt robust accuracy")
     p.add_argument("--decision-subset", type=non_negative_int, default=16,
                    help="samples for the HopSkipJump sanity check (0: skip it)")
     p.add_argument("--out", default="manifold-defense-eval", help="output folder (records, reports, plots)")
@@ -64,7 +70,11 @@ def run(args: argparse.Namespace) -> int:
     from manifold_defense.eval import AttackBudget, build_attack, evaluate, parse_attack, sanity_checks, write_report
     from manifold_defense.validation import InputError
 
+    from manifold_defense.distributed import init_from_environment, shutdown
+
     t0 = time.perf_counter()
+    if args.quick and args.budget not in (None, "quick"):
+        raise InputError(f"--quick contradicts --budget {args.budget}")
     device = check_device(args.device)
     out = check_output_dir(args.out)
     attacks = [parse_attack(text) for text in args.attack] if args.attack else None
@@ -91,15 +101,23 @@ def run(args: argparse.Namespace) -> int:
             cfg = dataclasses.replace(cfg, dead_zone=args.dead_zone)
         model = DefendedModel(clf, gen, cfg).eval()
     surrogate = ProjectionConfig.preset(args.surrogate, gen) if args.surrogate else None
-    budget = AttackBudget.quick() if args.quick else AttackBudget()
+    budget_name = "quick" if args.quick else args.budget or "default"
+    budget = AttackBudget.named(budget_name)
     specs = [build_attack(name, eps, classifier=clf, generator=gen, surrogate=surrogate, budget=budget)
              for name, eps in attacks]
-    print(f"evaluate: {args.classifier} behind projection '{args.projection}' on {len(x)} {dataset} test images; "
-          f"records in {out / 'records.jsonl'} (a rerun resumes)")
-    ev = evaluate(model, x, y, specs, batch_size=args.batch_size, out_dir=out, start=args.start, stop=args.stop,
-                  progress=not args.quiet)
-    sanity_checks(ev, model, x, y, decision_subset=args.decision_subset)
-    paths = write_report(ev, out, title=f"{args.classifier} / {args.projection} projection")
-    print((out / "report.md").read_text())
-    print(f"wrote {', '.join(str(p) for p in paths.values())} ({time.perf_counter() - t0:.0f} s)")
+    world, rank, _ = init_from_environment(str(device))  # torchrun: every rank attacks its share of the batches
+    try:
+        if rank == 0:
+            print(f"evaluate: {args.classifier} behind projection '{args.projection}' on {len(x)} {dataset} test "
+                  f"images, {budget_name} budget{f', {world} processes' if world > 1 else ''}; records in {out} (a rerun "
+                  "resumes; another configuration is refused)")
+        ev = evaluate(model, x, y, specs, batch_size=args.batch_size, out_dir=out, start=args.start, stop=args.stop,
+                      progress=not args.quiet and rank == 0, attempts=args.attempts, dataset=dataset)
+        if rank == 0:
+            sanity_checks(ev, model, x, y, decision_subset=args.decision_subset)
+            paths = write_report(ev, out, title=f"{args.classifier} / {args.projection} projection")
+            print((out / "report.md").read_text())
+            print(f"wrote {', '.join(str(p) for p in paths.values())} ({time.perf_counter() - t0:.0f} s)")
+    finally:
+        shutdown()
     return 0

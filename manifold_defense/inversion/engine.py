@@ -380,9 +380,11 @@ def _loop(var, decode, data, penalties, *, steps, lr, rule, schedule, project, n
         if progress and step % 20 == 0:
             bar.set_postfix(active=int(active.numel()), loss=f"{float(best[best.isfinite()].mean()):.4g}")
 
-    if keep == "last":
+    if keep == "last":  # the final iterate; rows that met ``until`` keep the iterate that met it
         nan = torch.full((B,), math.nan, device=device, dtype=dtype)
-        return Descent(var, nan, nan.clone(), history, evals, diverged, stopped_at, reached_rows)
+        shape_b = (-1, *([1] * (var.dim() - 1)))
+        last = torch.where(reached_rows.view(shape_b), best_var, var) if until is not None else var
+        return Descent(last, nan, nan.clone(), history, evals, diverged, stopped_at, reached_rows)
     # Score the last iterate of rows that ran to the end: it may beat the best seen so far.
     if active.numel() > 0 and steps > 0:
         with no_grad():

@@ -5,14 +5,14 @@ import json
 import pytest
 
 from manifold_defense.attacks import FGSM, L2PGD, LinfPGD
-from manifold_defense.eval import AttackSpec, evaluate, merge_records, sanity_checks, write_report
+from manifold_defense.eval import AttackSpec, Evaluation, evaluate, merge_records, sanity_checks, write_report
 from manifold_defense.validation import InputError
 
 
 def _specs():
     return [AttackSpec("fgsm", FGSM(), [0.05, 0.1], "linf", iterative=False),
-            AttackSpec("pgd_linf", LinfPGD(steps=10), [0.05, 0.1], "linf"),
-            AttackSpec("pgd_l2", L2PGD(steps=10, rel_stepsize=0.2), [0.5], "l2")]
+            AttackSpec("pgd_linf", LinfPGD(steps=40, restarts=4), [0.05, 0.1], "linf"),
+            AttackSpec("pgd_l2", L2PGD(steps=20, rel_stepsize=0.2), [0.5], "l2")]
 
 
 class TestSmoke:
@@ -46,7 +46,7 @@ class TestSanityChecks:
         ev = evaluate(masked, x, y, [AttackSpec("pgd_l2", L2PGD(steps=5, random_start=False), [3.0], "l2")],
                       batch_size=16, out_dir=tmp_path, progress=False, examples=4)
         sanity_checks(ev, masked, x, y, subset=8, decision_subset=8)
-        assert ev.sanity["gradients_not_vanishing"] is False
+        assert ev.sanity["gradients_informative"] is False, ev.sanity_details
         assert ev.sanity["decision_based_not_stronger"] is False, ev.sanity_details
         assert "clean → projected" in ev.examples  # the model has project(): projections are shown too
         assert "**FAIL**" in write_report(ev, tmp_path)["markdown"].read_text()
@@ -82,8 +82,8 @@ class TestShards:
                      progress=False)
         b = evaluate(digits_classifier, x, y, specs, batch_size=16, out_dir=tmp_path / "b", start=16, stop=32,
                      progress=False)
-        merged = merge_records([tmp_path / "a" / "records.jsonl", tmp_path / "b" / "records.jsonl"],
-                               tmp_path / "all.jsonl")
+        records = merge_records([tmp_path / "a", tmp_path / "b"], tmp_path / "all")
+        merged = Evaluation.from_records(records, range(32), [("pgd_linf", 0.05), ("pgd_linf", 0.1)])
         assert merged.indices == list(range(32))
         key = ("pgd_linf", 0.05)
         assert merged.accuracy(key)[0] == pytest.approx((a.accuracy(key)[0] + b.accuracy(key)[0]) / 2)

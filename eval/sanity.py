@@ -1,0 +1,171 @@
+"""Sanity checks of an evaluation (Carlini et al., "On Evaluating Adversarial Robustness", 2019), each able
+to fail, and reported as PASS, FAIL or "could not run: why" — never dropped, never a crash that loses the
+report.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from manifold_defense.attacks.adapters import HopSkipJump
+from manifold_defense.attacks.base import Attack
+from manifold_defense.attacks.pixel import LinfPGD
+from manifold_defense.eval.robustness import AttackSpec, Evaluation
+
+__all__ = ["sanity_checks", "gradient_agreement", "scaled_attack"]
+
+
+def _check(ev: Evaluation, name: str, fn: Callable[[], tuple[bool, str]]) -> None:
+    try:
+        ok, detail = fn()
+    except Exception as exc:  # a check that cannot run is reported, with the reason
+        ev.sanity[name], ev.sanity_details[name] = None, f"could not run: {type(exc).__name__}: {exc}"
+    else:
+        ev.sanity[name], ev.sanity_details[name] = bool(ok), detail
+
+
+def gradient_agreement(model: nn.Module, attacked: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                       directions: int = 32, h: float = 0.05, seed: int = 0) -> torch.Tensor:
+    """Per sample, the correlation between the attack's directional derivatives ``∇ₓ L(model) · u`` and
+    central finite differences of the *attacked* model's loss, ``(L(x + h u) − L(x − h u)) / 2h``, over
+    ``directions`` random unit directions ``u`` (SPSA-like zeroth-order estimates, no gradient of
+    ``attacked`` needed). For random ``u`` this estimates the cosine between the attack's gradient and the
+    true one: ~1 for an exact gradient, ~0 for a useless one (a zero gradient gives 0)."""
+    device = next(attacked.parameters()).device
+    x, y = x.to(device), y.to(device)
+    gen = torch.Generator().manual_seed(seed)
+    n, d = len(x), x[0].numel()
+    u = torch.randn(n, directions, d, generator=gen, dtype=x.dtype).to(device)
+    u = u / u.norm(dim=2, keepdim=True)
+    with torch.enable_grad():
+        xg = x.detach().clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(F.cross_entropy(model(xg), y, reduction="sum"), xg)
+    predicted = torch.einsum("nd,nkd->nk", g.flatten(1), u)
+    xs = x.flatten(1)[:, None, None] + h * torch.stack([u, -u], 2)  # (n, k, 2, d)
+    xs = xs.clamp(0, 1).view(-1, *x.shape[1:])
+    with torch.no_grad():
+        loss = F.cross_entropy(attacked(xs), y.repeat_interleave(2 * directions), reduction="none").view(n, directions, 2)
+    measured = (loss[..., 0] - loss[..., 1]) / (2 * h)
+    pc, mc = predicted - predicted.mean(1, keepdim=True), measured - measured.mean(1, keepdim=True)
+    denom = pc.norm(dim=1) * mc.norm(dim=1)
+    return torch.where(denom > 0, (pc * mc).sum(1) / denom.clamp_min(1e-30), torch.zeros_like(denom))
+
+
+def scaled_attack(attack: Attack, factor: int) -> Attack:
+    """A copy of ``attack`` with ``factor`` × its iterations (``steps``, ``n_iter``, nested attacks' too)."""
+    out = copy.copy(attack)
+    for name, value in vars(attack).items():
+        if name in ("steps", "n_iter") and isinstance(value, int):
+            setattr(out, name, value * factor)
+        elif isinstance(value, Attack):
+            setattr(out, name, scaled_attack(value, factor))
+    return out
+
+
+def sanity_checks(ev: Evaluation, model: nn.Module | None = None, x: torch.Tensor | None = None,
+                  y: torch.Tensor | None = None, *, attacks: Sequence[AttackSpec] | None = None, subset: int = 32,
+                  tol: float | None = None, decision_subset: int = 16, decision_attack: Attack | None = None,
+                  gradient_subset: int = 8, directions: int = 32, convergence_subset: int = 32) -> Evaluation:
+    """Fill ``ev.sanity`` (True / False / None = could not run) and ``ev.sanity_details``.
+
+    - ``monotone_in_epsilon``: robust accuracy non-increasing in ε, per attack (tolerance one sample).
+    - ``iterative_beats_single_step``: per threat and ε, the best iterative attack is no weaker than each
+      single-step one.
+    - with ``model``, ``x``, ``y``: ``large_epsilon_breaks_all`` (ℓ∞ PGD at ε = 1 leaves ≤ 5 %);
+      ``gradients_informative`` (the attacks' gradient — the model's own, BPDA's or the implicit one —
+      agrees with finite differences of the *true* loss of the attacked model, :func:`gradient_agreement`;
+      fails when the mean agreement is below 0.1 or not above zero by 2 SE: a masked or useless gradient);
+      ``attack_converged`` (the strongest white-box attack, at twice its iterations, changes robust accuracy
+      on a subset by at most one point or one sample: Carlini et al.'s "more iterations stop helping");
+      ``decision_based_not_stronger`` (HopSkipJump, labels only, breaks no more samples than the white-box
+      worst case on the same samples, tolerance one sample).
+    """
+    n = len(ev.indices)
+    tol = 1.0 / max(n, 1) if tol is None else tol
+    attacks = list(attacks if attacks is not None else ev.specs)
+
+    def monotone() -> tuple[bool, str]:
+        by_attack: dict[str, list[tuple[float, float]]] = {}
+        for (a, e) in ev.robust:
+            by_attack.setdefault(a, []).append((e, ev.accuracy((a, e))[0]))
+        bad = [a for a, pts in by_attack.items() if any(p2 > p1 + tol for (_, p1), (_, p2) in zip(sorted(pts), sorted(pts)[1:]))]
+        return not bad, f"violations: {bad}" if bad else "ok"
+
+    def iterative() -> tuple[bool, str]:
+        viol = []
+        for (a, e) in ev.robust:
+            if ev.iterative.get(a, True):
+                continue
+            rivals = [ev.accuracy((b, e2))[0] for (b, e2) in ev.robust
+                      if e2 == e and ev.iterative.get(b, True) and ev.threats[b] == ev.threats[a]]
+            if rivals and min(rivals) > ev.accuracy((a, e))[0] + tol:
+                viol.append(f"{a}@{e:g}")
+        return not viol, f"single-step stronger at {viol}" if viol else "ok"
+
+    _check(ev, "monotone_in_epsilon", monotone)
+    _check(ev, "iterative_beats_single_step", iterative)
+    if model is None or x is None or y is None:
+        return ev
+    device = next(model.parameters()).device
+
+    def large_eps() -> tuple[bool, str]:
+        xs, ys = x[:subset], y[:subset]
+        left = LinfPGD(steps=20, rel_stepsize=0.1)(model, xs.to(device), ys.to(device), epsilon=1.0).robust_accuracy
+        return left <= 0.05, f"L-inf PGD eps=1 leaves {left:.1%} of {len(xs)}"
+
+    def informative() -> tuple[bool, str]:
+        from manifold_defense.attacks.adaptive import crafting_model
+
+        idx = ev.indices[:gradient_subset]
+        grad_model = crafting_model(model, gradient=getattr(model, "gradient", "bpda"))
+        corr = gradient_agreement(grad_model, model, x[idx], y[idx], directions=directions)
+        m, se = float(corr.mean()), float(corr.std() / math.sqrt(len(corr))) if len(corr) > 1 else 0.0
+        grad = getattr(model, "gradient", "exact (undefended)")
+        return m >= 0.1 and m > 2 * se, (f"{grad} gradient vs finite differences of the attacked model's loss: "
+                                         f"agreement {m:.2f} ± {se:.2f} (SE) over {len(idx)} samples × {directions} "
+                                         "directions")
+
+    def converged() -> tuple[bool, str]:
+        pool = [s for s in attacks if s.iterative and s.threat in ("linf", "l2")]
+        if not pool:
+            raise ValueError("no iterative ℓ∞/ℓ2 attack was evaluated")
+        spec = min(pool, key=lambda s: ev.accuracy((s.name, float(max(s.epsilons))))[0])
+        eps = float(max(spec.epsilons))
+        idx = ev.indices[:convergence_subset]
+        xs, ys = x[idx].to(device), y[idx].to(device)
+        base = spec.attack(model, xs, ys, epsilon=eps).robust_accuracy
+        double = scaled_attack(spec.attack, 2)(model, xs, ys, epsilon=eps).robust_accuracy
+        limit = max(0.01, 1.0 / len(idx)) + 1e-12
+        return abs(double - base) <= limit, (f"{spec.name} eps={eps:g} on {len(idx)} samples: robust accuracy "
+                                              f"{base:.1%} at its budget, {double:.1%} at twice its iterations")
+
+    def decision_based() -> tuple[bool, str]:
+        worst = ev.worst_case()
+        threat = next((t for t in ("l2", "linf") if any(k[0] == t for k in worst)), None)
+        if decision_subset <= 0 or threat is None:
+            raise ValueError("no ℓ2/ℓ∞ threat evaluated (or decision_subset = 0)")
+        eps = max(e for (t, e) in worst if t == threat)
+        idx = ev.indices[:decision_subset]
+        attack = decision_attack or HopSkipJump(norm=threat)
+        res = attack(model, x[idx].to(device), y[idx].to(device), epsilon=eps)
+        hsj = [ev.clean[i] and not bool(b) for i, b in zip(idx, res.success.tolist())]
+        keys = [k for k in ev.robust if ev.threats[k[0]] == threat and k[1] == eps]
+        wb = [all(ev.robust[k][i] for k in keys) for i in idx]
+        a_hsj, a_wb = sum(hsj) / len(idx), sum(wb) / len(idx)
+        return a_hsj >= a_wb - 1.0 / len(idx) - 1e-12, (
+            f"{type(attack).__name__} {threat} eps={eps:g} on {len(idx)} samples: robust accuracy {a_hsj:.1%} vs "
+            f"white-box worst case {a_wb:.1%}")
+
+    _check(ev, "large_epsilon_breaks_all", large_eps)
+    _check(ev, "gradients_informative", informative)
+    if attacks:
+        _check(ev, "attack_converged", converged)
+    if decision_subset > 0:
+        _check(ev, "decision_based_not_stronger", decision_based)
+    return ev

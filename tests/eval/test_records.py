@@ -1,0 +1,241 @@
+"""Fail-closed evaluation: every way a number could come out too high is an error or is prevented.
+
+Each test names the failure mode it guards against; on the code before the record store each of them
+reported robustness that no attack checked (or lost a success)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from manifold_defense.attacks import FGSM, Attack, LinfPGD
+from manifold_defense.eval import (
+    AttackSpec,
+    Evaluation,
+    IncompleteEvaluation,
+    RecordError,
+    evaluate,
+    merge_records,
+    sanity_checks,
+    wilson_interval,
+)
+from manifold_defense.validation import InputError
+
+
+def _specs(steps: int = 5):
+    return [AttackSpec("fgsm", FGSM(), [0.05, 0.1], "linf", iterative=False),
+            AttackSpec("pgd_linf", LinfPGD(steps=steps), [0.1], "linf")]
+
+
+@pytest.fixture
+def batch(digits_test):
+    return digits_test.images[:32], digits_test.labels[:32]
+
+
+class _Band(nn.Module):
+    """A 2-pixel toy classifier: class 1 only while the first pixel is within [0.45, 0.55]."""
+
+    input_shape, num_classes = (1, 1, 2), 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        inside = ((x[:, 0, 0, 0] - 0.5).abs() <= 0.05).to(x.dtype)
+        return torch.stack([1 - inside, inside], 1) * 10 + 0 * self.dummy
+
+
+class _Ramp(nn.Module):
+    """A surrogate whose loss keeps rising with the first pixel (it says nothing about the band)."""
+
+    input_shape, num_classes = (1, 1, 2), 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(5.0))
+
+    def forward(self, x):
+        return torch.stack([torch.zeros_like(x[:, 0, 0, 0]), self.w * x[:, 0, 0, 0]], 1)
+
+
+class TestLostSuccess:
+    def test_pgd_keeps_the_first_iterate_the_attacked_model_misclassifies(self):
+        """The highest-loss iterate (on the surrogate) walks past the band where the attacked model is
+        wrong; the attack must keep the iterate inside the band."""
+        x = torch.tensor([[[[0.1, 0.5]]]])
+        y = torch.tensor([0])
+        adv = LinfPGD(steps=10, rel_stepsize=0.1, random_start=False).run(_Ramp(), x, y, 0.8, scorer=_Band())
+        assert int(_Band()(adv).argmax(1)) == 1, adv
+        assert 0.45 <= float(adv[0, 0, 0, 0]) <= 0.55
+
+    def test_success_is_scored_on_the_attacked_model(self, digits_classifier, batch):
+        x, y = batch
+        res = LinfPGD(steps=10)(digits_classifier, x, y, epsilon=0.2)
+        with torch.no_grad():
+            assert torch.equal(res.success, digits_classifier(res.adversarial).argmax(1) != y)
+
+
+class TestMissingRecords:
+    def test_a_missing_record_is_an_error_not_robust(self, digits_classifier, batch, tmp_path):
+        x, y = batch
+        evaluate(digits_classifier, x, y, _specs(), batch_size=16, out_dir=tmp_path, progress=False)
+        lines = (tmp_path / "records.jsonl").read_text().splitlines()
+        kept = [ln for ln in lines if not ('"pgd_linf"' in ln and '"start": 16' in ln)]
+        records = [json.loads(ln) for ln in kept]
+        with pytest.raises(IncompleteEvaluation, match=r"pgd_linf@0.1: 16-31"):
+            Evaluation.from_records(records, range(32), [("fgsm", 0.05), ("fgsm", 0.1), ("pgd_linf", 0.1)])
+
+    def test_merging_a_shard_without_an_attack_is_incomplete(self, digits_classifier, batch, tmp_path):
+        x, y = batch
+        evaluate(digits_classifier, x, y, _specs(), batch_size=16, out_dir=tmp_path / "a", stop=16, progress=False)
+        evaluate(digits_classifier, x, y, _specs()[:1], batch_size=16, out_dir=tmp_path / "b", start=16,
+                 progress=False)
+        records = merge_records([tmp_path / "a", tmp_path / "b"], tmp_path / "all")
+        with pytest.raises(IncompleteEvaluation, match="pgd_linf"):
+            Evaluation.from_records(records, range(32), [("fgsm", 0.05), ("fgsm", 0.1), ("pgd_linf", 0.1)])
+
+    def test_a_garbled_line_in_the_middle_is_an_error(self, digits_classifier, batch, tmp_path):
+        x, y = batch
+        evaluate(digits_classifier, x, y, _specs(), batch_size=16, out_dir=tmp_path, progress=False)
+        lines = (tmp_path / "records.jsonl").read_text().splitlines()
+        lines[1] = lines[1][:20]
+        (tmp_path / "records.jsonl").write_text("\n".join(lines) + "\n")
+        with pytest.raises(RecordError, match="line 2 is garbled"):
+            evaluate(digits_classifier, x, y, _specs(), batch_size=16, out_dir=tmp_path, progress=False)
+
+
+class TestFingerprints:
+    def test_another_model_in_the_same_folder_is_refused(self, digits_classifier, batch, tmp_path):
+        x, y = batch
+        evaluate(digits_classifier, x, y, _specs(), batch_size=16, out_dir=tmp_path, progress=False)
+        before = (tmp_path / "records.jsonl").read_text()
+        other = type(digits_classifier)(width=8).eval()
+        with pytest.raises(RecordError, match="differs in: model"):
+            evaluate(other, x, y, _specs(), batch_size=16, out_dir=tmp_path, progress=False)
+        assert (tmp_path / "records.jsonl").read_text() == before  # nothing recorded is lost or overwritten
+
+    @pytest.mark.parametrize("change", ["budget", "batch_size", "data", "attempts"])
+    def test_another_configuration_is_refused(self, change, digits_classifier, batch, tmp_path):
+        x, y = batch
+        evaluate(digits_classifier, x, y, _specs(), batch_size=16, out_dir=tmp_path, progress=False)
+        kwargs = {"batch_size": 16, "out_dir": tmp_path, "progress": False}
+        specs = _specs()
+        if change == "budget":  # a --quick run's records must not stand in for the full budget
+            specs = _specs(steps=50)
+        elif change == "batch_size":
+            kwargs["batch_size"] = 8
+        elif change == "data":
+            x = x.flip(0)
+        else:
+            kwargs["attempts"] = 3
+        with pytest.raises(RecordError):
+            evaluate(digits_classifier, x, y, specs, **kwargs)
+
+    def test_shards_of_different_runs_or_overlapping_shards_are_refused(self, digits_classifier, batch, tmp_path):
+        x, y = batch
+        evaluate(digits_classifier, x, y, _specs(), batch_size=16, out_dir=tmp_path / "a", stop=16, progress=False)
+        evaluate(digits_classifier, x, y, _specs(), batch_size=16, out_dir=tmp_path / "b", stop=32, progress=False)
+        with pytest.raises(RecordError, match="overlap"):
+            merge_records([tmp_path / "a", tmp_path / "b"], tmp_path / "m1")
+        evaluate(digits_classifier, x, y, _specs(steps=9), batch_size=16, out_dir=tmp_path / "c", start=16,
+                 progress=False)
+        with pytest.raises(RecordError, match="different settings"):
+            merge_records([tmp_path / "a", tmp_path / "c"], tmp_path / "m2")
+
+    def test_resumed_notes_match_an_uninterrupted_run(self, digits_classifier, digits_vae, batch, tmp_path):
+        from manifold_defense.attacks import BPDA
+        from manifold_defense.defended import DefendedModel, ProjectionConfig
+
+        x, y = batch
+        model = DefendedModel(digits_classifier, digits_vae, ProjectionConfig(steps=20)).eval()
+        specs = [AttackSpec("bpda", BPDA(steps=2, projection=ProjectionConfig(steps=5)), [0.1], "linf")]
+        whole = evaluate(model, x, y, specs, batch_size=16, out_dir=tmp_path / "whole", progress=False)
+        evaluate(model, x, y, specs, batch_size=16, out_dir=tmp_path / "parts", stop=16, progress=False)
+        resumed = evaluate(model, x, y, specs, batch_size=16, out_dir=tmp_path / "parts", progress=False)
+        assert resumed.notes == whole.notes and "surrogate projection" in resumed.notes["bpda"]
+        assert resumed.robust == whole.robust
+
+
+class TestAttempts:
+    def test_n_attempts_of_a_randomised_defense(self, digits_classifier, digits_vae, batch):
+        from manifold_defense.defended import DefendedModel, ProjectionConfig
+
+        x, y = batch
+        model = DefendedModel(digits_classifier, digits_vae, ProjectionConfig(steps=10, restarts=1, init="random",
+                                                                             stochastic=True)).eval()
+        ev = evaluate(model, x, y, [AttackSpec("fgsm", FGSM(), [0.1], "linf", iterative=False)], batch_size=16,
+                      attempts=4, progress=False)
+        for key in (None, ("fgsm", 0.1)):
+            assert ev.accuracy(key, attempts=4)[0] <= ev.accuracy(key)[0]
+        d = ev.to_dict()
+        assert d["attempts"] == 4 and "n_attempts" in d
+        with pytest.raises(InputError, match="attempts"):
+            evaluate(model, x, y, [AttackSpec("fgsm", FGSM(), [0.1], "linf")], attempts=0)
+
+
+class TestMinimisation:
+    def test_a_minimisation_attack_runs_once_and_is_clipped_per_epsilon(self, digits_classifier, batch):
+        calls = []
+
+        class Minimal(Attack):
+            norm, minimization = "l2", True
+
+            def run(self, model, x, y, epsilon):
+                calls.append(epsilon)
+                return (x + 0.3 * torch.randn_like(x)).clamp(0, 1)
+
+        x, y = batch
+        out = Minimal().sweep(digits_classifier, x, y, [0.5, 1.0, 3.0])
+        assert calls == [3.0] and sorted(out) == [0.5, 1.0, 3.0]
+        assert float(out[0.5].norms.max()) <= 0.5 + 1e-5
+
+
+class TestIntervals:
+    def test_wilson_interval_holds_at_small_n(self):
+        lo, hi = wilson_interval(0, 20)
+        assert lo == 0.0 and 0.15 < hi < 0.17  # not "0.000 ± 0.000"
+        lo, hi = wilson_interval(20, 20)
+        assert hi == 1.0 and 0.83 < lo < 0.85
+        lo, hi = wilson_interval(7, 20)
+        assert 0 <= lo < 0.35 < hi <= 1
+
+
+class TestSanityCanFail:
+    def test_useless_gradients_fail_the_gradient_check(self, digits_classifier, digits_vae, batch):
+        from manifold_defense.defended import DefendedModel, ProjectionConfig
+
+        x, y = batch
+        for gradient, expect in (("none", False), ("implicit", True)):
+            model = DefendedModel(digits_classifier, digits_vae, ProjectionConfig(steps=30), gradient=gradient).eval()
+            ev = evaluate(model, x[:8], y[:8], [AttackSpec("fgsm", FGSM(), [0.1], "linf", iterative=False)],
+                          batch_size=8, progress=False)
+            sanity_checks(ev, model, x[:8], y[:8], decision_subset=0, gradient_subset=6)
+            assert ev.sanity["gradients_informative"] is expect, ev.sanity_details
+
+    def test_an_unconverged_attack_fails_the_convergence_check(self, digits_classifier, batch):
+        x, y = batch
+        weak = [AttackSpec("pgd_linf", LinfPGD(steps=1, rel_stepsize=0.5, random_start=False), [0.2], "linf")]
+        ev = evaluate(digits_classifier, x, y, weak, batch_size=32, progress=False)
+        sanity_checks(ev, digits_classifier, x, y, decision_subset=0, convergence_subset=32)
+        assert ev.sanity["attack_converged"] is False, ev.sanity_details
+
+    def test_a_check_that_cannot_run_is_reported_not_raised(self, digits_classifier, batch, tmp_path):
+        from manifold_defense.eval import write_report
+
+        class Broken(Attack):
+            norm = "l2"
+
+            def run(self, model, x, y, epsilon):
+                raise AssertionError("foolbox: is_adversarial(x_advs) does not hold")
+
+        x, y = batch
+        ev = evaluate(digits_classifier, x, y, [AttackSpec("pgd_l2", LinfPGD(steps=3), [0.1], "linf")],
+                      batch_size=32, progress=False)
+        sanity_checks(ev, digits_classifier, x, y, decision_subset=4, decision_attack=Broken())
+        assert ev.sanity["decision_based_not_stronger"] is None
+        assert ev.sanity_details["decision_based_not_stronger"].startswith("could not run: AssertionError")
+        assert "COULD NOT RUN" in write_report(ev, tmp_path)["markdown"].read_text()
