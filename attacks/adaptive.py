@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from manifold_defense.attacks.base import Attack, FirstSuccess, on_rows
-from manifold_defense.attacks.pixel import ProjectedGradientDescent, project_to_ball
+from manifold_defense.attacks.pixel import ProjectedGradientDescent, margin, project_to_ball
 from manifold_defense.defended import DefendedModel, ProjectionConfig
 from manifold_defense.inversion import descend
 from manifold_defense.inversion.result import pick_best
@@ -38,7 +38,7 @@ from manifold_defense.validation import InputError, check_compatible
 
 __all__ = ["BPDA", "BackwardPassDifferentiableApproximation", "ImplicitPGD", "UnrolledPGD",
            "LatentReparameterization", "LatentReparam", "margin_loss", "crafting_model", "describe_projection",
-           "same_function"]
+           "same_function", "range_starts"]
 
 
 def _copy_with(obj, **changes):
@@ -48,11 +48,7 @@ def _copy_with(obj, **changes):
     return out
 
 
-def margin_loss(logits: torch.Tensor, y: torch.Tensor, kappa: float = float("inf")) -> torch.Tensor:
-    """Carlini–Wagner margin ``max(z_y − max_{j≠y} z_j, −κ)`` per sample: negative once misclassified."""
-    true = logits.gather(1, y[:, None]).squeeze(1)
-    other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), -torch.inf).amax(1)
-    return (true - other).clamp_min(-kappa)
+margin_loss = margin  # the Carlini–Wagner margin, under its older name
 
 
 def crafting_model(model: nn.Module, projection: ProjectionConfig | None = None, *, gradient: str = "bpda",
@@ -66,6 +62,31 @@ def crafting_model(model: nn.Module, projection: ProjectionConfig | None = None,
     if stochastic:
         cfg = replace(cfg, stochastic=True)
     return model.variant(projection=cfg, gradient=gradient)
+
+
+def range_starts(generator: nn.Module, classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float,
+                 norm: str, k: int, *, pool: int = 4000, seed: int = 0) -> torch.Tensor:
+    """``(n, k, …)`` starting points for an attack on a projection defense: per sample, the ``k`` images of the
+    generator's range nearest to ``x`` (ℓ2 distance; for ℓ∞ the squared part of the differences beyond ε)
+    that the classifier labels differently, each projected onto the ε-ball around ``x``. A projection defense
+    returns the nearest point of its range, so an input moved towards another class's part of the range is
+    where its answer flips; gradient steps from there finish the job. ``pool`` seeded prior samples."""
+    device = x.device
+    with torch.no_grad():
+        z = generator.sample_latent(pool, torch.Generator().manual_seed(seed), device=torch.device("cpu"))
+        images = torch.cat([generator(c.to(device)) for c in z.split(500)])
+        labels = torch.cat([classifier(c).argmax(1) for c in images.split(500)])
+        xf, cost = x.flatten(1), []
+        for c in images.flatten(1).split(256):
+            if norm == "l2":
+                cost.append(torch.cdist(xf, c))
+            else:
+                cost.append((xf[:, None] - c[None]).abs().sub(epsilon).clamp_min(0).pow(2).sum(-1))
+        cost = torch.cat(cost, 1)
+        cost = torch.where(labels[None] == y[:, None].to(labels.device), torch.full_like(cost, float("inf")), cost)
+        targets = images[cost.topk(min(k, pool), dim=1, largest=False).indices]  # (n, k, C, H, W)
+        xr = x[:, None].expand_as(targets)
+        return (xr + project_to_ball((targets - xr).flatten(0, 1), epsilon, norm).view_as(targets)).clamp(0, 1)
 
 
 def same_function(model: nn.Module, craft: nn.Module) -> bool:
@@ -97,15 +118,22 @@ class BackwardPassDifferentiableApproximation(Attack):
     Each step differentiates ``classifier(G(ẑ(x)))`` with the projection replaced by the identity on the
     backward pass. With ``eot`` > 1 the crafting projection is made stochastic (fresh random restarts
     per forward) and the gradient is averaged over ``eot`` draws. ``projection`` selects a surrogate
-    projection for crafting (default: the attacked model's own). Keyword arguments of PGD otherwise.
+    projection for crafting (default: the attacked model's own). ``range_restarts`` > 0 adds that many
+    restarts from the ε-ball's nearest points to other classes' parts of the generator's range
+    (:func:`range_starts`) — on a projection defense far stronger than random starts. Keyword arguments of
+    PGD otherwise (``loss='margin'`` for the Carlini–Wagner margin).
     """
 
     def __init__(self, *, norm: str = "linf", steps: int = 40, rel_stepsize: float | None = None,
                  random_start: bool = True, restarts: int = 1, eot: int = 1, seed: int = 0,
-                 projection: ProjectionConfig | None = None) -> None:
+                 projection: ProjectionConfig | None = None, loss: str = "ce", range_restarts: int = 0,
+                 range_pool: int = 4000) -> None:
+        if range_restarts < 0 or range_pool < 1:
+            raise InputError(f"range_restarts must be >= 0 and range_pool >= 1, got {range_restarts}, {range_pool}")
         self.pgd = ProjectedGradientDescent(norm=norm, steps=steps, rel_stepsize=rel_stepsize,
-                                            random_start=random_start, restarts=restarts, eot=eot, seed=seed)
+                                            random_start=random_start, restarts=restarts, eot=eot, seed=seed, loss=loss)
         self.norm, self.eot, self.projection = norm, eot, projection
+        self.range_restarts, self.range_pool = range_restarts, range_pool
         self.surrogate_description = ""
 
     def crafting_model(self, model: nn.Module) -> nn.Module:
@@ -119,7 +147,11 @@ class BackwardPassDifferentiableApproximation(Attack):
         pgd = self.pgd
         if not isinstance(craft, DefendedModel) and pgd.eot > 1:  # a deterministic model: one draw is the expectation
             pgd = _copy_with(pgd, eot=1)
-        return pgd.run(craft, x, y, epsilon, scorer=None if same_function(model, craft) else model)
+        extra = None
+        if self.range_restarts and isinstance(model, DefendedModel):
+            extra = range_starts(model.generator, model.classifier, x, y.to(x.device), epsilon, self.norm,
+                                 self.range_restarts, pool=self.range_pool, seed=self.pgd.seed)
+        return pgd.run(craft, x, y, epsilon, scorer=None if same_function(model, craft) else model, extra_starts=extra)
 
 
 class ImplicitPGD(BackwardPassDifferentiableApproximation):

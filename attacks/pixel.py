@@ -29,6 +29,13 @@ __all__ = ["FGSM", "LinfPGD", "L2PGD", "ProjectedGradientDescent", "FastGradient
 project_to_ball = project_lp_ball  # the ℓp-ball projection, under the name attacks have always used
 
 
+def margin(logits: torch.Tensor, y: torch.Tensor, kappa: float = float("inf")) -> torch.Tensor:
+    """Carlini–Wagner margin ``max(z_y − max_{j≠y} z_j, −κ)`` per sample: negative once misclassified."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), -torch.inf).amax(1)
+    return (true - other).clamp_min(-kappa)
+
+
 def _identity(v: torch.Tensor) -> torch.Tensor:
     return v
 
@@ -54,16 +61,20 @@ class ProjectedGradientDescent(Attack):
     """PGD (Madry et al. 2018) in ℓ∞ or ℓ2: ``steps`` ascent steps on the cross-entropy of size
     ``rel_stepsize·ε`` (default 2.5/steps, so the walk can cross the ball), projection onto the ε-ball
     and [0, 1], optional random start, ``restarts`` random starts run together in the batch, ``eot``
-    gradient samples per step. A success is never lost: each restart stops at, and keeps, the first
+    gradient samples per step; ``loss`` is the cross-entropy ('ce') or the Carlini–Wagner margin
+    ('margin', often stronger against defenses that flatten the softmax). A success is never lost: each restart stops at, and keeps, the first
     iterate the attacked model misclassifies (checked on the attacked model itself, ``scorer``, when the
     gradients come from another model); samples never broken keep their highest-loss iterate over all steps
     and restarts. ``get_step_rule()`` is the hook for another ascent direction.
     """
 
     def __init__(self, *, norm: str = "linf", steps: int = 40, rel_stepsize: float | None = None,
-                 random_start: bool = True, restarts: int = 1, eot: int = 1, seed: int = 0) -> None:
+                 random_start: bool = True, restarts: int = 1, eot: int = 1, seed: int = 0, loss: str = "ce") -> None:
         if norm not in NORMS:
             raise InputError(f"norm must be 'linf' or 'l2', got {norm!r}")
+        if loss not in ("ce", "margin"):
+            raise InputError(f"loss must be 'ce' (cross-entropy) or 'margin' (Carlini-Wagner), got {loss!r}")
+        self.loss = loss
         rel_stepsize = 2.5 / max(steps, 1) if rel_stepsize is None else rel_stepsize  # Madry et al.: 2.5 ε / steps
         if steps < 1 or restarts < 1 or eot < 1 or rel_stepsize <= 0:
             raise InputError("steps, restarts and eot must be >= 1 and rel_stepsize > 0")
@@ -85,19 +96,27 @@ class ProjectedGradientDescent(Attack):
         return d * (epsilon * r).view(-1, *([1] * (x.dim() - 1)))
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float, *,
-            scorer: nn.Module | None = None) -> torch.Tensor:
+            scorer: nn.Module | None = None, extra_starts: torch.Tensor | None = None) -> torch.Tensor:
         """PGD on ``model``'s gradients; ``scorer`` is the attacked model when ``model`` is only the one the
-        gradients come from (a BPDA, implicit or surrogate variant): success is then checked on ``scorer``."""
-        n, r = x.shape[0], self.restarts
+        gradients come from (a BPDA, implicit or surrogate variant): success is then checked on ``scorer``.
+        ``extra_starts`` ``(n, K, …)``: more restarts from these points (inside the ε-ball around ``x``)."""
+        n = x.shape[0]
         gen = torch.Generator().manual_seed(self.seed)
-        xr = x.repeat(r, *([1] * (x.dim() - 1)))  # restart-major: row = restart * n + sample
-        yr = y.to(x.device).repeat(r)
+        xr = x.repeat(self.restarts, *([1] * (x.dim() - 1)))  # restart-major: row = restart * n + sample
         start = (xr + project_to_ball(self._start(xr, epsilon, gen), epsilon, self.norm)).clamp(0, 1)
+        if extra_starts is not None and extra_starts.shape[1] > 0:
+            k = extra_starts.shape[1]
+            start = torch.cat([start, extra_starts.transpose(0, 1).reshape(k * n, *x.shape[1:]).to(start)])
+            xr = x.repeat(self.restarts + k, *([1] * (x.dim() - 1)))
+        r = len(xr) // n
+        yr = y.to(x.device).repeat(r)
         check = FirstSuccess(scorer if scorer is not None else model, yr, reuse=scorer is None)
 
         def loss(images: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
             logits = model(images)
             check.record(logits)
+            if self.loss == "margin":
+                return margin(logits, yr[rows]).to(images.dtype)
             return -F.cross_entropy(logits, yr[rows], reduction="none").to(images.dtype)
 
         res = descend(start, _identity, loss, steps=self.steps, lr=self.rel_stepsize * epsilon,

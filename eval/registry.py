@@ -53,17 +53,18 @@ class AttackBudget:
     autoattack_iter: int = 25
     autoattack_eot: int = 2
     cw_steps: int = 100
+    range_restarts: int = 3  # implicit PGD: restarts from the nearest other-class points of the range
 
     def __post_init__(self) -> None:
-        bad = [f.name for f in fields(self) if not getattr(self, f.name) > 0]
+        bad = [f.name for f in fields(self) if not getattr(self, f.name) > (-1 if f.name == "range_restarts" else 0)]
         if bad:
-            raise InputError(f"attack budgets must be > 0, got {', '.join(f'{k}={getattr(self, k)}' for k in bad)}")
+            raise InputError(f"attack budgets must be > 0 (range_restarts >= 0), got {', '.join(f'{k}={getattr(self, k)}' for k in bad)}")
 
     @classmethod
     def quick(cls) -> "AttackBudget":
         """Small budgets for smoke runs (results are not publishable)."""
         return cls(pgd_steps=10, eot=1, unroll_steps=10, latent_steps=50, on_manifold_steps=50, overpowered_steps=50,
-                   autoattack_iter=10, autoattack_eot=1, cw_steps=30)
+                   autoattack_iter=10, autoattack_eot=1, cw_steps=30, range_restarts=1)
 
     @classmethod
     def full(cls) -> "AttackBudget":
@@ -71,7 +72,8 @@ class AttackBudget:
         matching budgets for the others: for the numbers a paper reports (slow on a CPU: run it on a subset
         and state n)."""
         return cls(pgd_steps=100, eot=20, restarts=2, unroll_steps=40, latent_steps=200, latent_restarts=4,
-                   on_manifold_steps=200, overpowered_steps=200, autoattack_iter=100, autoattack_eot=20, cw_steps=1000)
+                   on_manifold_steps=200, overpowered_steps=200, autoattack_iter=100, autoattack_eot=20, cw_steps=1000,
+                   range_restarts=8)
 
     @classmethod
     def named(cls, name: str) -> "AttackBudget":
@@ -123,7 +125,7 @@ def _bpda(c: _Context) -> Attack:
 def _implicit(c: _Context) -> Attack:
     # a deterministic projection needs no EOT; a stochastic one gets the budget's draws
     return ImplicitPGD(norm=c.threat, steps=c.budget.pgd_steps, eot=c.budget.eot, restarts=c.budget.restarts,
-                       projection=c.surrogate)
+                       projection=c.surrogate, loss="margin", range_restarts=c.budget.range_restarts)
 
 
 def _unrolled(c: _Context) -> Attack:
@@ -167,8 +169,10 @@ ATTACKS: dict[str, RegisteredAttack] = {a.name: a for a in [
     RegisteredAttack("pgd_linf", "linf", (0.1, 0.2, 0.3), True, "L-inf PGD, BPDA + EOT", _bpda),
     RegisteredAttack("pgd_l2", "l2", (1.0, 2.0, 3.8), True, "L2 PGD, BPDA + EOT", _bpda),
     RegisteredAttack("pgd_linf_implicit", "linf", (0.3,), True,
-                     "L-inf PGD with the implicit derivative of the projection", _implicit),
-    RegisteredAttack("pgd_l2_implicit", "l2", (3.8,), True, "L2 PGD with the implicit derivative of the projection",
+                     "L-inf PGD (margin loss) with the implicit derivative of the projection, restarts from the range",
+                     _implicit),
+    RegisteredAttack("pgd_l2_implicit", "l2", (3.8,), True,
+                     "L2 PGD (margin loss) with the implicit derivative of the projection, restarts from the range",
                      _implicit),
     RegisteredAttack("unrolled_linf", "linf", (0.3,), True, "L-inf PGD through the unrolled projection", _unrolled),
     RegisteredAttack("unrolled_l2", "l2", (3.8,), True, "L2 PGD through the unrolled projection", _unrolled),
