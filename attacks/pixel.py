@@ -110,7 +110,10 @@ class ProjectedGradientDescent(Attack):
             xr = x.repeat(self.restarts + k, *([1] * (x.dim() - 1)))
         r = len(xr) // n
         yr = y.to(x.device).repeat(r)
-        check = FirstSuccess(scorer if scorer is not None else model, yr, reuse=scorer is None)
+        # With a separate scorer its (costly) forward runs only where the crafting model's own logits already
+        # say "misclassified"; the success itself is always the scorer's verdict.
+        check = FirstSuccess(scorer if scorer is not None else model, yr, reuse=scorer is None,
+                             prefilter=scorer is not None)
 
         def loss(images: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
             logits = model(images)

@@ -5,8 +5,8 @@ Classifier A (Samangouei et al. 2018) on the first N MNIST test images, three ro
 - ``undefended`` — the classifier alone (N images);
 - ``defended_defense_gan`` — behind Defense-GAN's published projection (L = 200, R = 10, momentum SGD,
   lr 10 → 1; 2000 generator evaluations per image; N/5 images);
-- ``defended_default`` — behind the library's default projection (encoder start, 4 restarts × 100 Adam
-  steps; N images);
+- ``defended_default`` — behind the library's default projection (encoder start plus search, pruned to one
+  restart, early stopping; N images);
 - ``defended_dead_zone`` (extra) — behind ``ProjectionConfig.dead_zone_search()`` (ILO's dead-zone loss,
   width 0.3, best 4 of 2000 random starts, 100 Adam steps: the default's cost; N/5 images).
 
@@ -18,6 +18,12 @@ Columns (robust accuracy; a sample counts only if it is correct and the attack f
 - ``pgd_linf_0.3_bpda_eot``, ``pgd_l2_3.8_bpda_eot`` — PGD with BPDA + EOT (Athalye et al. 2018); on the
   defense_gan row the gradients come from the default projection (a surrogate, ~10× cheaper), the
   result is scored on the real Defense-GAN projection;
+- ``pgd_linf_0.3_implicit``, ``pgd_l2_3.8_implicit`` — PGD with the implicit derivative of the projection
+  (exact up to its convergence), the Carlini–Wagner margin and restarts from the nearest other-class
+  points of the generator's range (on the defense_gan row crafted on the default projection, success
+  checked on the real one);
+- ``autoattack_linf_0.3_full`` (defended_default only, on the first ``--aa-subset`` images, reported apart):
+  AutoAttack 'rand' at its published budget (100 iterations, EOT 20);
 - ``latent_reparam_l2_3.8`` — latent reparameterisation (Athalye et al. 2018): G(z) within 3.8 of x and
   misclassified;
 - ``on_manifold_l2_1.5`` — latent PGD with ‖G(z') − G(ẑ)‖₂ ≤ 1.5;
@@ -53,14 +59,16 @@ from manifold_defense.defended import DefendedModel, ProjectionConfig
 from manifold_defense.eval import AttackBudget, build_attack, evaluate, sanity_checks, write_report
 
 ROWS = ["undefended", "defended_defense_gan", "defended_default", "defended_dead_zone"]
-COLUMNS = ["clean", "fgsm_linf_0.3_transfer", "pgd_linf_0.3_bpda_eot", "pgd_l2_3.8_bpda_eot", "latent_reparam_l2_3.8",
-           "on_manifold_l2_1.5", "autoattack_rand_linf_0.3", "latent_reparam_linf_0.3", "worst_linf_0.3",
-           "worst_l2_3.8"]
+COLUMNS = ["clean", "fgsm_linf_0.3_transfer", "pgd_linf_0.3_bpda_eot", "pgd_l2_3.8_bpda_eot", "pgd_linf_0.3_implicit",
+           "pgd_l2_3.8_implicit", "latent_reparam_l2_3.8", "on_manifold_l2_1.5", "autoattack_rand_linf_0.3",
+           "latent_reparam_linf_0.3", "worst_linf_0.3", "worst_l2_3.8"]
 # column → (suite attack name, ε)
 ATTACK_COLUMNS = {
     "fgsm_linf_0.3_transfer": ("fgsm_transfer", 0.3),
     "pgd_linf_0.3_bpda_eot": ("pgd_linf", 0.3),
     "pgd_l2_3.8_bpda_eot": ("pgd_l2", 3.8),
+    "pgd_linf_0.3_implicit": ("pgd_linf_implicit", 0.3),
+    "pgd_l2_3.8_implicit": ("pgd_l2_implicit", 3.8),
     "latent_reparam_l2_3.8": ("latent_reparam_l2", 3.8),
     "on_manifold_l2_1.5": ("on_manifold", 1.5),
     "autoattack_rand_linf_0.3": ("autoattack_rand_linf", 0.3),
@@ -101,22 +109,27 @@ def run_row(row: str, clf, gen, x, y, args, out: Path) -> dict:
     specs = [build_attack(name, [eps], classifier=clf, generator=gen, surrogate=surrogate, budget=budget, label=col)
              for col, (name, eps) in ATTACK_COLUMNS.items()]
     row_dir = out / row
-    config = {"row": row, "n": n, "generator": args.generator, "budget": dataclasses.asdict(budget),
-              "projection": model.projection.as_dict() if isinstance(model, DefendedModel) else None,
-              "surrogate": surrogate.as_dict() if surrogate else None}
-    cfg_path = row_dir / "config.json"
     if args.fresh and row_dir.exists():
         shutil.rmtree(row_dir)
-    if cfg_path.exists() and json.loads(cfg_path.read_text()) != config:
-        raise SystemExit(f"{row_dir} holds records of another configuration; rerun with --fresh")
-    row_dir.mkdir(parents=True, exist_ok=True)
-    cfg_path.write_text(json.dumps(config, indent=2))
-    t0 = time.perf_counter()
-    ev = evaluate(model, x[:n], y[:n], specs, batch_size=args.batch_size, out_dir=row_dir, progress=not args.quiet)
+    t0 = time.perf_counter()  # the record store refuses a folder of another configuration (fingerprints)
+    ev = evaluate(model, x[:n], y[:n], specs, batch_size=args.batch_size, out_dir=row_dir, progress=not args.quiet,
+                  dataset="mnist")
     t_attack = time.perf_counter() - t0
     t1 = time.perf_counter()
     sanity_checks(ev, model, x[:n], y[:n], decision_subset=decision_subset)
     t_sanity = time.perf_counter() - t1
+    full = None
+    if row == "defended_default" and args.aa_subset > 0:  # AutoAttack at its published budget, on a subset
+        m = min(args.aa_subset, n)
+        spec = build_attack("autoattack_rand_linf", [0.3], budget=AttackBudget.full(), label="autoattack_linf_0.3_full")
+        ev_full = evaluate(model, x[:m], y[:m], [spec], batch_size=args.batch_size, out_dir=row_dir / "autoattack_full",
+                           progress=not args.quiet, dataset="mnist")
+        key = ("autoattack_linf_0.3_full", 0.3)
+        on_subset = [ev.worst_case_samples()[("linf", 0.3)][i] and ev_full.robust[key][i] for i in range(m)]
+        full = {"n": m, "accuracy": ev_full.accuracy(key)[0], "stderr": ev_full.accuracy(key)[1],
+                "ci95": list(ev_full.interval(key)), "budget": "AttackBudget.full(): 100 APGD iterations, EOT 20",
+                "worst_linf_0.3_on_subset_with_it": sum(on_subset) / m,
+                "worst_linf_0.3_on_subset_without_it": sum(ev.worst_case_samples()[("linf", 0.3)][:m]) / m}
     write_report(ev, row_dir, title=f"MNIST classifier A, {row} ({args.generator})")
     acc, se = {}, {}
     acc["clean"], se["clean"], _ = ev.accuracy()
@@ -125,7 +138,10 @@ def run_row(row: str, clf, gen, x, y, args, out: Path) -> dict:
     worst = ev.worst_case()
     for col, key in (("worst_linf_0.3", ("linf", 0.3)), ("worst_l2_3.8", ("l2", 3.8))):
         acc[col], se[col], _ = worst[key]
-    return {"n": n, "accuracy": acc, "stderr": se, "sanity": dict(ev.sanity), "sanity_details": dict(ev.sanity_details),
+    return {"n": n, "accuracy": acc, "stderr": se, "ci95": {"clean": list(ev.interval())} | {
+                col: list(ev.interval((col, ATTACK_COLUMNS[col][1]))) for col in ATTACK_COLUMNS},
+            "autoattack_full": full, "robustbench": ev.robustbench("mnist"),
+            "sanity": dict(ev.sanity), "sanity_details": dict(ev.sanity_details),
             "notes": dict(ev.notes), "seconds": time.perf_counter() - t0, "attack_seconds": t_attack,
             "sanity_seconds": t_sanity, "per_attack_seconds": dict(ev.to_dict()["attack_seconds"]),
             "projection": config["projection"], "surrogate": config["surrogate"]}
@@ -167,7 +183,8 @@ def markdown(result: dict, title: str) -> str:
     lines += ["", "## Sanity checks", ""]
     for row in rows:
         for k, ok in result["sanity"][row].items():
-            lines.append(f"- {row}: {'PASS' if ok else '**FAIL**'} {k} — {result['sanity_details'][row][k]}")
+            verdict = {True: "PASS", False: "**FAIL**", None: "COULD NOT RUN"}[ok]
+            lines.append(f"- {row}: {verdict} {k} — {result['sanity_details'][row][k]}")
     if result.get("targets"):
         lines += ["", "## Targets", ""] + [f"- {'met' if ok else '**not met**'}: {k}" for k, ok in result["targets"].items()]
     return "\n".join(lines) + "\n"
@@ -185,6 +202,8 @@ def main(argv=None) -> int:
     p.add_argument("--data-path", default=None)
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/defense_mnist*.json)")
     p.add_argument("--fresh", action="store_true", help="discard records of an earlier run")
+    p.add_argument("--aa-subset", type=int, default=50,
+                   help="images of the defended_default row attacked by AutoAttack at its full published budget")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
@@ -213,6 +232,9 @@ def main(argv=None) -> int:
         "stderr": {r: v["stderr"] for r, v in per_row.items()},
         "sanity": {r: v["sanity"] for r, v in per_row.items()},
         "sanity_details": {r: v["sanity_details"] for r, v in per_row.items()},
+        "ci95": {r: v["ci95"] for r, v in per_row.items()},
+        "autoattack_full": {r: v["autoattack_full"] for r, v in per_row.items() if v["autoattack_full"]},
+        "robustbench": {r: v["robustbench"] for r, v in per_row.items()},
         "projection_attacked": {r: v["notes"] for r, v in per_row.items()},
         "projection": {r: v["projection"] for r, v in per_row.items()},
         "seconds": {r: {k: v[k] for k in ("seconds", "attack_seconds", "sanity_seconds", "per_attack_seconds")}

@@ -31,7 +31,7 @@ class TestException:
         (["--classifier", "digits-classifier", "--projection", "none", "--attack", "pgd_l7"], "unknown attack"),
         (["--classifier", "digits-classifier"], "needs --generator"),
         (["--classifier", "no-such-model", "--projection", "none"], "neither a checkpoint"),
-        (["--classifier", "digits-classifier", "--projection", "none", "--n", "0"], "--n: must be an integer >= 1"),
+        (["--classifier", "digits-classifier", "--projection", "none", "--n", "0"], "must be an integer >= 1, got 0"),
         (["--classifier", "digits-vae", "--generator", "digits-classifier"],
          "--classifier digits-vae is a generator in the zoo, not a classifier (swapped --classifier and --generator?)"),
         (["--classifier", "digits-classifier", "--projection", "none", "--surrogate", "default"],

@@ -74,6 +74,7 @@ class TestLostSuccess:
 
     def test_success_is_scored_on_the_attacked_model(self, digits_classifier, batch):
         x, y = batch
+        digits_classifier.eval()
         res = LinfPGD(steps=10)(digits_classifier, x, y, epsilon=0.2)
         with torch.no_grad():
             assert torch.equal(res.success, digits_classifier(res.adversarial).argmax(1) != y)
