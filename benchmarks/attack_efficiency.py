@@ -32,6 +32,7 @@ from common import provenance
 from manifold_defense import data, zoo
 from manifold_defense.attacks import BPDA, ImplicitPGD
 from manifold_defense.defended import DefendedModel, ProjectionConfig
+from manifold_defense.eval.robustness import wilson_interval
 
 STEPS = [5, 10, 20, 40, 80]
 EPSILON = {"l2": 3.8, "linf": 0.3}
@@ -91,7 +92,8 @@ def main(argv=None) -> int:
                     res = make(kind, norm, s)(model, x, y, epsilon=eps)  # the final scoring pass included
                 acc = res.robust_accuracy
                 point = {"steps": s, "projections_per_image": count.images / n, "robust_accuracy": acc,
-                         "stderr": math.sqrt(acc * (1 - acc) / n), "seconds": time.perf_counter() - t0}
+                         "stderr": math.sqrt(acc * (1 - acc) / n),
+                         "ci95": list(wilson_interval(round(acc * n), n)), "seconds": time.perf_counter() - t0}
                 curves[kind].append(point)
                 print(norm, kind, json.dumps(point), flush=True)
         best_bpda = min(c["robust_accuracy"] for c in curves["bpda_eot"])
@@ -125,11 +127,13 @@ def plot(out: dict, path: Path) -> None:
     for ax, key in zip(axes[0], keys):
         for kind, style in (("bpda_eot", "o-"), ("implicit", "s-"), ("implicit_range", "^-")):
             pts = out["curves"][key][kind]
-            ax.errorbar([p["projections_per_image"] for p in pts], [p["robust_accuracy"] for p in pts],
-                        yerr=[1.96 * p["stderr"] for p in pts], fmt=style, capsize=2, label=kind)
+            acc = [p["robust_accuracy"] for p in pts]
+            lo_hi = [wilson_interval(round(a * out["n"]), out["n"]) for a in acc]
+            ax.errorbar([p["projections_per_image"] for p in pts], acc, fmt=style, capsize=2, label=kind,
+                        yerr=[[a - lo for a, (lo, _) in zip(acc, lo_hi)], [hi - a for a, (_, hi) in zip(acc, lo_hi)]])
         ax.set_xscale("log")
         ax.set_xlabel("projections per image")
-        ax.set_ylabel("robust accuracy (± 1.96·SE)")
+        ax.set_ylabel("robust accuracy (95% Wilson interval)")
         ax.set_title(f"{key} (n = {out['n']})")
         ax.grid(alpha=0.3)
         ax.legend()

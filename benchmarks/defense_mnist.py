@@ -57,6 +57,7 @@ from common import provenance
 from manifold_defense import data, zoo
 from manifold_defense.defended import DefendedModel, ProjectionConfig
 from manifold_defense.eval import AttackBudget, build_attack, evaluate, sanity_checks, write_report
+from manifold_defense.eval.robustness import wilson_interval
 
 ROWS = ["undefended", "defended_defense_gan", "defended_default", "defended_dead_zone"]
 COLUMNS = ["clean", "fgsm_linf_0.3_transfer", "pgd_linf_0.3_bpda_eot", "pgd_l2_3.8_bpda_eot", "pgd_linf_0.3_implicit",
@@ -135,16 +136,20 @@ def run_row(row: str, clf, gen, x, y, args, out: Path) -> dict:
     acc["clean"], se["clean"], _ = ev.accuracy()
     for col in ATTACK_COLUMNS:
         acc[col], se[col], _ = ev.accuracy((col, ATTACK_COLUMNS[col][1]))
-    worst = ev.worst_case()
+    worst, worst_samples = ev.worst_case(), ev.worst_case_samples()
+    ci95 = {"clean": list(ev.interval())} | {col: list(ev.interval((col, ATTACK_COLUMNS[col][1])))
+                                             for col in ATTACK_COLUMNS}
     for col, key in (("worst_linf_0.3", ("linf", 0.3)), ("worst_l2_3.8", ("l2", 3.8))):
         acc[col], se[col], _ = worst[key]
-    return {"n": n, "accuracy": acc, "stderr": se, "ci95": {"clean": list(ev.interval())} | {
-                col: list(ev.interval((col, ATTACK_COLUMNS[col][1]))) for col in ATTACK_COLUMNS},
+        ci95[col] = list(wilson_interval(sum(worst_samples[key]), len(worst_samples[key])))
+    projection = getattr(model, "projection", None)
+    return {"n": n, "accuracy": acc, "stderr": se, "ci95": ci95,
             "autoattack_full": full, "robustbench": ev.robustbench("mnist"),
             "sanity": dict(ev.sanity), "sanity_details": dict(ev.sanity_details),
             "notes": dict(ev.notes), "seconds": time.perf_counter() - t0, "attack_seconds": t_attack,
             "sanity_seconds": t_sanity, "per_attack_seconds": dict(ev.to_dict()["attack_seconds"]),
-            "projection": config["projection"], "surrogate": config["surrogate"]}
+            "projection": dataclasses.asdict(projection) if projection is not None else None,
+            "surrogate": dataclasses.asdict(surrogate) if surrogate is not None else None}
 
 
 def plot(result: dict, path: Path, title: str) -> None:
@@ -158,12 +163,13 @@ def plot(result: dict, path: Path, title: str) -> None:
     width = 0.8 / len(rows)
     for i, row in enumerate(rows):
         vals = [result["accuracy"][row][c] for c in COLUMNS]
-        errs = [1.96 * result["stderr"][row][c] for c in COLUMNS]
+        lo_hi = [result["ci95"][row][c] for c in COLUMNS]  # Wilson: asymmetric, inside [0, 1]
+        errs = [[v - lo for v, (lo, _) in zip(vals, lo_hi)], [hi - v for v, (_, hi) in zip(vals, lo_hi)]]
         ax.bar([j + i * width for j in range(len(COLUMNS))], vals, width, yerr=errs, capsize=2,
                label=f"{row} (n={result['n'][row]})")
     ax.set_xticks([j + width * (len(rows) - 1) / 2 for j in range(len(COLUMNS))])
     ax.set_xticklabels(COLUMNS, rotation=25, ha="right", fontsize=8)
-    ax.set_ylabel("accuracy (±1.96·SE)")
+    ax.set_ylabel("accuracy (95% Wilson interval)")
     ax.set_ylim(0, 1.05)
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
@@ -175,10 +181,11 @@ def plot(result: dict, path: Path, title: str) -> None:
 
 def markdown(result: dict, title: str) -> str:
     rows = list(result["accuracy"])
-    lines = [f"# {title}", "", "accuracy ± 1.96·SE", "", "| row | n | " + " | ".join(COLUMNS) + " |",
+    lines = [f"# {title}", "", "accuracy [95% Wilson interval]", "", "| row | n | " + " | ".join(COLUMNS) + " |",
              "|---|---|" + "---|" * len(COLUMNS)]
     for row in rows:
-        cells = [f"{result['accuracy'][row][c]:.3f} ± {1.96 * result['stderr'][row][c]:.3f}" for c in COLUMNS]
+        cells = [f"{result['accuracy'][row][c]:.3f} [{result['ci95'][row][c][0]:.3f}, {result['ci95'][row][c][1]:.3f}]"
+                 for c in COLUMNS]
         lines.append(f"| {row} | {result['n'][row]} | " + " | ".join(cells) + " |")
     lines += ["", "## Sanity checks", ""]
     for row in rows:
@@ -226,6 +233,7 @@ def main(argv=None) -> int:
         print(f"\n== {row}", flush=True)
         per_row[row] = run_row(row, clf, gen, x, y, args, work)
         print(json.dumps({k: round(v, 4) for k, v in per_row[row]["accuracy"].items()}), flush=True)
+    per_row = {r: per_row[r] for r in ROWS if r in per_row}  # the table's order, whatever order the rows ran in
     result = {
         "n": {r: v["n"] for r, v in per_row.items()},
         "accuracy": {r: v["accuracy"] for r, v in per_row.items()},

@@ -4,8 +4,9 @@
     python benchmarks/render_readme.py --check   # exit 1 and print a unified diff when README is out of date
 
 ``benchmarks/results/NAME.json`` fills the README block between the lines ``<!-- results:NAME -->`` and
-``<!-- /results:NAME -->``; nothing outside the markers is touched. Intervals are ± 1.96·SE wherever the
-JSON records a standard error (SE). ``tests/test_readme_results.py`` runs the check.
+``<!-- /results:NAME -->``; nothing outside the markers is touched. Accuracies carry 95 % Wilson intervals
+(valid at small n); other quantities ± 1.96·SE where the JSON records a standard error (SE).
+``tests/test_readme_results.py`` runs the check.
 """
 
 from __future__ import annotations
@@ -65,6 +66,22 @@ def frac(v, se=None, signed: bool = False) -> str:
         return DASH
     s = f"{v:+.3f}" if signed else f"{v:.3f}"
     return s if se is None else f"{s} ± {Z * se:.3f}"
+
+
+def wilson(v, n, z: float = Z) -> tuple[float, float] | None:
+    """95 % Wilson interval of a proportion ``v`` over ``n`` samples (valid at small n; never outside [0, 1])."""
+    if v is None or not n:
+        return None
+    centre = (v + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * ((v * (1 - v) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def ci(v, interval=None) -> str:
+    """A fraction with its 95 % interval in brackets: ``0.300 [0.22, 0.40]``."""
+    if v is None:
+        return DASH
+    return f"{v:.3f}" if not interval else f"{v:.3f} [{interval[0]:.2f}, {interval[1]:.2f}]"
 
 
 def table(header: list[str], rows: list[list[str]], left: int = 1) -> str:
@@ -138,29 +155,54 @@ def cs_mnist(d: dict) -> str:
         table(["method"] + [f"m = {m}" for m in ms], rows)])
 
 
-def accuracy_table(acc: dict, se: dict, n) -> str:
+def accuracy_table(acc: dict, n) -> str:
+    """Models as columns, attacks as rows: accuracy [95 % Wilson interval] (n per model or one n)."""
     attacks = list(dict.fromkeys(a for v in acc.values() for a in v))
+    size = lambda m: n[m] if isinstance(n, dict) else n  # noqa: E731
     header = ["attack"] + [f"{m} (n = {n[m]})" if isinstance(n, dict) else m for m in acc]
-    return table(header, [[a] + [frac(acc[m].get(a), se.get(m, {}).get(a)) if a in acc[m] else DASH for m in acc]
+    return table(header, [[a] + [ci(acc[m][a], wilson(acc[m][a], size(m))) if a in acc[m] else DASH for m in acc]
                           for a in attacks])
 
 
 def defense_mnist(d: dict) -> str:
-    cfg = d.get("config", {})
-    return "\n\n".join([
-        (f"Accuracy ± 1.96·SE of classifier `{cfg.get('classifier', '?')}`, undefended and behind "
-         f"`{cfg.get('generator', '?')}` projections (n test images per column)."),
-        accuracy_table(d["accuracy"], d.get("stderr", {}), d["n"])])
+    cfg, acc, n, cis = d.get("config", {}), d["accuracy"], d["n"], d.get("ci95", {})
+    rows_ = list(acc)
+    attacks = list(dict.fromkeys(a for v in acc.values() for a in v))
+
+    def cell(row, a):
+        if a not in acc[row]:
+            return DASH
+        interval = cis.get(row, {}).get(a) or wilson(acc[row][a], n[row] if isinstance(n, dict) else n)
+        return ci(acc[row][a], interval)
+
+    parts = [(f"Accuracy [95 % Wilson interval] of classifier `{cfg.get('classifier', '?')}`, undefended and behind "
+              f"`{cfg.get('generator', '?')}` projections (n test images per column; `worst_*`: a sample counts "
+              "only if every attack of that threat model failed)."),
+             table(["attack"] + [f"{r} (n = {n[r]})" if isinstance(n, dict) else r for r in rows_],
+                   [[a] + [cell(r, a) for r in rows_] for a in attacks])]
+    for row, full in d.get("autoattack_full", {}).items():
+        parts.append(f"AutoAttack 'rand' at its published budget ({full.get('budget', '?')}) on the first "
+                     f"{full['n']} images of `{row}`: {ci(full['accuracy'], full.get('ci95'))}; the worst case "
+                     f"ℓ∞ 0.3 on those images is {full['worst_linf_0.3_on_subset_with_it']:.3f} with it and "
+                     f"{full['worst_linf_0.3_on_subset_without_it']:.3f} without it.")
+    sanity = d.get("sanity", {})
+    checks = list(dict.fromkeys(k for v in sanity.values() for k in v))
+    if checks:
+        verdict = {True: "pass", False: "**FAIL**", None: "could not run"}
+        parts.append("Sanity checks (Carlini et al. 2019; details in the JSON's `sanity_details`):")
+        parts.append(table(["check"] + rows_, [[k] + [verdict[sanity[r][k]] if k in sanity.get(r, {}) else DASH
+                                                     for r in rows_] for k in checks]))
+    return "\n\n".join(parts)
 
 
 def manifold_at_mnist(d: dict) -> str:
     cfg = d.get("config", {})
     return "\n\n".join([
-        (f"Accuracy ± 1.96·SE on n = {d['n']} MNIST test images of classifiers trained {cfg.get('epochs', '?')} "
+        (f"Accuracy [95 % Wilson interval] on n = {d['n']} MNIST test images of classifiers trained {cfg.get('epochs', '?')} "
          f"epoch(s) ({cfg.get('train_pgd_steps', '?')} training PGD steps), attacked with "
          f"{cfg.get('eval_pgd_steps', '?')} PGD steps; `defended_*`: the same classifier behind the projection "
          "(— : attack not run on that model)."),
-        accuracy_table(d["accuracy"], d.get("stderr", {}), d["n"])])
+        accuracy_table(d["accuracy"], d["n"])])
 
 
 def manifold_at_mnist_timing(d: dict) -> str:
@@ -218,6 +260,44 @@ def random_relu(d: dict) -> str:
         + f" (theory -0.5); {num(d.get('noisy_slope_all_m'), 3)} over all m."])
 
 
+def attack_efficiency(d: dict) -> str:
+    n = d["n"]
+    parts = [f"{d.get('model', '?')}; PGD at several step counts, n = {n} MNIST test images; robust accuracy "
+             "[95 % Wilson interval] against projections spent per image (crafting and success checks)."]
+    summary = []
+    for key, curves in d["curves"].items():
+        kinds = [k for k, v in curves.items() if isinstance(v, list)]
+        parts.append(f"`{key}`:")
+        parts.append(table(["gradient", "steps", "projections / image", "robust accuracy", "seconds"],
+                           [[f"`{k}`", num(p["steps"]), num(p["projections_per_image"], 3),
+                             ci(p["robust_accuracy"], wilson(p["robust_accuracy"], n)), num(p["seconds"], 3)]
+                            for k in kinds for p in curves[k]], left=2))
+        best = curves.get("bpda_eot_best", {})
+        summary.append([f"`{key}`", ci(best.get("robust_accuracy")), num(best.get("projections_per_image"), 3)]
+                       + [DASH if curves.get(f"{k}_projection_ratio") is None
+                          else num(curves[f"{k}_projection_ratio"], 2) for k in ("implicit", "implicit_range")])
+    parts.append("Projections the implicit attacks need to reach BPDA + EOT's best robust accuracy, as a fraction of "
+                 "what BPDA + EOT spent (— : never reached; target ≤ 0.33):")
+    parts.append(table(["threat", "BPDA+EOT best", "its projections / image", "implicit ratio", "implicit_range ratio"],
+                       summary))
+    return "\n\n".join(parts)
+
+
+def batch_invariance(d: dict) -> str:
+    rows = []
+    for preset, per_input in d["presets"].items():
+        for inp, r in per_input.items():
+            rows.append([f"`{preset}`", inp, f"{r['same_prediction_alone']:.3f}",
+                         f"{r['same_prediction_batches_of_7']:.3f}", "yes" if r["bitwise_equal_logits_alone"] else "no",
+                         num(r["max_logit_difference_alone"], 3)])
+    return "\n\n".join([
+        (f"Classifier A behind each projection preset on n = {d['n']} MNIST test images: the fraction of inputs "
+         "predicted as in a batch of 100 when alone and in batches of 7, whether the logits are bitwise equal, and "
+         f"the largest logit difference; {d.get('torch_threads', '?')} threads. `(min_rows=1)`: without the "
+         "library's padding of every network pass to a fixed number of rows."),
+        table(["preset", "input", "same alone", "same in 7s", "bitwise", "max Δ logit"], rows, left=2)])
+
+
 def generic(d: dict) -> str:
     """Files without a renderer of their own: their top-level numbers."""
     rows = [[f"`{k}`", num(v)] for k, v in sorted(d.items()) if isinstance(v, (int, float)) and not isinstance(v, bool)]
@@ -226,7 +306,8 @@ def generic(d: dict) -> str:
 
 RENDERERS = {"projection_speed": projection_speed, "cs_mnist": cs_mnist, "defense_mnist": defense_mnist,
              "manifold_at_mnist": manifold_at_mnist, "manifold_at_mnist_timing": manifold_at_mnist_timing,
-             "guided_mnist": guided_mnist, "random_relu": random_relu}
+             "guided_mnist": guided_mnist, "random_relu": random_relu, "attack_efficiency": attack_efficiency,
+             "batch_invariance": batch_invariance}
 
 
 # ---------------------------------------------------------------------------------------------- README

@@ -52,13 +52,20 @@ class DefenseGANGenerator(SequentialGenerator):
 
 
 class WGANCritic(nn.Module):
-    """Critic for 28×28 images: three stride-2 5×5 convolutions then a linear score."""
+    """Critic for 28×28 images: three stride-2 5×5 convolutions then a linear score.
+
+    ``spectral_norm=True`` normalises every layer's weight by its largest singular value (Miyato et al.
+    2018), the critic of the hinge-loss GAN; without it, the WGAN-GP critic of Defense-GAN.
+    """
 
     arch_name = "wgan-critic"
 
-    def __init__(self, dim: int = 64, channels: int = 1, image_size: Sequence[int] = (28, 28)) -> None:
+    def __init__(self, dim: int = 64, channels: int = 1, image_size: Sequence[int] = (28, 28),
+                 spectral_norm: bool = False) -> None:
         super().__init__()
         self.config = {"dim": int(dim), "channels": int(channels), "image_size": list(image_size)}
+        if spectral_norm:  # only recorded when set: earlier checkpoints' configs stay valid
+            self.config["spectral_norm"] = True
         h, w = image_size
         for _ in range(3):
             h, w = (h + 1) // 2, (w + 1) // 2
@@ -72,6 +79,10 @@ class WGANCritic(nn.Module):
             nn.Flatten(),
             nn.Linear(4 * dim * h * w, 1),
         )
+        if spectral_norm:
+            for layer in self.net:
+                if isinstance(layer, (nn.Conv2d, nn.Linear)):
+                    nn.utils.parametrizations.spectral_norm(layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(2 * x - 1).squeeze(1)

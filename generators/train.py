@@ -1,4 +1,5 @@
-"""Trainers for the generators: VAE (ELBO) and WGAN-GP (Gulrajani et al. 2017).
+"""Trainers for the generators: VAE (ELBO), WGAN-GP (Gulrajani et al. 2017) and the hinge-loss GAN with a
+spectrally normalised critic (Miyato et al. 2018).
 
 Both run through :func:`manifold_defense.checkpoint.train_epochs`: seeded, tqdm progress, an atomic
 checkpoint after every epoch, and resumption after an interruption.
@@ -6,6 +7,7 @@ checkpoint after every epoch, and resumption after an interruption.
 
 from __future__ import annotations
 
+import copy
 import os
 from typing import Any
 
@@ -101,14 +103,29 @@ def train_wgan(
     x_test: torch.Tensor | None = None,
     metadata: dict[str, Any] | None = None,
     progress: bool = True,
+    loss: str = "wgan-gp",
+    ema: float = 0.0,
 ) -> list[dict[str, float]]:
-    """WGAN-GP training (Defense-GAN settings by default: 5 critic iterations, GP 10, Adam 1e-4 (0.5, 0.9), batch 50).
+    """GAN training; WGAN-GP with Defense-GAN's settings by default (5 critic iterations, GP 10, Adam 1e-4
+    (0.5, 0.9), batch 50).
 
-    ``iterations`` generator updates, checkpointed every ``iterations_per_epoch``.
+    ``iterations`` generator updates, checkpointed every ``iterations_per_epoch`` (a rerun with more
+    iterations extends a finished run). ``loss='hinge'``: the hinge loss of SN-GAN (Miyato et al. 2018;
+    use a spectrally normalised critic, ``gp_weight`` is ignored). ``ema`` > 0 keeps an exponential
+    moving average of the generator's weights with that decay (Yazıcı et al. 2019) and leaves it in
+    ``generator`` (the trained weights are checkpointed beside it): averaged weights give better samples.
     """
     check_images(x_train, generator.output_shape, name="x_train")
     if iterations % iterations_per_epoch:
         raise ValueError("iterations must be a multiple of iterations_per_epoch")
+    if loss not in ("wgan-gp", "hinge"):
+        raise ValueError(f"loss must be 'wgan-gp' or 'hinge', got {loss!r}")
+    if not 0.0 <= ema < 1.0:
+        raise ValueError(f"ema must be in [0, 1), got {ema}")
+    averaged = generator
+    if ema > 0:  # train a copy, keep the average in `generator`
+        generator = copy.deepcopy(averaged)
+        averaged.requires_grad_(False)
     gen = seed_everything(seed)
     device = next(generator.parameters()).device
     x_train = x_train.to(device)
@@ -127,6 +144,9 @@ def train_wgan(
         return torch.randn(batch_size, generator.latent_dim, generator=gen).to(device)
 
     def epoch_fn(epoch: int) -> dict[str, float]:
+        # Each epoch draws a fresh data order from the (checkpointed) data generator, so a run resumed at
+        # an epoch boundary sees exactly the batches an uninterrupted one would.
+        state["order"] = iter(())
         critic.train()
         generator.train()
         w_sum = gp_sum = 0.0
@@ -137,9 +157,14 @@ def train_wgan(
                 real = real_batch()
                 with torch.no_grad():
                     fake = generator(noise())
-                gp = _gradient_penalty(critic, real, fake, gen)
-                w = critic(real).mean() - critic(fake).mean()
-                loss_c = -w + gp_weight * gp
+                d_real, d_fake = critic(real), critic(fake)
+                w = d_real.mean() - d_fake.mean()
+                if loss == "hinge":
+                    gp = torch.zeros(())
+                    loss_c = torch.relu(1 - d_real).mean() + torch.relu(1 + d_fake).mean()
+                else:
+                    gp = _gradient_penalty(critic, real, fake, gen)
+                    loss_c = -w + gp_weight * gp
                 opt_c.zero_grad(set_to_none=True)
                 loss_c.backward()
                 opt_c.step()
@@ -149,18 +174,25 @@ def train_wgan(
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
             opt_g.step()
+            if ema > 0:
+                with torch.no_grad():
+                    for a, p in zip(averaged.parameters(), generator.parameters()):
+                        a.lerp_(p, 1 - ema)
+                    for a, b in zip(averaged.buffers(), generator.buffers()):
+                        a.copy_(b)
             w_sum += float(w.detach())
             gp_sum += float(gp.detach())
         for p in critic.parameters():
             p.requires_grad_(True)
         return {"wasserstein": w_sum / iterations_per_epoch, "gp": gp_sum / iterations_per_epoch}
 
+
     def finalize() -> dict[str, float]:
         ref = x_test if x_test is not None else x_train
         ref = ref[:2000].to(device)
         g = torch.Generator().manual_seed(seed + 1)
         with torch.inference_mode():
-            fake = generator(torch.randn(len(ref), generator.latent_dim, generator=g).to(device))
+            fake = averaged(torch.randn(len(ref), averaged.latent_dim, generator=g).to(device))
             w = float(critic(ref).mean() - critic(fake).mean())
         return {"critic_wasserstein_test": w, "iterations": iterations}
 
@@ -169,8 +201,11 @@ def train_wgan(
         "gp_weight": gp_weight, "lr": lr, "betas": list(betas), "batch_size": batch_size, "seed": seed,
         "n_train": len(x_train),
     }
+    if loss != "wgan-gp" or ema > 0:  # recorded only when set: earlier checkpoints' configs stay valid
+        config.update(trainer=f"gan-{loss}", ema=ema)
+    modules = {"model": averaged, "critic": critic} | ({"trained_generator": generator} if ema > 0 else {})
     return train_epochs(
-        path=path, modules={"model": generator, "critic": critic}, optimizers={"g": opt_g, "c": opt_c},
+        path=path, modules=modules, optimizers={"g": opt_g, "c": opt_c},
         epochs=iterations // iterations_per_epoch, epoch_fn=epoch_fn, config=config, metadata=metadata,
         generator=gen, finalize=finalize, desc="wgan-gp", progress=progress,
     )

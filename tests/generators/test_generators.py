@@ -99,6 +99,54 @@ class TestTraining:
         torch.testing.assert_close(loaded(z), g.eval()(z))
         assert isinstance(load_model(tmp_path / "gan.pt", key="critic"), WGANCritic)
 
+    def test_hinge_gan_with_ema_trains_resumes_and_keeps_the_average(self, tmp_path):
+        from manifold_defense import data
+        from manifold_defense.models import load_model
+
+        x = torch.nn.functional.interpolate(data.load("digits", "train").images, size=28, mode="bilinear").clamp(0, 1)
+        z = torch.randn(256, 16, generator=torch.Generator().manual_seed(0))
+
+        def run(iterations, path):
+            torch.manual_seed(0)
+            g, c = DefenseGANGenerator(latent_dim=16, dim=8), WGANCritic(dim=8, spectral_norm=True)
+            with torch.no_grad():
+                before = (g(z).mean(0) - x.mean(0)).pow(2).mean()
+            hist = train_wgan(g, c, x, iterations=iterations, iterations_per_epoch=30, critic_iters=1, batch_size=32,
+                              lr=2e-3, betas=(0.5, 0.999), loss="hinge", ema=0.9, path=path, progress=False)
+            return g, before, hist
+
+        g, before, hist = run(60, tmp_path / "a.pt")
+        with torch.no_grad():
+            after = (g(z).mean(0) - x.mean(0)).pow(2).mean()
+        assert len(hist) == 2 and after < 0.7 * before  # the average lags the trained copy a little
+        assert not any(p.requires_grad for p in g.parameters())  # the average, not the trained copy
+        trained = load_model(tmp_path / "a.pt", key="trained_generator")
+        assert not torch.allclose(trained(z), g(z))  # the average differs from the last iterate
+        torch.testing.assert_close(load_model(tmp_path / "a.pt")(z), g.eval()(z))
+        # 30 iterations, then extended to 60 from the checkpoint == 60 in one go
+        run(30, tmp_path / "b.pt")
+        g2, _, _ = run(60, tmp_path / "b.pt")
+        torch.testing.assert_close(g2(z), g(z))
+
+    def test_spectral_norm_critic_layers_have_unit_spectral_norm(self):
+        torch.manual_seed(0)
+        c = WGANCritic(dim=8, spectral_norm=True).train()
+        for _ in range(30):  # power iterations run in training-mode forwards
+            c(torch.rand(4, 1, 28, 28))
+        c.eval()
+        w = c.net[-1].weight  # the normalised weight of the linear layer
+        assert abs(float(torch.linalg.matrix_norm(w.detach(), ord=2)) - 1.0) < 1e-2
+        assert c.config["spectral_norm"] is True and "spectral_norm" not in WGANCritic(dim=8).config
+
+
+class TestExceptionTrainers:
+    @pytest.mark.parametrize("kwargs", [{"loss": "lsgan"}, {"ema": 1.0}, {"ema": -0.1}])
+    def test_bad_gan_settings(self, kwargs):
+        x = torch.rand(64, 1, 28, 28)
+        with pytest.raises(ValueError):
+            train_wgan(DefenseGANGenerator(latent_dim=4, dim=2), WGANCritic(dim=2), x, iterations=30,
+                       iterations_per_epoch=30, progress=False, **kwargs)
+
 
 class TestGradcheck:
     def test_vae(self):
