@@ -1,14 +1,17 @@
-"""Model zoo: trained generators and classifiers, trained on first use and cached.
+"""Model zoo: trained generators and classifiers, shipped with the package or trained on first use and cached.
 
-``get(name)`` returns a trained model in eval mode. The first call trains it (seeded, with a
-checkpoint per epoch, resumable if interrupted) and caches it under
-``$MANIFOLD_DEFENSE_CACHE/zoo/NAME.pt`` (default ``~/.cache/manifold-defense``); later calls load
-it with ``torch.load(weights_only=True)``. No weights are ever downloaded.
+``get(name)`` returns a trained model in eval mode: the weights shipped inside the package when there are
+(hash-verified, :mod:`manifold_defense.shipped`), else the cached build under
+``$MANIFOLD_DEFENSE_CACHE/zoo/NAME.pt`` (default ``~/.cache/manifold-defense``), else it trains the recipe
+(seeded, a checkpoint per epoch, resumable) into the cache. Everything loads with
+``torch.load(weights_only=True)``. No weights are ever downloaded.
 """
 
 from __future__ import annotations
 
+import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ from torch import nn
 from manifold_defense import data
 from manifold_defense.checkpoint import CheckpointError, file_lock, load_checkpoint, same_config, save_checkpoint
 from manifold_defense.models import build_model, load_model, model_from_payload
+from manifold_defense.shipped import manifest, shipped_payload
 from manifold_defense.utils import resolve_device
 from manifold_defense.validation import InputError
 
@@ -159,28 +163,59 @@ def _check_spec(name: str, meta: dict[str, Any], file: Path) -> None:
         )
 
 
-def get(name: str, device: str | torch.device = "cpu", *, train: bool = True, progress: bool = True) -> nn.Module:
-    """A trained zoo model on ``device`` (eval mode), training and caching it on first use.
+SOURCES = ("auto", "shipped", "cache")
+_WARNED: set[str] = set()
 
-    With ``train=False`` a missing model raises instead of training.
+
+def get(name: str, device: str | torch.device = "cpu", *, train: bool = True, progress: bool = True,
+        source: str | None = None) -> nn.Module:
+    """A trained zoo model on ``device`` (eval mode).
+
+    ``source`` (default ``$MANIFOLD_DEFENSE_ZOO_SOURCE``, else 'auto'): 'auto' loads the shipped weights when
+    the package has them (the weights the committed benchmarks used), else the cache, else trains and
+    caches the recipe; 'shipped' only the shipped weights; 'cache' ignores them (your own build, e.g. after
+    ``manifold-defense zoo build NAME --retrain``). With ``train=False`` a missing model raises instead of
+    training. A different build of a shipped model in the cache is kept, and 'auto' says which one it used.
     """
-    file = path(name)
+    src = source or os.environ.get("MANIFOLD_DEFENSE_ZOO_SOURCE") or "auto"
+    if src not in SOURCES:
+        raise InputError(f"source must be one of {', '.join(SOURCES)}, got {src!r}")
+    entry, file = _entry(name), path(name)
     device = resolve_device(device)
-    payload = _complete_payload(file, device)
-    if payload is not None:
-        _check_spec(name, payload["metadata"], file)
-        model = model_from_payload(payload, device, source=file)
-    elif not train:
-        raise CheckpointError(f"zoo model {name} is not built yet (looked for {file}); "
-                              f"run `manifold-defense zoo build {name}` or call zoo.get({name!r})")
-    else:
-        build(name, device=device, progress=progress)
-        model = load_model(file, device)
-    tuned = ENTRIES[name].extra.get("projection")
+    model = None
+    if src != "cache":
+        payload = shipped_payload(name, entry.spec(), device)
+        if payload is None and src == "shipped":
+            raise CheckpointError(f"{name} is not shipped with this package (shipped: {', '.join(manifest()) or 'none'})")
+        if payload is not None:
+            model = model_from_payload(payload, device, source=f"shipped weights of {name}")
+            cached = _complete_payload(file, device)
+            if cached is not None and name not in _WARNED and not _same_weights(cached, payload):
+                _WARNED.add(name)
+                warnings.warn(f"zoo: using the shipped weights of {name}; your own build at {file} differs and is "
+                              f"kept (zoo.get({name!r}, source='cache') or MANIFOLD_DEFENSE_ZOO_SOURCE=cache loads it)",
+                              stacklevel=2)
+    if model is None:
+        payload = _complete_payload(file, device)
+        if payload is not None:
+            _check_spec(name, payload["metadata"], file)
+            model = model_from_payload(payload, device, source=file)
+        elif not train:
+            raise CheckpointError(f"zoo model {name} is not built yet (looked for {file}); "
+                                  f"run `manifold-defense zoo build {name}` or call zoo.get({name!r})")
+        else:
+            build(name, device=device, progress=progress)
+            model = load_model(file, device)
+    tuned = entry.extra.get("projection")
     if tuned is not None and model.metadata.get("projection") != tuned:
         # a model built before its projection was tuned: the recipe's settings hold (new builds store them)
         model.metadata["projection"] = dict(tuned)
     return model
+
+
+def _same_weights(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    sa, sb = a["modules"]["model"]["state_dict"], b["modules"]["model"]["state_dict"]
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa)
 
 
 def _complete_payload(file: Path, device: torch.device) -> dict[str, Any] | None:
@@ -195,7 +230,8 @@ def _complete_payload(file: Path, device: torch.device) -> dict[str, Any] | None
 
 
 def build(name: str, *, device: str | torch.device = "cpu", force: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train zoo model ``name`` into the cache (resuming an interrupted build). Returns its quality metrics."""
+    """Train zoo model ``name`` from its recipe into the cache (resuming an interrupted build), whether or not
+    the package ships weights for it (those are never touched). Returns its quality metrics."""
     entry = _entry(name)
     file = path(name)
     device = resolve_device(device)
@@ -263,8 +299,9 @@ def _train(entry: ZooEntry, file: Path, device: torch.device, progress: bool) ->
 
 
 def status() -> list[dict[str, Any]]:
-    """One row per zoo entry: name, kind, dataset, whether cached, training time and quality."""
-    rows = []
+    """One row per zoo entry: name, kind, dataset, whether shipped or cached, training time and quality
+    (the shipped weights' figures when shipped: what ``get`` loads by default)."""
+    rows, shipped = [], manifest()
     for name, entry in ENTRIES.items():
         file = path(name)
         row: dict[str, Any] = {"name": name, "kind": entry.kind, "dataset": entry.dataset,
@@ -280,5 +317,9 @@ def status() -> list[dict[str, Any]]:
                 row["train_seconds"] = meta.get("train_seconds")
             except CheckpointError as exc:
                 row["state"] = f"corrupted ({exc})"
+        if name in shipped:
+            row["state"] = "shipped" + ("" if row["state"] == "not built" else f" + cache {row['state']}")
+            row["quality"] = dict(shipped[name].get("quality", {}))
+            row["train_seconds"] = shipped[name].get("train_seconds")
         rows.append(row)
     return rows

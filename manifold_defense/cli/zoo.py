@@ -20,9 +20,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     zb = zs.add_parser("build", help="train models into the cache (resumes an interrupted build)")
     zb.add_argument("names", nargs="*", help="zoo names (see zoo list)")
     zb.add_argument("--all", action="store_true", help="build every model")
-    zb.add_argument("--force", action="store_true", help="retrain even if cached")
+    zb.add_argument("--force", "--retrain", action="store_true",
+                    help="train from the recipe even if cached (shipped weights are never touched; load your build "
+                         "with zoo.get(NAME, source='cache'))")
     zb.add_argument("--quiet", action="store_true", help="no progress bars")
     add_device(zb)
+    zship = zs.add_parser("ship", help="(maintainers) copy finished cached builds into the package's shipped "
+                                       "weights and manifest")
+    zship.add_argument("names", nargs="+", help="zoo names")
+    zship.add_argument("--quality-json", default=None,
+                       help="benchmarks/results/generator_quality.json: add its FID, precision, recall, density and "
+                            "coverage to the generators' manifest entries (default: none)")
     zp = zs.add_parser("path", help="cache file of a model")
     zp.add_argument("name", help="zoo name")
     zsh = zs.add_parser("show", help="PNG grid of samples from a built zoo generator")
@@ -54,6 +62,26 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.zoo_cmd == "path":
         print(zoo.path(args.name))
+        return 0
+    if args.zoo_cmd == "ship":
+        from manifold_defense.shipped import WEIGHTS_DIR, export
+
+        measured = {}
+        if args.quality_json:
+            try:
+                measured = json.loads(open(args.quality_json, encoding="utf-8").read())["generators"]
+            except (OSError, ValueError, KeyError) as exc:
+                raise InputError(f"--quality-json {args.quality_json}: not a generator_quality.json ({exc})") from exc
+        for name in args.names:
+            spec = zoo.ENTRIES[name].spec() if name in zoo.ENTRIES else None
+            if spec is None:
+                raise InputError(f"unknown zoo model {name!r}; available: {', '.join(zoo.names())}")
+            row = measured.get(name, {})
+            quality = {k: row[k] for k in ("fid", "precision", "recall", "density", "coverage") if k in row}
+            if quality:
+                quality["fid_features"] = "mnist-classifier-c penultimate (benchmarks/generator_quality.py)"
+            entry = export(name, zoo.path(name), spec, quality=quality)
+            print(f"{name}: {entry['bytes'] / 1e6:.2f} MB, sha256 {entry['sha256'][:16]}… → {WEIGHTS_DIR}")
         return 0
     device = check_device(args.device)
     if args.zoo_cmd == "show":
