@@ -29,7 +29,7 @@ from manifold_defense.defended import ProjectionConfig
 from manifold_defense.generators.dcgan import DefenseGANGenerator
 from manifold_defense.quality import generator_quality
 
-GENERATORS = ["mnist-vae20", "mnist-wgan-inv"]  # mnist-wgan-inv: mnist-wgan's weights plus its encoder
+GENERATORS = ["mnist-vae20", "mnist-wgan", "mnist-wgan-inv"]  # mnist-wgan-inv: mnist-wgan's weights plus its encoder
 
 
 def projection_mse(gen, x: torch.Tensor, batch_size: int = 100) -> dict:

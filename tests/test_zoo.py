@@ -13,6 +13,12 @@ REQUIRED = ["digits-vae", "digits-classifier", "mnist-vae20", "mnist-wgan", "mni
             "mnist-classifier-b", "mnist-classifier-c", "mnist-classifier-d"]
 
 
+@pytest.fixture(autouse=True)
+def cache_source(monkeypatch):
+    """These tests are about the cache and the training path: the shipped weights are out of the way."""
+    monkeypatch.setenv("MANIFOLD_DEFENSE_ZOO_SOURCE", "cache")
+
+
 class TestSmoke:
     def test_names(self):
         assert set(REQUIRED) <= set(zoo.names())
@@ -20,7 +26,8 @@ class TestSmoke:
 
 
 class TestCache:
-    def test_get_trains_once_then_loads(self, digits_vae, digits_classifier, digits_test):
+    def test_get_trains_once_then_loads(self, digits_test):
+        digits_vae, digits_classifier = zoo.get("digits-vae", progress=False), zoo.get("digits-classifier", progress=False)
         assert isinstance(digits_vae, VAE) and isinstance(digits_classifier, DigitsCNN)
         meta = digits_classifier.metadata
         assert meta["zoo_name"] == "digits-classifier" and meta["complete"]
@@ -33,7 +40,8 @@ class TestCache:
         rows = {r["name"]: r for r in zoo.status()}
         assert rows["digits-vae"]["state"] == "built" and rows["digits-vae"]["quality"]["test_recon_mse"] < 0.04
 
-    def test_corrupted_cache_is_moved_aside_and_rebuilt(self, digits_classifier, tmp_path, monkeypatch):
+    def test_corrupted_cache_is_moved_aside_and_rebuilt(self, tmp_path, monkeypatch):
+        zoo.get("digits-classifier", progress=False)
         src = zoo.path("digits-classifier").read_bytes()
         monkeypatch.setenv("MANIFOLD_DEFENSE_CACHE", str(tmp_path))
         zoo.path("digits-classifier").parent.mkdir(parents=True)
@@ -72,7 +80,8 @@ class TestException:
         with pytest.raises(CheckpointError, match="zoo build mnist-wgan"):
             zoo.get("mnist-wgan", train=False)
 
-    def test_recipe_changed(self, digits_classifier, tmp_path, monkeypatch):
+    def test_recipe_changed(self, tmp_path, monkeypatch):
+        zoo.get("digits-classifier", progress=False)
         ckpt = load_checkpoint(zoo.path("digits-classifier"))
         ckpt["metadata"]["zoo_spec"]["train_config"]["lr"] = 0.5
         monkeypatch.setenv("MANIFOLD_DEFENSE_CACHE", str(tmp_path))
