@@ -55,6 +55,18 @@ class CarliniWagnerL2(Attack):
         return clipped
 
 
+class _GradientsFrom(nn.Module):
+    """``model``'s answers where no gradient is asked for, ``craft``'s forward (and so its gradients) where
+    one is: how AutoAttack keeps its books on the attacked model while following a surrogate's gradients."""
+
+    def __init__(self, craft: nn.Module, model: nn.Module) -> None:
+        super().__init__()
+        self.craft, self.model = craft, model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.craft(x) if torch.is_grad_enabled() and x.requires_grad else self.model(x)
+
+
 class AutoAttack(Attack):
     """AutoAttack (pyautoattack) in ℓ∞ or ℓ2. ``version`` 'standard', 'rand' or 'custom' (with ``attacks``);
     ``n_iter`` overrides the APGD iteration count (100 in the published suite) and ``eot_iter`` the EOT
@@ -82,7 +94,11 @@ class AutoAttack(Attack):
         logging.getLogger("auto-attack").setLevel(logging.WARNING)
         craft = crafting_model(model, self.projection, gradient="bpda", stochastic=self.stochastic)
         self.surrogate_description = describe_projection(model, craft)
-        aa = _AutoAttack(craft, norm={"linf": "Linf", "l2": "L2"}[self.norm], eps=epsilon, version=self.version,
+        # pyautoattack decides which samples are still robust (whom to attack next, whom to skip) from no-grad
+        # forward passes; those must be the attacked model's, or a sample the surrogate happens to misclassify
+        # is never attacked. Gradients (grad-enabled passes) come from the crafting model.
+        target = craft if craft is model else _GradientsFrom(craft, model)
+        aa = _AutoAttack(target, norm={"linf": "Linf", "l2": "L2"}[self.norm], eps=epsilon, version=self.version,
                          attacks=self.attacks, seed=self.seed, device=x.device)
         aa.verbose = False
         if self.n_iter is not None:

@@ -120,18 +120,20 @@ class BackwardPassDifferentiableApproximation(Attack):
     per forward) and the gradient is averaged over ``eot`` draws. ``projection`` selects a surrogate
     projection for crafting (default: the attacked model's own). ``range_restarts`` > 0 adds that many
     restarts from the ε-ball's nearest points to other classes' parts of the generator's range
-    (:func:`range_starts`) — on a projection defense far stronger than random starts. Keyword arguments of
-    PGD otherwise (``loss='margin'`` for the Carlini–Wagner margin).
+    (:func:`range_starts`) — on a projection defense far stronger than random starts. Every iterate is
+    scored on the attacked model (``check_every`` = k: every k-th step, for a costly model behind a cheap
+    surrogate). Keyword arguments of PGD otherwise (``loss='margin'`` for the Carlini–Wagner margin).
     """
 
     def __init__(self, *, norm: str = "linf", steps: int = 40, rel_stepsize: float | None = None,
                  random_start: bool = True, restarts: int = 1, eot: int = 1, seed: int = 0,
                  projection: ProjectionConfig | None = None, loss: str = "ce", range_restarts: int = 0,
-                 range_pool: int = 4000) -> None:
+                 range_pool: int = 4000, check_every: int = 1) -> None:
         if range_restarts < 0 or range_pool < 1:
             raise InputError(f"range_restarts must be >= 0 and range_pool >= 1, got {range_restarts}, {range_pool}")
         self.pgd = ProjectedGradientDescent(norm=norm, steps=steps, rel_stepsize=rel_stepsize,
-                                            random_start=random_start, restarts=restarts, eot=eot, seed=seed, loss=loss)
+                                            random_start=random_start, restarts=restarts, eot=eot, seed=seed, loss=loss,
+                                            check_every=check_every)
         self.norm, self.eot, self.projection = norm, eot, projection
         self.range_restarts, self.range_pool = range_restarts, range_pool
         self.surrogate_description = ""
@@ -151,7 +153,9 @@ class BackwardPassDifferentiableApproximation(Attack):
         if self.range_restarts and isinstance(model, DefendedModel):
             extra = range_starts(model.generator, model.classifier, x, y.to(x.device), epsilon, self.norm,
                                  self.range_restarts, pool=self.range_pool, seed=self.pgd.seed)
-        return pgd.run(craft, x, y, epsilon, scorer=None if same_function(model, craft) else model, extra_starts=extra)
+        adv = pgd.run(craft, x, y, epsilon, scorer=None if same_function(model, craft) else model, extra_starts=extra)
+        self._reached, pgd._reached = pgd._reached, None  # the search's verdicts on the attacked model
+        return adv
 
 
 class ImplicitPGD(BackwardPassDifferentiableApproximation):
@@ -202,7 +206,10 @@ class LatentReparameterization(Attack):
     def __init__(self, generator: nn.Module | None = None, *, norm: str = "l2", steps: int = 200, lr: float = 0.05,
                  restarts: int = 4, rounds: int = 3, penalty: float = 1.0, kappa: float = 2.0,
                  slack: float = 0.97, init_scale: float = 0.3, projection: ProjectionConfig | None = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, check_every: int = 1) -> None:
+        if check_every < 1:
+            raise InputError(f"check_every must be >= 1, got {check_every}")
+        self.check_every = check_every
         if norm not in ("linf", "l2"):
             raise InputError(f"norm must be 'linf' or 'l2', got {norm!r}")
         if steps < 1 or restarts < 1 or rounds < 1 or lr <= 0 or penalty <= 0 or not 0 < slack <= 1:
@@ -244,7 +251,7 @@ class LatentReparameterization(Attack):
         def adversarial(img: torch.Tensor, zz: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
             return (x_rep[rows] + project_to_ball(img - x_rep[rows], epsilon, self.norm)).clamp(0, 1)
 
-        check = FirstSuccess(model, y_rep, prefilter=True, transform=adversarial)
+        check = FirstSuccess(model, y_rep, prefilter=True, transform=adversarial, check_every=self.check_every)
 
         def margin(img: torch.Tensor, zz: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
             logits = classifier(img)

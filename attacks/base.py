@@ -10,7 +10,8 @@ from torch import nn
 
 from manifold_defense.validation import InputError, check_images, check_labels
 
-__all__ = ["Attack", "AttackResult", "TransferAttack", "perturbation_norm", "predict_labels", "FirstSuccess", "on_rows"]
+__all__ = ["Attack", "AttackResult", "TransferAttack", "perturbation_norm", "predict_labels", "labels_of", "FirstSuccess",
+           "on_rows", "is_deterministic"]
 
 
 @dataclass
@@ -43,28 +44,41 @@ def perturbation_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
     raise InputError(f"norm must be 'linf' or 'l2', got {norm!r}")
 
 
+def labels_of(logits: torch.Tensor) -> torch.Tensor:
+    """Predicted classes of ``logits``; a row with a non-finite logit gets -1 (wrong for every label: a model
+    that answers NaN is broken, never "correct" because NaN's argmax happened to be the label)."""
+    return torch.where(torch.isfinite(logits).all(1), logits.argmax(1), torch.full_like(logits[:, 0], -1,
+                                                                                          dtype=torch.long))
+
+
 def predict_labels(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The model's predicted class per input (one forward pass, no gradients)."""
+    """The model's predicted class per input (one forward pass, no gradients; -1 for non-finite logits)."""
     with torch.no_grad():
-        return model(x).argmax(1)
+        return labels_of(model(x))
 
 
 class FirstSuccess:
     """The engine's ``until``: a row stops, keeping its iterate, as soon as the *attacked* model misclassifies it.
 
     ``scorer`` is the attacked model; ``transform(x, v, rows)`` maps the engine's decoded images (and
-    variables) to the input the attacked model sees. With ``reuse`` the logits come from the objective's own forward pass
-    (record them with :meth:`record`): only when that forward *is* the attacked model (the same deterministic
-    function). Otherwise the scorer runs on the candidates; ``prefilter`` (cheap logits recorded by the
-    objective, e.g. the classifier at ``G(z)`` for an on-manifold attack) limits that to the rows the cheap
-    model already gets wrong. Success is never judged on a surrogate alone.
+    variables) to the input the attacked model sees. With ``reuse`` the logits come from the objective's own
+    forward pass (record them with :meth:`record`): only when that forward *is* the attacked model (the same
+    deterministic function). Otherwise the scorer runs on every unbroken row at every call; ``prefilter``
+    with ``check_every`` = k > 1 (for a scorer far costlier than the crafting model, e.g. Defense-GAN's
+    projection behind a fast surrogate) checks every row only every k-th call and, in between, the rows the
+    cheap logits (recorded by the objective) already get wrong. Success is never judged on a surrogate.
+    :attr:`hit_rows` holds every row the scorer found misclassified.
     """
 
     def __init__(self, scorer: nn.Module, labels: torch.Tensor, *, reuse: bool = False, prefilter: bool = False,
-                 transform: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> None:
+                 transform: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                 check_every: int = 1) -> None:
+        if check_every < 1:
+            raise InputError(f"check_every must be >= 1, got {check_every}")
         self.scorer, self.labels, self.reuse, self.prefilter = scorer, labels, reuse, prefilter
-        self.transform = transform
+        self.transform, self.check_every, self.calls = transform, check_every, 0
         self.logits: torch.Tensor | None = None
+        self.hit_rows = torch.zeros(len(labels), dtype=torch.bool, device=labels.device)
 
     def record(self, logits: torch.Tensor) -> None:
         """Keep the objective's logits of the rows just evaluated."""
@@ -72,17 +86,26 @@ class FirstSuccess:
 
     def __call__(self, x: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         y = self.labels[rows]
+        self.calls += 1
         if self.reuse:
-            return self.logits[: len(rows)].argmax(1) != y
-        candidate = torch.ones(len(rows), dtype=torch.bool, device=y.device)
-        if self.prefilter and self.logits is not None:
-            candidate = self.logits[: len(rows)].argmax(1) != y
-        hit = torch.zeros_like(candidate)
-        if bool(candidate.any()):
-            inputs = x if self.transform is None else self.transform(x, v, rows)
-            with torch.no_grad():
-                hit[candidate] = self.scorer(inputs[candidate]).argmax(1) != y[candidate]
+            hit = labels_of(self.logits[: len(rows)]) != y
+        else:
+            candidate = torch.ones(len(rows), dtype=torch.bool, device=y.device)
+            if self.prefilter and self.logits is not None and self.calls % self.check_every != 0:
+                candidate = labels_of(self.logits[: len(rows)]) != y
+            hit = torch.zeros_like(candidate)
+            if bool(candidate.any()):
+                inputs = x if self.transform is None else self.transform(x, v, rows)
+                with torch.no_grad():
+                    hit[candidate] = labels_of(self.scorer(inputs[candidate])) != y[candidate]
+        self.hit_rows[rows[hit]] = True
         return hit
+
+
+def is_deterministic(model: nn.Module) -> bool:
+    """Whether ``model`` answers an input the same way every time (not a stochastic projection defense)."""
+    projection = getattr(model, "projection", None)
+    return not bool(getattr(projection, "stochastic", False))
 
 
 def on_rows(subset: torch.Tensor) -> Callable:
@@ -127,12 +150,21 @@ class Attack:
         # On-manifold attacks measure ε around a reference point (the projection G(ẑ(x))), not x.
         adv, ref = (out if isinstance(out, tuple) else (out, x))
         adv, ref = adv.detach(), ref.detach()
+        if not bool(torch.isfinite(adv).all()):
+            raise AssertionError(f"{type(self).__name__} produced non-finite adversarial inputs")
         norms = perturbation_norm(adv - ref, self.norm)
         tol = 1e-5 * max(1.0, epsilon)
         if bool((norms > epsilon + tol).any()) or float(adv.min()) < -1e-6 or float(adv.max()) > 1 + 1e-6:
             raise AssertionError(f"{type(self).__name__} produced a perturbation of {self.norm} norm "
                                  f"{float(norms.max()):.4g} > ε = {epsilon} or left [0, 1]")
         success = predict_labels(model, adv) != y.to(adv.device)
+        # The search's own verdict on the attacked model, for the very inputs returned: a deterministic model
+        # that misclassified them once is broken even if a re-evaluation in another batch shape rounds the
+        # other way (logits differ by ~1e-6 across batch shapes).
+        reached = getattr(self, "_reached", None)
+        self._reached = None
+        if reached is not None and is_deterministic(model):
+            success = success | reached.to(success.device)
         return AttackResult(adversarial=adv, success=success.cpu(), norms=norms.cpu(), epsilon=float(epsilon),
                             norm=self.norm)
 

@@ -60,9 +60,10 @@ class LatentPGD(Attack):
     norm = "l2"
 
     def __init__(self, generator: nn.Module, *, steps: int = 40, latent_stepsize: float = 0.1,
-                 projection: ProjectionConfig | None = None, bisection_steps: int = 10) -> None:
-        if steps < 1 or latent_stepsize <= 0 or bisection_steps < 1:
-            raise InputError("steps and bisection_steps must be >= 1 and latent_stepsize > 0")
+                 projection: ProjectionConfig | None = None, bisection_steps: int = 10, check_every: int = 1) -> None:
+        if steps < 1 or latent_stepsize <= 0 or bisection_steps < 1 or check_every < 1:
+            raise InputError("steps, bisection_steps and check_every must be >= 1 and latent_stepsize > 0")
+        self.check_every = check_every
         self.generator = generator
         self.steps, self.latent_stepsize, self.bisection_steps = steps, latent_stepsize, bisection_steps
         self.projection = projection or ProjectionConfig(steps=200, restarts=4)
@@ -82,7 +83,7 @@ class LatentPGD(Attack):
         def project(z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
             return pull_back(self.generator, z0[rows], z, x0[rows], epsilon, self.bisection_steps)
 
-        check = FirstSuccess(model, y, reuse=classifier is model, prefilter=True,
+        check = FirstSuccess(model, y, reuse=classifier is model, prefilter=True, check_every=self.check_every,
                              transform=lambda img, z, rows: img.clamp(0, 1))
 
         def loss(img: torch.Tensor, z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -110,7 +111,10 @@ class OverpoweredAttack(Attack):
 
     def __init__(self, generator: nn.Module, *, steps: int = 100, lr: float = 0.05, rounds: int = 3,
                  multiplier: float = 1.0, cap: float = 10.0, init_scale: float = 0.1,
-                 projection: ProjectionConfig | None = None, seed: int = 0) -> None:
+                 projection: ProjectionConfig | None = None, seed: int = 0, check_every: int = 1) -> None:
+        if check_every < 1:
+            raise InputError(f"check_every must be >= 1, got {check_every}")
+        self.check_every = check_every
         if steps < 1 or rounds < 1 or lr <= 0 or multiplier <= 0 or cap <= 0:
             raise InputError("steps and rounds must be >= 1; lr, multiplier and cap > 0")
         self.generator, self.steps, self.lr, self.rounds = generator, steps, lr, rounds
@@ -131,7 +135,7 @@ class OverpoweredAttack(Attack):
         def decode(v: torch.Tensor) -> torch.Tensor:
             return g(v.flatten(0, 1)).view(len(v), 2, *g.output_shape)
 
-        check = FirstSuccess(model, y, reuse=classifier is model, prefilter=True,
+        check = FirstSuccess(model, y, reuse=classifier is model, prefilter=True, check_every=self.check_every,
                              transform=lambda img, v, rows: img[:, 1].clamp(0, 1))
 
         def disagreement(img: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

@@ -62,14 +62,17 @@ class ProjectedGradientDescent(Attack):
     ``rel_stepsize·ε`` (default 2.5/steps, so the walk can cross the ball), projection onto the ε-ball
     and [0, 1], optional random start, ``restarts`` random starts run together in the batch, ``eot``
     gradient samples per step; ``loss`` is the cross-entropy ('ce') or the Carlini–Wagner margin
-    ('margin', often stronger against defenses that flatten the softmax). A success is never lost: each restart stops at, and keeps, the first
-    iterate the attacked model misclassifies (checked on the attacked model itself, ``scorer``, when the
-    gradients come from another model); samples never broken keep their highest-loss iterate over all steps
-    and restarts. ``get_step_rule()`` is the hook for another ascent direction.
+    ('margin', often stronger against defenses that flatten the softmax). A success is never lost: each
+    restart stops at, and keeps, the first iterate the attacked model misclassifies (scored on the attacked
+    model itself, ``scorer``, when the gradients come from another model: every step, or every
+    ``check_every``-th step plus wherever the crafting model already misclassifies); samples never broken
+    keep their highest-loss iterate over all steps and restarts. ``get_step_rule()`` is the hook for another
+    ascent direction.
     """
 
     def __init__(self, *, norm: str = "linf", steps: int = 40, rel_stepsize: float | None = None,
-                 random_start: bool = True, restarts: int = 1, eot: int = 1, seed: int = 0, loss: str = "ce") -> None:
+                 random_start: bool = True, restarts: int = 1, eot: int = 1, seed: int = 0, loss: str = "ce",
+                 check_every: int = 1) -> None:
         if norm not in NORMS:
             raise InputError(f"norm must be 'linf' or 'l2', got {norm!r}")
         if loss not in ("ce", "margin"):
@@ -80,6 +83,9 @@ class ProjectedGradientDescent(Attack):
             raise InputError("steps, restarts and eot must be >= 1 and rel_stepsize > 0")
         self.norm, self.steps, self.rel_stepsize = norm, steps, rel_stepsize
         self.random_start, self.restarts, self.eot, self.seed = random_start, restarts, eot, seed
+        if check_every < 1:
+            raise InputError(f"check_every must be >= 1, got {check_every}")
+        self.check_every = check_every
 
     def get_step_rule(self) -> StepRule:
         """Steepest ascent in the attack's norm: sign steps (ℓ∞) or normalised gradients (ℓ2)."""
@@ -110,10 +116,10 @@ class ProjectedGradientDescent(Attack):
             xr = x.repeat(self.restarts + k, *([1] * (x.dim() - 1)))
         r = len(xr) // n
         yr = y.to(x.device).repeat(r)
-        # With a separate scorer its (costly) forward runs only where the crafting model's own logits already
-        # say "misclassified"; the success itself is always the scorer's verdict.
+        # With a separate scorer every unbroken iterate is scored on it (with check_every = k > 1: every k-th
+        # step, and in between where the crafting model's own logits already say "misclassified").
         check = FirstSuccess(scorer if scorer is not None else model, yr, reuse=scorer is None,
-                             prefilter=scorer is not None)
+                             prefilter=scorer is not None, check_every=self.check_every)
 
         def loss(images: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
             logits = model(images)
@@ -126,10 +132,13 @@ class ProjectedGradientDescent(Attack):
                       step_rule=self.get_step_rule(), project=ball_projection(xr, epsilon, self.norm), until=check,
                       eot=self.eot, desc="pgd")
         if r == 1:
+            self._reached = res.reached.clone()  # these rows' iterates are the ones the scorer misclassified
             return res.variables
         score = torch.where(res.reached, torch.full_like(res.objective, -torch.inf), res.objective)
         pick = score.view(r, n).argmin(0)  # a restart that broke the sample, else the one with the highest loss
-        return res.variables.view(r, n, *x.shape[1:])[pick, torch.arange(n, device=x.device)]
+        cols = torch.arange(n, device=x.device)
+        self._reached = res.reached.view(r, n)[pick, cols]
+        return res.variables.view(r, n, *x.shape[1:])[pick, cols]
 
 
 class LinfPGD(ProjectedGradientDescent):

@@ -96,10 +96,17 @@ def model_fingerprint(model: nn.Module) -> dict[str, Any]:
     return {"classifier": state_digest(model), "generator": None, "projection": None, "gradient": None}
 
 
+#: How attacks judge success; bumped whenever that changes, so records made under other rules are refused.
+#: 2: every iterate scored on the attacked model (not only where a surrogate agreed), the search's own verdict
+#: kept on deterministic models, NaN logits count as misclassified, AutoAttack's bookkeeping on the real model.
+SCORING_VERSION = 2
+
+
 def attack_fingerprint(spec: Any) -> dict[str, Any]:
-    """An attack spec's identity: name, threat model, class and every hyperparameter (budget and seed included)."""
+    """An attack spec's identity: name, threat model, class and every hyperparameter (budget and seed included),
+    and the library's scoring rules (:data:`SCORING_VERSION`)."""
     return {"name": spec.name, "threat": spec.threat, "iterative": spec.iterative, "class": type(spec.attack).__name__,
-            "hyperparameters": _jsonable(spec.attack)}
+            "hyperparameters": _jsonable(spec.attack), "scoring": SCORING_VERSION}
 
 
 def read_records(path: str | os.PathLike, *, repair: bool = False) -> list[dict]:

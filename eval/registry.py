@@ -54,6 +54,9 @@ class AttackBudget:
     autoattack_eot: int = 2
     cw_steps: int = 100
     range_restarts: int = 3  # implicit PGD: restarts from the nearest other-class points of the range
+    #: with a surrogate projection (crafting on a cheaper one than the attacked model's), score every unbroken
+    #: iterate on the attacked model every this many steps (and in between where the surrogate already fails)
+    surrogate_check_every: int = 5
 
     def __post_init__(self) -> None:
         bad = [f.name for f in fields(self) if not getattr(self, f.name) > (-1 if f.name == "range_restarts" else 0)]
@@ -117,15 +120,22 @@ def _transfer(c: _Context) -> Attack:
     return TransferAttack(c.classifier, FGSM())
 
 
+def _check_every(c: _Context) -> int:
+    """Every step on the attacked model itself; every few behind a (much cheaper) surrogate projection."""
+    return 1 if c.surrogate is None else c.budget.surrogate_check_every
+
+
 def _bpda(c: _Context) -> Attack:
     b = c.budget
-    return BPDA(norm=c.threat, steps=b.pgd_steps, eot=b.eot, restarts=b.restarts, projection=c.surrogate)
+    return BPDA(norm=c.threat, steps=b.pgd_steps, eot=b.eot, restarts=b.restarts, projection=c.surrogate,
+                check_every=_check_every(c))
 
 
 def _implicit(c: _Context) -> Attack:
     # a deterministic projection needs no EOT; a stochastic one gets the budget's draws
     return ImplicitPGD(norm=c.threat, steps=c.budget.pgd_steps, eot=c.budget.eot, restarts=c.budget.restarts,
-                       projection=c.surrogate, loss="margin", range_restarts=c.budget.range_restarts)
+                       projection=c.surrogate, loss="margin", range_restarts=c.budget.range_restarts,
+                       check_every=_check_every(c))
 
 
 def _unrolled(c: _Context) -> Attack:
@@ -135,18 +145,19 @@ def _unrolled(c: _Context) -> Attack:
 def _reparam(c: _Context) -> Attack:
     b = c.budget
     return LatentReparameterization(c.generator, norm=c.threat, steps=b.latent_steps, restarts=b.latent_restarts,
-                                    projection=c.surrogate)
+                                    projection=c.surrogate, check_every=_check_every(c))
 
 
 def _on_manifold(c: _Context) -> Attack:
     b = c.budget
     return LatentPGD(c.generator, steps=b.on_manifold_steps, latent_stepsize=b.on_manifold_stepsize,
-                     projection=c.surrogate)
+                     projection=c.surrogate, check_every=_check_every(c))
 
 
 def _overpowered(c: _Context) -> Attack:
     b = c.budget
-    return OverpoweredAttack(c.generator, steps=b.overpowered_steps, rounds=b.overpowered_rounds, projection=c.surrogate)
+    return OverpoweredAttack(c.generator, steps=b.overpowered_steps, rounds=b.overpowered_rounds, projection=c.surrogate,
+                             check_every=_check_every(c))
 
 
 def _autoattack(rand: bool) -> Callable[[_Context], Attack]:

@@ -21,9 +21,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from manifold_defense.attacks.base import Attack
+from manifold_defense.attacks.base import Attack, labels_of
 from manifold_defense.eval.records import (
     IncompleteEvaluation,
+    RecordError,
     RecordStore,
     attack_fingerprint,
     attack_record,
@@ -103,11 +104,12 @@ class Evaluation:
         return wilson_interval(sum(vals), len(vals))
 
     def worst_case_samples(self, *, attempts: int = 1) -> dict[tuple[str, float], list[bool]]:
-        """Per threat model and ε, per sample: robust only if every attack of that threat at that ε failed."""
+        """Per threat model and ε, per sample: robust only if every attack of that threat at that ε *or any
+        smaller ε* failed (an adversarial input within ε' ≤ ε of x is one within ε too)."""
         out = {}
         for threat in sorted(set(self.threats.values())):
             for eps in sorted({e for (a, e) in self.robust if self.threats[a] == threat}):
-                keys = [k for k in self.robust if self.threats[k[0]] == threat and k[1] == eps]
+                keys = [k for k in self.robust if self.threats[k[0]] == threat and k[1] <= eps]
                 out[(threat, eps)] = [all(self._table(k, attempts)[i] for k in keys) for i in self.indices]
         return out
 
@@ -155,7 +157,8 @@ class Evaluation:
         d["robustbench"] = entries
         if entries:  # the first ℓ∞ (else ℓ2) entry at its largest ε, as RobustBench's top-level fields
             main = max(entries, key=lambda e: (e["threat_model"] == "Linf", float(e["eps"])))
-            d.update({k: main[k] for k in ("clean_acc", "eps", "threat_model", "dataset", "number_forward_passes")})
+            d.update({k: main[k] for k in ("clean_acc", "robust_acc", "eps", "threat_model", "dataset",
+                                            "number_forward_passes")})
             if "autoattack_acc" in main:
                 d["autoattack_acc"] = main["autoattack_acc"]
         return d
@@ -172,15 +175,24 @@ class Evaluation:
         clean, clean_all, broken, broken_any = {}, {}, {}, {}
         threats, iterative, seconds, notes = {}, {}, {}, {}
         wanted_jobs = {(a, float(e)) for a, e in jobs}
+        def once(table: dict, key, i: int) -> None:  # two verdicts for one sample: merged or resumed wrongly
+            if i in table:
+                raise RecordError(f"two records for sample {i} under {key}: the records were merged or resumed "
+                                  "wrongly; rerun into a fresh folder")
+
         for r in records:
             rows = [(i, k) for k, i in enumerate(r["indices"]) if i in want]
             if r["kind"] == "clean":
+                for i, _ in rows:
+                    once(clean, "clean", i)
                 clean.update((i, bool(r["correct"][k])) for i, k in rows)
                 clean_all.update((i, bool(r.get("correct_all", r["correct"])[k])) for i, k in rows)
                 continue
             key = (r["attack"], float(r["epsilon"]))
             if key not in wanted_jobs:
                 continue
+            for i, _ in rows:
+                once(broken.get(key, {}), key, i)
             broken.setdefault(key, {}).update((i, bool(r["broken"][k])) for i, k in rows)
             broken_any.setdefault(key, {}).update((i, bool(r.get("broken_any", r["broken"])[k])) for i, k in rows)
             threats[r["attack"]], iterative[r["attack"]] = r["threat"], r.get("iterative", True)
@@ -204,9 +216,10 @@ def _world() -> tuple[int, int]:
 
 
 def _predictions(model: nn.Module, x: torch.Tensor, attempts: int) -> torch.Tensor:
-    """``(attempts, N)`` predicted labels from fresh forward passes (a randomised model draws anew each time)."""
+    """``(attempts, N)`` predicted labels from fresh forward passes (a randomised model draws anew each time);
+    -1 where a logit is not finite (wrong for every label)."""
     with torch.no_grad():
-        return torch.stack([model(x).argmax(1) for _ in range(attempts)])
+        return torch.stack([labels_of(model(x)) for _ in range(attempts)])
 
 
 def evaluate(
@@ -267,7 +280,7 @@ def evaluate(
     if store is not None:
         for s in attacks:
             store.check_attack(s.name, fingerprints[s.name])
-    device = next(model.parameters()).device
+    device = next(iter(model.parameters()), x).device  # a model without parameters runs where x is
     model.eval()
     batches = [b for b in range(start, stop, batch_size) if (b // batch_size) % world == rank]
     fresh: list[dict] = []

@@ -223,7 +223,7 @@ class DefendedModel(nn.Module):
         x_proj = res.x.to(x.dtype)
         if x.requires_grad and not unrolled:
             if self.gradient == "bpda":
-                x_proj = x + (x_proj - x).detach()  # value G(ẑ), gradient of the identity (BPDA)
+                x_proj = x_proj.detach() + (x - x.detach())  # value G(ẑ) bitwise, gradient of the identity (BPDA)
             elif self.gradient == "implicit":
                 cfg = self.projection
                 x_proj = implicit_projection(x, x_proj, res.z, self.generator, dead_zone=cfg.dead_zone,

@@ -1,4 +1,4 @@
-"""``manifold-defense demo``: the whole story on the embedded digits."""
+"""``manifold-defense demo``: the whole story on the embedded digits (or on MNIST)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,15 @@ __all__ = ["add_parser", "run"]
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register the command."""
-    p = sub.add_parser("demo", help="train (or load) the digits models, attack them undefended and defended",
-                       description="Trains (or loads) a VAE and a classifier on scikit-learn's 8x8 digits, reports "
-                                   "their quality, attacks the undefended and the defended classifier (transfer, "
-                                   "BPDA, latent reparameterisation, on-manifold), runs the sanity checks and writes "
-                                   "reports, plots and image grids.")
+    p = sub.add_parser("demo", help="load (or train) the zoo models, attack them undefended and defended",
+                       description="Loads (or trains) a VAE and a classifier on scikit-learn's 8x8 digits (or MNIST), "
+                                   "reports their quality, attacks the undefended and the defended classifier "
+                                   "(transfer, BPDA, implicit gradients, latent reparameterisation, on-manifold), runs "
+                                   "the sanity checks and writes reports, plots and image grids.")
+    p.add_argument("--dataset", choices=["digits", "mnist"], default="digits",
+                   help="digits (embedded, default) or mnist (mnist.npz from --data-path or $MANIFOLD_DEFENSE_DATA)")
+    p.add_argument("--data-path", default=None, help="folder holding mnist.npz, or the file (default: "
+                                                     "$MANIFOLD_DEFENSE_DATA)")
     p.add_argument("--out", default="manifold-defense-demo", help="output folder for PNGs and JSON")
     p.add_argument("--n", type=positive_int, default=100, help="test images attacked")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -29,5 +33,9 @@ def run(args: argparse.Namespace) -> int:
 
     device = check_device(args.device)
     out = check_output_dir(args.out)
-    run_demo(out, n=args.n, device=device, progress=not args.quiet)
+    if args.data_path is not None and args.dataset != "mnist":
+        from manifold_defense.validation import InputError
+
+        raise InputError("--data-path is for --dataset mnist (the digits are embedded)")
+    run_demo(out, dataset=args.dataset, n=args.n, device=device, progress=not args.quiet, data_path=args.data_path)
     return 0

@@ -303,13 +303,14 @@ def _loop(var, decode, data, penalties, *, steps, lr, rule, schedule, project, n
     factor = schedule_factor(schedule, steps)
     floor = None if stop_at is None else torch.as_tensor(stop_at, dtype=dtype, device=device).expand(B)
 
-    def check_until(x: torch.Tensor, v: torch.Tensor, rows: torch.Tensor, f: torch.Tensor, d: torch.Tensor,
-                    finite: torch.Tensor) -> torch.Tensor:
+    def check_until(x: torch.Tensor, v: torch.Tensor, rows: torch.Tensor, f: torch.Tensor, d: torch.Tensor
+                    ) -> torch.Tensor:
         """Rows meeting ``until`` keep this iterate and stop (returns the mask, all False without ``until``)."""
         if until is None:
             return torch.zeros(len(rows), dtype=torch.bool, device=device)
-        with torch.no_grad():
-            hit = until(x.detach(), v.detach(), rows).to(torch.bool) & finite & ~reached_rows[rows]
+        with torch.no_grad():  # a success counts even where the objective or its gradient is not finite
+            usable = torch.isfinite(v.detach()).flatten(1).all(1)
+            hit = until(x.detach(), v.detach(), rows).to(torch.bool) & usable & ~reached_rows[rows]
         if bool(hit.any()):
             nonlocal best_var
             r = rows[hit]
@@ -351,7 +352,7 @@ def _loop(var, decode, data, penalties, *, steps, lr, rule, schedule, project, n
         if not bool(finite.all()):
             diverged[active[~finite]] = True
         reached = None if floor is None else d <= floor[active]
-        hit = check_until(x, v, active, f, d, finite)
+        hit = check_until(x, v, active, f, d)
         # Track the best iterate (objective at v, before this step's update); rows that met ``until`` keep theirs.
         better = finite & (f < best[active]) & ~reached_rows[active]
         if bool(better.any()):
@@ -393,7 +394,7 @@ def _loop(var, decode, data, penalties, *, steps, lr, rule, schedule, project, n
             f, d = f.detach(), d.detach()
         evals[active] += 1
         finite = torch.isfinite(f)
-        hit = check_until(x, v, active, f, d, finite)
+        hit = check_until(x, v, active, f, d)
         better = finite & (f < best[active]) & ~hit & ~reached_rows[active]
         rows = active[better]
         best_var = put(best_var, rows, v[better])
@@ -404,6 +405,6 @@ def _loop(var, decode, data, penalties, *, steps, lr, rule, schedule, project, n
             all_rows = torch.arange(B, device=device)
             best, best_data, x = evaluate(var, all_rows)
             best, best_data = best.detach(), best_data.detach()
-            check_until(x, var, all_rows, best, best_data, torch.isfinite(best))
+            check_until(x, var, all_rows, best, best_data)
         evals += 1
     return Descent(best_var, best, best_data, history, evals, diverged, stopped_at, reached_rows)

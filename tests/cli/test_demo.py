@@ -21,10 +21,25 @@ class TestSmoke:
         assert dfd["robust"]["fgsm_transfer@0.2"]["accuracy"] > und["robust"]["fgsm_transfer@0.2"]["accuracy"] + 0.2, seen
         # ... and the adaptive BPDA attack is stronger against it than the transfer attack.
         assert dfd["robust"]["pgd_linf_bpda@0.3"]["accuracy"] <= dfd["robust"]["fgsm_transfer@0.3"]["accuracy"], seen
+        # The implicit-gradient attack (margin loss, range restarts) is the strongest adaptive one here.
+        assert dfd["robust"]["pgd_l2_implicit@1"]["accuracy"] <= dfd["robust"]["pgd_l2_bpda@1"]["accuracy"], seen
+        assert "defended worst case" in out
         assert all(und["sanity"].values()), (und["sanity_details"], seen)
 
 
 class TestException:
+    def test_mnist_without_its_data_says_where_to_put_it(self, tmp_path, capsys, monkeypatch):
+        monkeypatch.delenv("MANIFOLD_DEFENSE_DATA", raising=False)
+        assert main(["demo", "--dataset", "mnist", "--data-path", str(tmp_path / "nowhere"),
+                     "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "mnist.npz" in err
+        assert not (tmp_path / "o" / "demo.json").exists()
+
+    def test_data_path_needs_mnist(self, tmp_path, capsys):
+        assert main(["demo", "--data-path", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+        assert "--data-path is for --dataset mnist" in capsys.readouterr().err
+
     def test_a_gpu_that_is_not_there(self, capsys, monkeypatch):
         import torch
 

@@ -62,7 +62,113 @@ class _Ramp(nn.Module):
         return torch.stack([torch.zeros_like(x[:, 0, 0, 0]), self.w * x[:, 0, 0, 0]], 1)
 
 
+class _ConfidentRamp(_Ramp):
+    """A surrogate that is never wrong (class 0 by a wide margin) while its loss still rises with the pixel."""
+
+    def forward(self, x):
+        return torch.stack([torch.full_like(x[:, 0, 0, 0], 100.0), self.w * x[:, 0, 0, 0]], 1)
+
+
+class _Deterministic(nn.Module):
+    """Logits that change with the batch around a near-tie (what ~1e-6 batch-shape rounding does)."""
+
+    input_shape, num_classes = (1, 1, 2), 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        return torch.stack([torch.ones(len(x)), torch.ones(len(x)) - 1e-6], 1) + 0 * self.dummy
+
+
 class TestLostSuccess:
+    def test_success_is_looked_for_where_the_surrogate_sees_none(self):
+        """The surrogate never misclassifies, so a prefilter on its logits never asked the attacked model;
+        the band where the attacked model is wrong lies mid-walk, not at the end."""
+        x = torch.tensor([[[[0.1, 0.5]]]])
+        y = torch.tensor([0])
+        adv = LinfPGD(steps=10, rel_stepsize=0.1, random_start=False).run(_ConfidentRamp(), x, y, 0.8, scorer=_Band())
+        assert int(_Band()(adv).argmax(1)) == 1, adv
+        # with check_every = k the attacked model is still asked every k-th step
+        adv = LinfPGD(steps=10, rel_stepsize=0.05, random_start=False, check_every=2).run(
+            _ConfidentRamp(), x, y, 0.8, scorer=_Band())
+        assert int(_Band()(adv).argmax(1)) == 1, adv
+
+    def test_the_search_verdict_counts_on_a_deterministic_model(self):
+        class Found(Attack):
+            def run(self, model, x, y, epsilon):
+                self._reached = torch.ones(len(x), dtype=torch.bool)  # the search saw the model misclassify x
+                return x
+
+        x, y = torch.full((3, 1, 1, 2), 0.5), torch.zeros(3, dtype=torch.long)
+        assert bool(Found()(_Deterministic(), x, y, epsilon=0.1).success.all())
+
+        class Stochastic(_Deterministic):
+            class projection:  # noqa: N801 — the attribute a stochastic DefendedModel carries
+                stochastic = True
+
+        assert not bool(Found()(Stochastic(), x, y, epsilon=0.1).success.any())  # one fresh draw decides
+
+    def test_nan_logits_are_wrong_not_correct(self, batch):
+        class NaNModel(nn.Module):
+            input_shape, num_classes = (1, 8, 8), 10
+
+            def forward(self, x):
+                out = x.flatten(1)[:, :10] * 0
+                out = torch.cat([torch.full_like(out[:, :1], float("nan")), out[:, 1:]], 1)  # argmax of NaN is its index: class 0 would count as "correct"
+                return out
+
+        x, y = batch
+        y = torch.zeros_like(y)
+        ev = evaluate(NaNModel(), x, y, [AttackSpec("fgsm", FGSM(), [0.1], "linf", iterative=False)], progress=False)
+        assert ev.accuracy()[0] == 0.0
+
+    def test_autoattack_keeps_its_books_on_the_attacked_model(self):
+        from manifold_defense.attacks.adapters import _GradientsFrom
+
+        craft, real = _ConfidentRamp(), _Band()
+        m = _GradientsFrom(craft, real)
+        x = torch.tensor([[[[0.5, 0.5]]]])
+        with torch.no_grad():
+            assert torch.equal(m(x), real(x))  # which samples are robust: the attacked model says
+        xg = x.clone().requires_grad_(True)
+        assert torch.equal(m(xg), craft(xg))  # the gradients: the crafting model's
+
+    def test_a_success_with_a_non_finite_objective_still_counts(self):
+        from manifold_defense.inversion import descend
+
+        v0 = torch.zeros(4, 3)
+        res = descend(v0, lambda v: v, lambda img, v, rows: v.sum(1) * float("nan"), steps=3, lr=0.1,
+                      until=lambda img, v, rows: torch.ones(len(rows), dtype=torch.bool))
+        assert bool(res.reached.all())
+
+
+class TestWorstCase:
+    def _records(self):
+        clean = {"kind": "clean", "start": 0, "indices": [0, 1], "correct": [True, True], "correct_all": [True, True]}
+
+        def attack(name, eps, broken):
+            return {"kind": "attack", "attack": name, "epsilon": eps, "start": 0, "indices": [0, 1], "threat": "linf",
+                    "iterative": True, "broken": broken, "broken_any": broken}
+        return [clean, attack("a", 0.1, [True, False]), attack("b", 0.2, [False, False])]
+
+    def test_worst_case_is_monotone_in_epsilon(self):
+        ev = Evaluation.from_records(self._records(), range(2), [("a", 0.1), ("b", 0.2)])
+        worst = ev.worst_case_samples()
+        assert worst[("linf", 0.1)] == [False, True]
+        assert worst[("linf", 0.2)] == [False, True]  # broken within 0.1, so within 0.2 as well
+        d = ev.to_dict()
+        assert d["robust_acc"] == 0.5 and d["robustbench"][0]["robust_acc"] in (0.5,)
+
+    def test_two_verdicts_for_one_sample_are_an_error(self):
+        records = self._records()
+        records.append(dict(records[1], broken=[False, False], broken_any=[False, False]))
+        with pytest.raises(RecordError, match="two records for sample 0"):
+            Evaluation.from_records(records, range(2), [("a", 0.1), ("b", 0.2)])
+
+
+class TestLostSuccessBefore:
     def test_pgd_keeps_the_first_iterate_the_attacked_model_misclassifies(self):
         """The highest-loss iterate (on the surrogate) walks past the band where the attacked model is
         wrong; the attack must keep the iterate inside the band."""
