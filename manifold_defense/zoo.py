@@ -164,7 +164,7 @@ def _check_spec(name: str, meta: dict[str, Any], file: Path) -> None:
 
 
 SOURCES = ("auto", "shipped", "cache")
-_WARNED: set[str] = set()
+_WARNED: set[str] = set()  # shipped models whose cached build was compared (once per process)
 
 
 def get(name: str, device: str | torch.device = "cpu", *, train: bool = True, progress: bool = True,
@@ -189,9 +189,9 @@ def get(name: str, device: str | torch.device = "cpu", *, train: bool = True, pr
             raise CheckpointError(f"{name} is not shipped with this package (shipped: {', '.join(manifest()) or 'none'})")
         if payload is not None:
             model = model_from_payload(payload, device, source=f"shipped weights of {name}")
-            cached = _complete_payload(file, device)
-            if cached is not None and name not in _WARNED and not _same_weights(cached, payload):
-                _WARNED.add(name)
+            cached = None if name in _WARNED else _complete_payload(file, device)
+            _WARNED.add(name)
+            if cached is not None and not _same_weights(cached, payload):
                 warnings.warn(f"zoo: using the shipped weights of {name}; your own build at {file} differs and is "
                               f"kept (zoo.get({name!r}, source='cache') or MANIFOLD_DEFENSE_ZOO_SOURCE=cache loads it)",
                               stacklevel=2)
