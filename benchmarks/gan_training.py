@@ -104,7 +104,7 @@ def plot(out: dict, path: Path) -> None:
         a2.errorbar(its, v, yerr=e, fmt="o-", capsize=2, label=label)
     a2.axhline(0.988, ls="--", color="gray", label="Defense-GAN paper, FGSM 0.3 (98.8 %)")
     a2.set_xlabel("generator iterations")
-    a2.set_ylabel(f"classifier A behind the Defense-GAN projection (n = {out['n']}, ± 1.96·SE)")
+    a2.set_ylabel(f"accuracy behind Defense-GAN's projection (n = {out['n']})")
     a2.set_ylim(0, 1.02)
     a2.legend(fontsize=8)
     a2.grid(alpha=0.3)
@@ -112,6 +112,24 @@ def plot(out: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def sample_grid(ckpt: Path, stages: list[int], path: Path) -> None:
+    """One row of 16 samples (the same latents) per evaluated stage: what the generator draws as it trains."""
+    from manifold_defense.viz import save_image_grid
+
+    z = torch.randn(16, 128, generator=torch.Generator().manual_seed(0))
+    rows, labels = [], []
+    for it in stages:
+        file = ckpt.with_name(f"{ckpt.stem}-{it}.pt")
+        if file.is_file():
+            g = DefenseGANGenerator(latent_dim=128, dim=64)
+            g.load_state_dict(torch.load(file, map_location="cpu", weights_only=True))
+            with torch.inference_mode():
+                rows.append(g.eval()(z))
+            labels.append(f"{it} it.")
+    if rows:
+        save_image_grid(rows, path, row_labels=labels, title="samples per stage (same latents)")
 
 
 def main(argv=None) -> int:
@@ -157,6 +175,7 @@ def main(argv=None) -> int:
         out["provenance"] = provenance(args)
         _write_atomic(out_path, json.dumps(out, indent=2))
         plot(out, out_path.with_suffix(".png"))
+        sample_grid(ckpt, [s["iterations"] for s in out["stages"]], out_path.with_name(out_path.stem + "_samples.png"))
         print(json.dumps({"iterations": target, "fid": round(stage["quality"]["fid"], 3),
                           "clean": stage["defense_gan_clean"]["accuracy"],
                           "fgsm": stage["defense_gan_fgsm_linf_0.3_transfer"]["accuracy"],
