@@ -14,7 +14,9 @@ extends it by ``--stage`` generator updates, and each finished stage is evaluate
 
 Recipes (``--recipe``): ``sn-hinge`` — spectrally normalised critic, hinge loss, one critic step per
 generator step, Adam 2e-4 (0.5, 0.999), batch 64, EMA 0.999 of the generator's weights (Miyato et al.
-2018; Yazıcı et al. 2019); ``wgan-gp`` — Defense-GAN's own (5 critic steps, GP 10, Adam 1e-4 (0.5, 0.9)).
+2018; Yazıcı et al. 2019) — it collapsed on this generator; ``sn-hinge-bn`` — the same with DCGAN's batch
+normalisation in the generator (Radford et al. 2016) and EMA 0.995; ``wgan-gp`` — Defense-GAN's own (5
+critic steps, GP 10, Adam 1e-4 (0.5, 0.9)).
 
     python benchmarks/gan_training.py [--recipe sn-hinge] [--iterations 20000] [--stage 2000] [--threads 1]
 """
@@ -41,6 +43,9 @@ from manifold_defense.generators.train import train_wgan
 from manifold_defense.quality import generator_quality
 
 RECIPES = {
+    "sn-hinge-bn": {"generator": {"batchnorm": True}, "critic": {"dim": 64, "spectral_norm": True},
+                    "train": {"loss": "hinge", "critic_iters": 1, "lr": 2e-4, "betas": (0.5, 0.999), "batch_size": 64,
+                              "ema": 0.995, "seed": 0}},
     "sn-hinge": {"critic": {"dim": 64, "spectral_norm": True},
                  "train": {"loss": "hinge", "critic_iters": 1, "lr": 2e-4, "betas": (0.5, 0.999), "batch_size": 64,
                            "ema": 0.999, "seed": 0}},
@@ -114,7 +119,7 @@ def plot(out: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def sample_grid(ckpt: Path, stages: list[int], path: Path) -> None:
+def sample_grid(ckpt: Path, stages: list[int], path: Path, generator_config: dict) -> None:
     """One row of 16 samples (the same latents) per evaluated stage: what the generator draws as it trains."""
     from manifold_defense.viz import save_image_grid
 
@@ -123,7 +128,7 @@ def sample_grid(ckpt: Path, stages: list[int], path: Path) -> None:
     for it in stages:
         file = ckpt.with_name(f"{ckpt.stem}-{it}.pt")
         if file.is_file():
-            g = DefenseGANGenerator(latent_dim=128, dim=64)
+            g = DefenseGANGenerator(latent_dim=128, dim=64, **generator_config)
             g.load_state_dict(torch.load(file, map_location="cpu", weights_only=True))
             with torch.inference_mode():
                 rows.append(g.eval()(z))
@@ -163,7 +168,8 @@ def main(argv=None) -> int:
         if target in done:
             continue
         torch.manual_seed(0)  # the initial weights (a resumed run loads its checkpoint over them)
-        gen, critic = DefenseGANGenerator(latent_dim=128, dim=64), WGANCritic(**recipe["critic"])
+        gen = DefenseGANGenerator(latent_dim=128, dim=64, **recipe.get("generator", {}))
+        critic = WGANCritic(**recipe["critic"])
         t0 = time.perf_counter()
         train_wgan(gen, critic, train.images, iterations=target, iterations_per_epoch=100, path=ckpt,
                    progress=False, **recipe["train"])
@@ -175,7 +181,8 @@ def main(argv=None) -> int:
         out["provenance"] = provenance(args)
         _write_atomic(out_path, json.dumps(out, indent=2))
         plot(out, out_path.with_suffix(".png"))
-        sample_grid(ckpt, [s["iterations"] for s in out["stages"]], out_path.with_name(out_path.stem + "_samples.png"))
+        sample_grid(ckpt, [s["iterations"] for s in out["stages"]], out_path.with_name(out_path.stem + "_samples.png"),
+                    recipe.get("generator", {}))
         print(json.dumps({"iterations": target, "fid": round(stage["quality"]["fid"], 3),
                           "clean": stage["defense_gan_clean"]["accuracy"],
                           "fgsm": stage["defense_gan_fgsm_linf_0.3_transfer"]["accuracy"],

@@ -36,16 +36,23 @@ class DefenseGANGenerator(SequentialGenerator):
 
     arch_name = "defensegan-generator"
 
-    def __init__(self, latent_dim: int = 128, dim: int = 64, channels: int = 1) -> None:
+    def __init__(self, latent_dim: int = 128, dim: int = 64, channels: int = 1, batchnorm: bool = False) -> None:
         super().__init__()
         self.config = {"latent_dim": int(latent_dim), "dim": int(dim), "channels": int(channels)}
+        if batchnorm:  # only recorded when set: earlier checkpoints' configs stay valid
+            self.config["batchnorm"] = True
         self.latent_dim = int(latent_dim)
         self.output_shape = (int(channels), 28, 28)
+        # batchnorm=True: DCGAN's batch normalisation after every hidden layer (Radford et al. 2016), which
+        # the hinge-loss GAN needs on this generator; in eval mode it is a fixed per-channel affine map.
+        bn1 = [nn.BatchNorm1d(4 * 4 * 4 * dim)] if batchnorm else []
+        bn2 = [nn.BatchNorm2d(2 * dim)] if batchnorm else []
+        bn3 = [nn.BatchNorm2d(dim)] if batchnorm else []
         self.blocks = nn.ModuleList(
             [
-                nn.Sequential(nn.Linear(latent_dim, 4 * 4 * 4 * dim), nn.ReLU(), nn.Unflatten(1, (4 * dim, 4, 4))),
-                nn.Sequential(_up(4 * dim, 2 * dim), _Crop(7), nn.ReLU()),
-                nn.Sequential(_up(2 * dim, dim), nn.ReLU()),
+                nn.Sequential(nn.Linear(latent_dim, 4 * 4 * 4 * dim), *bn1, nn.ReLU(), nn.Unflatten(1, (4 * dim, 4, 4))),
+                nn.Sequential(_up(4 * dim, 2 * dim), _Crop(7), *bn2, nn.ReLU()),
+                nn.Sequential(_up(2 * dim, dim), *bn3, nn.ReLU()),
                 nn.Sequential(_up(dim, channels), nn.Sigmoid()),
             ]
         )

@@ -12,6 +12,7 @@ ARCHS = {
     "vae-mnist": lambda: VAE((1, 28, 28), 20, [500, 500]),
     "vae-digits": lambda: VAE((1, 8, 8), 8, [64, 64]),
     "defensegan": lambda: DefenseGANGenerator(latent_dim=16, dim=8),
+    "defensegan-bn": lambda: DefenseGANGenerator(latent_dim=16, dim=8, batchnorm=True).eval(),
 }
 
 
