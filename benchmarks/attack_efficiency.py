@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import provenance
+from common import interval_yerr, provenance, pyplot, save_figure
 
 from manifold_defense import data, zoo
 from manifold_defense.attacks import BPDA, ImplicitPGD
@@ -118,10 +118,7 @@ def main(argv=None) -> int:
 
 
 def plot(out: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     keys = list(out["curves"])
     fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4), squeeze=False)
@@ -130,17 +127,15 @@ def plot(out: dict, path: Path) -> None:
             pts = out["curves"][key][kind]
             acc = [p["robust_accuracy"] for p in pts]
             lo_hi = [wilson_interval(round(a * out["n"]), out["n"]) for a in acc]
-            ax.errorbar([p["projections_per_image"] for p in pts], acc, fmt=style, capsize=2, label=kind,
-                        yerr=[[a - lo for a, (lo, _) in zip(acc, lo_hi)], [hi - a for a, (_, hi) in zip(acc, lo_hi)]])
+            ax.errorbar([p["projections_per_image"] for p in pts], acc, yerr=interval_yerr(acc, lo_hi), fmt=style,
+                        capsize=2, label=kind)
         ax.set_xscale("log")
         ax.set_xlabel("projections per image")
         ax.set_ylabel("robust accuracy (95% Wilson interval)")
         ax.set_title(f"{key} (n = {out['n']})")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Shared by the benchmark scripts: the provenance block every result JSON carries.
+"""Shared by the benchmark scripts: the provenance block every result JSON carries, and plotting helpers.
 
 The scripts run as ``python benchmarks/NAME.py``, so this folder is on ``sys.path``: ``from common import provenance``.
 """
@@ -65,3 +65,27 @@ def provenance(args) -> dict:
         "torch_threads": threads,
         "library_version": library_version,
     }
+
+
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (the benchmarks never open a window)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path) -> None:
+    """Tight layout, a 120-dpi PNG at ``path``, the figure closed."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def interval_yerr(values, intervals) -> list[list[float]]:
+    """matplotlib's asymmetric ``yerr`` from values and their (low, high) intervals (e.g. Wilson's)."""
+    return [[v - lo for v, (lo, _) in zip(values, intervals)], [hi - v for v, (_, hi) in zip(values, intervals)]]

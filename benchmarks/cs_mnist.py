@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import provenance
+from common import provenance, pyplot, save_figure
 
 from manifold_defense import data, zoo
 from manifold_defense.generators import DeepImagePrior
@@ -202,10 +202,7 @@ def main(argv=None) -> int:
 
 
 def _plot(out: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for method, vals in out["per_pixel_mse"].items():
@@ -218,9 +215,7 @@ def _plot(out: dict, path: Path) -> None:
     ax.set_title(f"MNIST compressed sensing, {out['n_images']} test images (±1.96 SE)")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import provenance
+from common import interval_yerr, provenance, pyplot, save_figure
 
 from manifold_defense import data, zoo
 from manifold_defense.defended import DefendedModel, ProjectionConfig
@@ -153,10 +153,7 @@ def run_row(row: str, clf, gen, x, y, args, out: Path) -> dict:
 
 
 def plot(result: dict, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = list(result["accuracy"])
     fig, ax = plt.subplots(figsize=(11, 4))
@@ -164,8 +161,7 @@ def plot(result: dict, path: Path, title: str) -> None:
     for i, row in enumerate(rows):
         vals = [result["accuracy"][row][c] for c in COLUMNS]
         lo_hi = [result["ci95"][row][c] for c in COLUMNS]  # Wilson: asymmetric, inside [0, 1]
-        errs = [[v - lo for v, (lo, _) in zip(vals, lo_hi)], [hi - v for v, (_, hi) in zip(vals, lo_hi)]]
-        ax.bar([j + i * width for j in range(len(COLUMNS))], vals, width, yerr=errs, capsize=2,
+        ax.bar([j + i * width for j in range(len(COLUMNS))], vals, width, yerr=interval_yerr(vals, lo_hi), capsize=2,
                label=f"{row} (n={result['n'][row]})")
     ax.set_xticks([j + width * (len(rows) - 1) / 2 for j in range(len(COLUMNS))])
     ax.set_xticklabels(COLUMNS, rotation=25, ha="right", fontsize=8)
@@ -174,9 +170,7 @@ def plot(result: dict, path: Path, title: str) -> None:
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def markdown(result: dict, title: str) -> str:

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import provenance
+from common import provenance, pyplot, save_figure
 
 from manifold_defense import data, zoo
 from manifold_defense.attacks import FGSM
@@ -86,10 +86,7 @@ def evaluate_stage(gen, clf, feature_clf, test_x, test_y, args) -> dict:
 
 
 def plot(out: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     st = out["stages"]
     its = [s["iterations"] for s in st]
@@ -114,9 +111,7 @@ def plot(out: dict, path: Path) -> None:
     a2.legend(fontsize=8)
     a2.grid(alpha=0.3)
     fig.suptitle(f"MNIST, Defense-GAN generator, recipe {out['recipe']}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def sample_grid(ckpt: Path, stages: list[int], path: Path, generator_config: dict) -> None:
