@@ -1,4 +1,5 @@
-"""Attacks: off-manifold (pixel), adaptive (BPDA, EOT, latent reparameterisation) and on-manifold.
+"""Attacks: off-manifold (pixel), adaptive (BPDA, EOT, latent reparameterisation) and on-manifold
+(unconditional, and label-preserving on a class-conditional generator).
 
 Against a :class:`~manifold_defense.defended.DefendedModel`, gradient attacks receive BPDA's
 straight-through gradient of the projection, so the pixel attacks here are adaptive by default.
@@ -15,9 +16,14 @@ from manifold_defense.attacks.adaptive import (
     margin_loss,
 )
 from manifold_defense.attacks.base import Attack, AttackResult, FirstSuccess, TransferAttack, perturbation_norm
+from manifold_defense.attacks.class_conditional import (
+    ClassConditionalLatentPGD,
+    ClassConditionalOverpowered,
+    PerClassAttack,
+)
 from manifold_defense.attacks.on_manifold import LatentPGD, OnManifoldPGD, OverpoweredAttack
 from manifold_defense.attacks.pixel import FGSM, L2PGD, FastGradientSignMethod, LinfPGD, ProjectedGradientDescent
 
 __all__ = ["BPDA", "BackwardPassDifferentiableApproximation", "ImplicitPGD", "LatentReparam", "LatentReparameterization",
            "UnrolledPGD", "margin_loss", "HopSkipJump", "OverpoweredAttack", "LatentPGD", "OnManifoldPGD", "AutoAttack", "CarliniWagnerL2", "Attack", "AttackResult", "FirstSuccess", "TransferAttack", "perturbation_norm", "FGSM", "FastGradientSignMethod", "LinfPGD", "L2PGD",
-           "ProjectedGradientDescent"]
+           "ProjectedGradientDescent", "ClassConditionalLatentPGD", "ClassConditionalOverpowered", "PerClassAttack"]

@@ -118,7 +118,8 @@ def on_rows(subset: torch.Tensor) -> Callable:
 
 class Attack:
     """Base class. Subclasses set ``norm`` and implement ``run(model, x, y, epsilon) → adversarial`` (or
-    ``(adversarial, reference)`` when the ε-ball is centred elsewhere than ``x``, as on the manifold).
+    ``(adversarial, reference)`` when the ε-ball is centred elsewhere than ``x``, as on the manifold, or
+    ``(adversarial, reference, norms)`` when the budget is not an image norm, e.g. a latent-space ball).
 
     ``attack(model, x, y, epsilon=ε)`` validates the inputs, runs the attack, checks that every
     perturbation is within ε (an attack that overshoots is a bug, so it raises), and reports success
@@ -147,12 +148,13 @@ class Attack:
             out = self.run(model, x.detach(), y, float(epsilon))
         finally:
             model.train(was_training)
-        # On-manifold attacks measure ε around a reference point (the projection G(ẑ(x))), not x.
-        adv, ref = (out if isinstance(out, tuple) else (out, x))
-        adv, ref = adv.detach(), ref.detach()
+        # On-manifold attacks measure ε around a reference point (the projection G(ẑ(x))), not x; a latent-space
+        # budget is measured by the attack itself, in latent space (a third element: the per-sample norms).
+        out = out if isinstance(out, tuple) else (out, x)
+        adv, ref = out[0].detach(), out[1].detach()
         if not bool(torch.isfinite(adv).all()):
             raise AssertionError(f"{type(self).__name__} produced non-finite adversarial inputs")
-        norms = perturbation_norm(adv - ref, self.norm)
+        norms = out[2].detach() if len(out) == 3 else perturbation_norm(adv - ref, self.norm)
         tol = 1e-5 * max(1.0, epsilon)
         if bool((norms > epsilon + tol).any()) or float(adv.min()) < -1e-6 or float(adv.max()) > 1 + 1e-6:
             raise AssertionError(f"{type(self).__name__} produced a perturbation of {self.norm} norm "

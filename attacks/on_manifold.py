@@ -52,18 +52,28 @@ def _differentiable_classifier(model: nn.Module, generator: nn.Module) -> nn.Mod
 
 
 class LatentPGD(Attack):
-    """Normalised gradient ascent on the cross-entropy in latent space (``steps`` steps of size
-    ``latent_stepsize``); after each step ``z'`` is pulled back along the segment from ``ẑ`` by a batched
-    bisection until ``‖G(z') − G(ẑ)‖₂ ≤ η``. ``epsilon`` is η.
+    """Latent PGD from the projection ``ẑ(x)``: steepest ascent on the cross-entropy in latent space, with one
+    of two budgets (``epsilon`` is η):
+
+    - ``budget="image_l2"`` (Ilyas et al. 2017): ``‖G(z') − G(ẑ)‖₂ ≤ η``; normalised steps of size
+      ``latent_stepsize`` (default 0.1), each ``z'`` pulled back along the segment from ``ẑ`` by a batched
+      bisection;
+    - ``budget="latent_linf"`` (Stutz et al. 2019: η = 0.3, 40 iterations): ``‖z' − ẑ‖∞ ≤ η``; sign steps of
+      size ``latent_stepsize`` (default 2.5 η / steps, Madry et al.'s rule), clipped to the box. Its norms
+      are latent-space norms (``norm = "latent_linf"``).
     """
 
-    norm = "l2"
+    BUDGETS = ("image_l2", "latent_linf")
 
-    def __init__(self, generator: nn.Module, *, steps: int = 40, latent_stepsize: float = 0.1,
-                 projection: ProjectionConfig | None = None, bisection_steps: int = 10, check_every: int = 1) -> None:
-        if steps < 1 or latent_stepsize <= 0 or bisection_steps < 1 or check_every < 1:
+    def __init__(self, generator: nn.Module, *, steps: int = 40, latent_stepsize: float | None = None,
+                 budget: str = "image_l2", projection: ProjectionConfig | None = None, bisection_steps: int = 10,
+                 check_every: int = 1) -> None:
+        if steps < 1 or (latent_stepsize is not None and latent_stepsize <= 0) or bisection_steps < 1 or check_every < 1:
             raise InputError("steps, bisection_steps and check_every must be >= 1 and latent_stepsize > 0")
-        self.check_every = check_every
+        if budget not in self.BUDGETS:
+            raise InputError(f"budget must be one of {', '.join(self.BUDGETS)}, got {budget!r}")
+        self.check_every, self.budget = check_every, budget
+        self.norm = "l2" if budget == "image_l2" else "latent_linf"
         self.generator = generator
         self.steps, self.latent_stepsize, self.bisection_steps = steps, latent_stepsize, bisection_steps
         self.projection = projection or ProjectionConfig(steps=200, restarts=4)
@@ -71,16 +81,18 @@ class LatentPGD(Attack):
     def _project(self, x: torch.Tensor) -> torch.Tensor:
         return self.projection.project(self.generator, x).z
 
-    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float
-            ) -> tuple[torch.Tensor, torch.Tensor]:
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float) -> tuple[torch.Tensor, ...]:
         """Latent PGD from the projection; each sample keeps its first ``G(z')`` the attacked model misclassifies."""
         classifier = _differentiable_classifier(model, self.generator)
         y = y.to(x.device)
         z0 = self._project(x)
         with torch.no_grad():
             x0 = self.generator(z0)
+        box = self.budget == "latent_linf"
 
         def project(z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            if box:
+                return z0[rows] + (z - z0[rows]).clamp(-epsilon, epsilon)
             return pull_back(self.generator, z0[rows], z, x0[rows], epsilon, self.bisection_steps)
 
         check = FirstSuccess(model, y, reuse=classifier is model, prefilter=True, check_every=self.check_every,
@@ -91,10 +103,13 @@ class LatentPGD(Attack):
             check.record(logits)
             return -F.cross_entropy(logits, y[rows], reduction="none").to(img.dtype)
 
-        z = descend(z0, self.generator, loss, steps=self.steps, lr=self.latent_stepsize, step_rule="l2",
+        lr = self.latent_stepsize or (2.5 * epsilon / self.steps if box else 0.1)
+        z = descend(z0, self.generator, loss, steps=self.steps, lr=lr, step_rule="sign" if box else "l2",
                     project=project, until=check, keep="last", desc="latent-pgd").variables
         with torch.no_grad():
             adv = self.generator(z)
+        if box:
+            return adv.clamp(0, 1), x0, (z - z0).abs().amax(1)
         return adv.clamp(0, 1), x0
 
 

@@ -22,6 +22,8 @@ from manifold_defense.attacks import (
     ImplicitPGD,
     AutoAttack,
     CarliniWagnerL2,
+    ClassConditionalLatentPGD,
+    ClassConditionalOverpowered,
     LatentPGD,
     LatentReparameterization,
     OverpoweredAttack,
@@ -54,6 +56,7 @@ class AttackBudget:
     autoattack_eot: int = 2
     cw_steps: int = 100
     range_restarts: int = 3  # implicit PGD: restarts from the nearest other-class points of the range
+    on_manifold_cc_steps: int = 40  # class-conditional latent PGD (Stutz et al. 2019: 40 iterations)
     #: with a surrogate projection (crafting on a cheaper one than the attacked model's), score every unbroken
     #: iterate on the attacked model every this many steps (and in between where the surrogate already fails)
     surrogate_check_every: int = 5
@@ -67,6 +70,7 @@ class AttackBudget:
     def quick(cls) -> "AttackBudget":
         """Small budgets for smoke runs (results are not publishable)."""
         return cls(pgd_steps=10, eot=1, unroll_steps=10, latent_steps=50, on_manifold_steps=50, overpowered_steps=50,
+                   on_manifold_cc_steps=20,
                    autoattack_iter=10, autoattack_eot=1, cw_steps=30, range_restarts=1)
 
     @classmethod
@@ -75,7 +79,7 @@ class AttackBudget:
         matching budgets for the others: for the numbers a paper reports (slow on a CPU: run it on a subset
         and state n)."""
         return cls(pgd_steps=100, eot=20, restarts=2, unroll_steps=40, latent_steps=200, latent_restarts=4,
-                   on_manifold_steps=200, overpowered_steps=200, autoattack_iter=100, autoattack_eot=20, cw_steps=1000,
+                   on_manifold_steps=200, on_manifold_cc_steps=200, overpowered_steps=200, autoattack_iter=100, autoattack_eot=20, cw_steps=1000,
                    range_restarts=8)
 
     @classmethod
@@ -160,6 +164,16 @@ def _overpowered(c: _Context) -> Attack:
                              check_every=_check_every(c))
 
 
+def _on_manifold_cc(c: _Context) -> Attack:
+    return ClassConditionalLatentPGD(c.generator, steps=c.budget.on_manifold_cc_steps, check_every=_check_every(c))
+
+
+def _overpowered_cc(c: _Context) -> Attack:
+    b = c.budget
+    return ClassConditionalOverpowered(c.generator, steps=b.overpowered_steps, rounds=b.overpowered_rounds,
+                                       check_every=_check_every(c))
+
+
 def _autoattack(rand: bool) -> Callable[[_Context], Attack]:
     def build(c: _Context) -> Attack:
         b = c.budget
@@ -195,6 +209,12 @@ ATTACKS: dict[str, RegisteredAttack] = {a.name: a for a in [
                      ("generator",)),
     RegisteredAttack("overpowered", "on_manifold", (1.5,), True,
                      "overpowered attack (Ilyas et al.), ‖G(z1) − G(z2)‖₂ ≤ η", _overpowered, ("generator",)),
+    RegisteredAttack("on_manifold_cc", "on_manifold_cc", (0.3,), True,
+                     "label-preserving latent PGD in the true class's generator (Stutz et al.), ‖z' − ẑ‖∞ ≤ η",
+                     _on_manifold_cc, ("generator",)),
+    RegisteredAttack("overpowered_cc", "on_manifold_cc_l2", (1.5,), True,
+                     "overpowered attack inside the true class's generator, ‖G(z1, y) − G(z2, y)‖₂ ≤ η", _overpowered_cc,
+                     ("generator",)),
     RegisteredAttack("autoattack_linf", "linf", (0.3,), True, "AutoAttack 'standard', L-inf", _autoattack(False)),
     RegisteredAttack("autoattack_rand_linf", "linf", (0.3,), True,
                      "AutoAttack 'rand' (EOT), L-inf, on the stochastic projection", _autoattack(True)),
@@ -209,7 +229,7 @@ def build_attack(name: str, epsilons: Sequence[float] | None = None, *, classifi
     """An :class:`AttackSpec` for a registered attack (see :data:`ATTACKS`).
 
     ``classifier``: the undefended classifier (source of ``fgsm_transfer``). ``generator``: needed by the
-    on-manifold attacks (and latent reparameterisation of an undefended model). ``surrogate``: the
+    on-manifold attacks (a class-conditional one by ``on_manifold_cc`` and ``overpowered_cc``) (and latent reparameterisation of an undefended model). ``surrogate``: the
     projection adaptive attacks craft on (default: the attacked model's own). ``label``: the name the
     results are reported under (default ``name``).
     """

@@ -15,13 +15,13 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from manifold_defense.attacks.base import Attack, labels_of
+from manifold_defense.attacks.base import Attack, labels_of, predict_labels
 from manifold_defense.eval.records import (
     IncompleteEvaluation,
     RecordError,
@@ -88,6 +88,8 @@ class Evaluation:
     seconds: dict[str, float] = field(default_factory=dict)
     run: dict = field(default_factory=dict)
     specs: list[AttackSpec] = field(default_factory=list, repr=False)
+    #: (attack, ε) → judge → sample → whether that independent judge gives the adversarial input the true label
+    agreement: dict[tuple[str, float], dict[str, dict[int, bool]]] = field(default_factory=dict)
 
     def _table(self, key: tuple[str, float] | None, attempts: int) -> dict[int, bool]:
         if attempts > 1:
@@ -121,6 +123,16 @@ class Evaluation:
         p, se, n = _summary(vals)
         return {"accuracy": p, "stderr": se, "n": n, "ci95": list(wilson_interval(sum(vals), n))}
 
+    def judge_agreement(self) -> dict[str, dict[str, dict]]:
+        """Per attack and ε, per judge: how often it gives the adversarial inputs the true label, over every
+        sample (``all``) and over the samples the attack broke (``broken``: the label still held there?)."""
+        out: dict[str, dict[str, dict]] = {}
+        for (a, e), judges in sorted(self.agreement.items()):
+            broken = [i for i in self.indices if self.clean[i] and not self.robust[(a, e)][i]]
+            out[f"{a}@{e:g}"] = {j: {"all": self._entry([v[i] for i in self.indices]),
+                                     "broken": self._entry([v[i] for i in broken])} for j, v in judges.items()}
+        return out
+
     def robustbench(self, dataset: str | None = None) -> list[dict]:
         """RobustBench-style entries, one per ℓ∞/ℓ2 threat model and ε: ``clean_acc``, ``autoattack_acc``
         (when an AutoAttack ran there), the worst case as ``robust_acc``, ``eps`` as a string,
@@ -146,6 +158,8 @@ class Evaluation:
              "worst_case": {f"{t}@{e:g}": self._entry(v) for (t, e), v in self.worst_case_samples().items()},
              "sanity": self.sanity, "sanity_details": self.sanity_details, "notes": self.notes,
              "attack_seconds": {k: round(v, 2) for k, v in self.seconds.items()}, "run": self.run}
+        if self.agreement:
+            d["judge_agreement"] = self.judge_agreement()
         if self.attempts > 1:
             d["n_attempts"] = {
                 "clean": self._entry(list((self.clean_all or self.clean).values())),
@@ -172,7 +186,7 @@ class Evaluation:
         if gaps:
             raise IncompleteEvaluation(gaps)
         want = set(indices)
-        clean, clean_all, broken, broken_any = {}, {}, {}, {}
+        clean, clean_all, broken, broken_any, agreement = {}, {}, {}, {}, {}
         threats, iterative, seconds, notes = {}, {}, {}, {}
         wanted_jobs = {(a, float(e)) for a, e in jobs}
         def once(table: dict, key, i: int) -> None:  # two verdicts for one sample: merged or resumed wrongly
@@ -195,6 +209,8 @@ class Evaluation:
                 once(broken.get(key, {}), key, i)
             broken.setdefault(key, {}).update((i, bool(r["broken"][k])) for i, k in rows)
             broken_any.setdefault(key, {}).update((i, bool(r.get("broken_any", r["broken"])[k])) for i, k in rows)
+            for judge, agrees in r.get("judge_agrees", {}).items():
+                agreement.setdefault(key, {}).setdefault(judge, {}).update((i, bool(agrees[k])) for i, k in rows)
             threats[r["attack"]], iterative[r["attack"]] = r["threat"], r.get("iterative", True)
             label = f"{r['attack']}@{float(r['epsilon']):g}"
             seconds[label] = seconds.get(label, 0.0) + float(r.get("seconds", 0.0))
@@ -205,7 +221,8 @@ class Evaluation:
         robust_all = {k: {i: clean_all[i] and not v[i] for i in idx} for k, v in broken_any.items()}
         return cls(indices=idx, clean={i: clean[i] for i in idx}, robust=robust, threats=threats, iterative=iterative,
                    attempts=attempts, clean_all={i: clean_all[i] for i in idx}, robust_all=robust_all,
-                   notes=notes, seconds=seconds)
+                   notes=notes, seconds=seconds,
+                   agreement={k: v for k, v in agreement.items() if all(len(a) == len(idx) for a in v.values())})
 
 
 def _world() -> tuple[int, int]:
@@ -236,6 +253,7 @@ def evaluate(
     examples: int = 8,
     attempts: int = 1,
     dataset: str | None = None,
+    judges: Mapping[str, nn.Module] | None = None,
 ) -> Evaluation:
     """Run every attack at every ε on samples ``start … stop`` of ``(x, y)``, batch by batch.
 
@@ -247,7 +265,9 @@ def evaluate(
     any draw misclassifies it); both numbers are reported. Under ``torchrun`` (``out_dir`` required) rank
     ``r`` attacks every ``world``-th batch into ``out_dir/shard-r-of-W`` and every rank returns the evaluation
     of all shards, checked for complete coverage. The first ``examples`` images of the first batch are kept
-    for the report's image grid.
+    for the report's image grid. ``judges`` (name → classifier, never the attacked one nor trained on these
+    examples) label every adversarial input: their agreement with the true label shows whether an
+    on-manifold attack kept the label (:meth:`Evaluation.judge_agreement`).
     """
     check_images(x, getattr(model, "input_shape", None))
     check_labels(y, len(x), getattr(model, "num_classes", None))
@@ -274,6 +294,11 @@ def evaluate(
         raise InputError("a distributed evaluation needs out_dir (each rank writes its shard there)")
     run = {"model": model_fingerprint(model), "data": {"digest": tensor_digest(x, y), "n": len(x), "dataset": dataset},
            "batch_size": batch_size, "attempts": attempts}
+    judges = dict(judges or {})
+    if any(j is model for j in judges.values()):
+        raise InputError("a judge must be independent of the attacked model (it is the attacked model)")
+    if judges:  # part of the run: a resume with other judges is another run
+        run["judges"] = {name: model_fingerprint(j) for name, j in sorted(judges.items())}
     folder = None if out_dir is None else Path(out_dir) / (f"shard-{rank}-of-{world}" if world > 1 else "")
     store = RecordStore(folder, run) if folder is not None else None
     fingerprints = {s.name: attack_fingerprint(s) for s in attacks}
@@ -322,9 +347,13 @@ def evaluate(
                     broken = res.success.to(device)
                     if attempts > 1:
                         broken = broken | (_predictions(model, res.adversarial, attempts - 1) != yb).any(0)
+                    extra = {}
+                    if judges:
+                        extra["judge_agrees"] = {name: (predict_labels(j.to(device).eval(), res.adversarial.to(device))
+                                                        == yb).cpu().tolist() for name, j in judges.items()}
                     record(attack_record(spec, fingerprints[spec.name], eps, b0, idx, broken=res.success.tolist(),
                                          broken_any=broken.cpu().tolist(), max_norm=float(res.norms.max()),
-                                         seconds=seconds, note=f"crafted on {note}" if note else ""))
+                                         seconds=seconds, note=f"crafted on {note}" if note else "", **extra))
                     if b0 == start and eps == max(spec.epsilons):
                         keep_examples(f"{spec.name} ε={eps:g}", res.adversarial)
             bar.update(1)

@@ -1,8 +1,9 @@
 """Generators: the architectures (VAE, the Defense-GAN WGAN, DCGAN for 32×32, random ReLU networks, Deep
-Image Prior networks), encoders for GANs, and their trainers. :class:`Generator` and the other protocols
+Image Prior networks, per-class VAEs), encoders for GANs, and their trainers. :class:`Generator` and the other protocols
 (:mod:`manifold_defense.protocols`) say what the rest of the library asks of a generator."""
 
 from manifold_defense.generators.base import Chain, SequentialGenerator
+from manifold_defense.generators.class_conditional import ClassVAEs, class_groups
 from manifold_defense.generators.cifar import DCGANCritic, DCGANGenerator
 from manifold_defense.generators.dcgan import DefenseGANGenerator, WGANCritic
 from manifold_defense.generators.dip import DeepImagePrior
@@ -14,4 +15,5 @@ from manifold_defense.protocols import ClassConditional, Encoded, Generator, Spl
 
 __all__ = ["Generator", "Splittable", "Encoded", "ClassConditional", "SequentialGenerator", "Chain", "VAE",
            "DefenseGANGenerator", "WGANCritic", "DCGANGenerator", "DCGANCritic", "RandomReLUGenerator", "train_vae",
-           "train_wgan", "reconstruction_mse", "EncodedGenerator", "LatentEncoder", "train_encoder", "DeepImagePrior"]
+           "train_wgan", "reconstruction_mse", "EncodedGenerator", "LatentEncoder", "train_encoder", "DeepImagePrior",
+           "ClassVAEs", "class_groups"]

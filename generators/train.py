@@ -17,26 +17,37 @@ from torch import nn
 from manifold_defense.checkpoint import train_epochs
 from manifold_defense.generators.dcgan import WGANCritic
 from manifold_defense.generators.base import SequentialGenerator
-from manifold_defense.protocols import Encoded
+from manifold_defense.generators.class_conditional import ClassVAEs
+from manifold_defense.protocols import ClassConditional, Encoded
 from manifold_defense.generators.vae import VAE
 from manifold_defense.utils import batched_apply, minibatches, seed_everything
-from manifold_defense.validation import check_images
+from manifold_defense.validation import InputError, check_images, check_labels
 
 __all__ = ["train_vae", "train_wgan", "reconstruction_mse"]
 
 
-def reconstruction_mse(model: Encoded, x: torch.Tensor, batch_size: int = 1000) -> float:
+def reconstruction_mse(model: Encoded, x: torch.Tensor, batch_size: int = 1000,
+                       labels: torch.Tensor | None = None) -> float:
     """Mean per-pixel squared error of ``G(encode(x))`` against ``x``, for any generator with an encoder
-    (a VAE, an :class:`~manifold_defense.generators.encoder.EncodedGenerator`)."""
+    (a VAE, an :class:`~manifold_defense.generators.encoder.EncodedGenerator`); a class-conditional one
+    encodes and decodes each image with its class's model (``labels``)."""
     p = next(model.parameters())
     x = x.to(p.device)
-    rec = batched_apply(lambda c: model(model.encode(c)), x, batch_size)
+    if isinstance(model, ClassConditional):
+        if labels is None:
+            raise InputError("a class-conditional generator's reconstruction needs the labels")
+        labels = labels.to(p.device)
+        rec = torch.cat([model(model.encode(x[i:i + batch_size], labels[i:i + batch_size]), labels[i:i + batch_size])
+                         for i in range(0, len(x), batch_size)]).detach()
+    else:
+        rec = batched_apply(lambda c: model(model.encode(c)), x, batch_size)
     return float((rec - x).pow(2).mean())
 
 
 def train_vae(
-    model: VAE,
+    model: VAE | ClassVAEs,
     x_train: torch.Tensor,
+    y_train: torch.Tensor | None = None,
     *,
     epochs: int = 100,
     batch_size: int = 100,
@@ -44,21 +55,30 @@ def train_vae(
     seed: int = 0,
     path: str | os.PathLike | None = None,
     x_test: torch.Tensor | None = None,
+    y_test: torch.Tensor | None = None,
     metadata: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> list[dict[str, float]]:
-    """Train a VAE with Adam on the negative ELBO (CSGM settings by default: lr 1e-3, batch 100)."""
+    """Train a VAE with Adam on the negative ELBO (CSGM settings by default: lr 1e-3, batch 100). A
+    class-conditional :class:`~manifold_defense.generators.class_conditional.ClassVAEs` takes the labels
+    ``y_train`` (and ``y_test``): each image trains its own class's VAE."""
     check_images(x_train, model.output_shape, name="x_train")
+    conditional = isinstance(model, ClassConditional)
+    if conditional and (y_train is None or (x_test is not None and y_test is None)):
+        raise InputError("a class-conditional VAE trains on labelled images: pass y_train (and y_test with x_test)")
+    if conditional:
+        check_labels(y_train, len(x_train), model.num_classes)
     gen = seed_everything(seed)
     device = next(model.parameters()).device
     x_train = x_train.to(device)
+    y_train = y_train.to(device) if conditional else None
     opt = torch.optim.Adam(model.parameters(), lr=lr)
 
     def epoch_fn(epoch: int) -> dict[str, float]:
         total, count = 0.0, 0
         for idx in minibatches(len(x_train), batch_size, gen):
             xb = x_train[idx.to(device)]
-            loss = model.loss(xb)
+            loss = model.loss(xb, y_train[idx.to(device)]) if conditional else model.loss(xb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -67,12 +87,13 @@ def train_vae(
         return {"neg_elbo": total / count}
 
     def finalize() -> dict[str, float]:
-        out = {"train_recon_mse": reconstruction_mse(model, x_train[:10000])}
+        out = {"train_recon_mse": reconstruction_mse(model, x_train[:10000],
+                                                     labels=y_train[:10000] if conditional else None)}
         if x_test is not None:
-            out["test_recon_mse"] = reconstruction_mse(model, x_test)
+            out["test_recon_mse"] = reconstruction_mse(model, x_test, labels=y_test if conditional else None)
         return out
 
-    config = {"trainer": "vae", "batch_size": batch_size, "lr": lr, "seed": seed, "n_train": len(x_train)}
+    config = {"trainer": "class-vaes" if conditional else "vae", "batch_size": batch_size, "lr": lr, "seed": seed, "n_train": len(x_train)}
     return train_epochs(
         path=path, modules={"model": model}, optimizers={"adam": opt}, epochs=epochs, epoch_fn=epoch_fn,
         config=config, metadata=metadata, generator=gen, finalize=finalize, desc="vae", progress=progress,

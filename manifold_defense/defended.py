@@ -26,7 +26,7 @@ from torch import nn
 from manifold_defense.inversion import InversionResult, csgm, dead_zone_loss
 from manifold_defense.operators import Identity
 from manifold_defense.implicit import implicit_projection
-from manifold_defense.protocols import Encoded, Generator, describe
+from manifold_defense.protocols import ClassConditional, Encoded, Generator, describe
 from manifold_defense.utils import content_keys, rows_at_least
 from manifold_defense.validation import InputError, check_compatible, check_images
 
@@ -189,6 +189,9 @@ class DefendedModel(nn.Module):
         check_compatible(generator, classifier)
         if gradient not in GRADIENTS:
             raise InputError(f"gradient must be one of {', '.join(GRADIENTS)}, got {gradient!r}")
+        if isinstance(generator, ClassConditional) and not isinstance(generator, Generator):
+            raise InputError(f"{type(generator).__name__} is class-conditional: a projection defense needs one range "
+                             f"(pass generator.condition(label) to defend with one class's range)")
         if not isinstance(generator, Generator):
             raise InputError(f"{type(generator).__name__} has no latent space (latent_dim, sample_latent): a projection "
                              f"defense, and its {gradient} gradient, needs a Generator (it meets: {describe(generator)})")

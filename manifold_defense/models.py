@@ -17,7 +17,7 @@ from torch import nn
 
 from manifold_defense import classifiers
 from manifold_defense.checkpoint import CheckpointError, load_checkpoint, model_payload, save_checkpoint
-from manifold_defense.generators import cifar, dcgan, dip, encoder, random_relu, vae
+from manifold_defense.generators import cifar, class_conditional, dcgan, dip, encoder, random_relu, vae
 
 __all__ = ["ARCHITECTURES", "register_architecture", "build_model", "save_model", "load_model", "model_from_payload"]
 
@@ -43,7 +43,7 @@ def register_architecture(name: str) -> Callable[[type[nn.Module]], type[nn.Modu
 
 for _cls in (classifiers.DefenseGANClassifier, classifiers.DigitsCNN, vae.VAE, dcgan.DefenseGANGenerator,
              dcgan.WGANCritic, dip.DeepImagePrior, encoder.LatentEncoder, encoder.EncodedGenerator,
-             random_relu.RandomReLUGenerator, cifar.DCGANGenerator, cifar.DCGANCritic):
+             random_relu.RandomReLUGenerator, cifar.DCGANGenerator, cifar.DCGANCritic, class_conditional.ClassVAEs):
     register_architecture(_cls.arch_name)(_cls)
 
 

@@ -9,7 +9,7 @@ Everything that inverts, defends or attacks checks these with ``isinstance`` (th
 - :class:`Encoded` — ``encode(x) → z``, a warm start for inversion (a VAE's encoder, or one trained for
   a GAN as in Lin et al. 2019);
 - :class:`ClassConditional` — ``G(z, y)``: one manifold per class (Stutz, Hein, Schiele 2019);
-  ``condition(y)`` fixes the labels and returns a plain :class:`Generator`.
+  ``condition(c)`` returns class ``c``'s generator, a plain :class:`Generator`.
 
 A runtime check sees only that the members exist; their meaning is the contract written here.
 """
@@ -67,8 +67,8 @@ class ClassConditional(Protocol):
 
     num_classes: int
 
-    def condition(self, labels: torch.Tensor) -> Generator:
-        """The generator ``z ↦ G(z, labels)`` for one label per sample (a plain :class:`Generator`)."""
+    def condition(self, label: int) -> Generator:
+        """The generator ``z ↦ G(z, label)`` of one class (a plain :class:`Generator`)."""
 
 
 def describe(model: object) -> str:

@@ -84,3 +84,10 @@ def digits_classifier():
     from manifold_defense import zoo
 
     return zoo.get("digits-classifier", progress=False)
+
+
+@pytest.fixture(scope="session")
+def digits_class_vaes():
+    from manifold_defense import zoo
+
+    return zoo.get("digits-class-vaes", progress=False)

@@ -129,7 +129,7 @@ def load_role(spec: str, role: str, device: torch.device | str, flag: str | None
     """Load a zoo name or a checkpoint path as a ``role`` ('classifier' or 'generator'), refusing a model of the
     other kind (the classic mistake: ``--classifier`` and ``--generator`` swapped)."""
     from manifold_defense import models, zoo
-    from manifold_defense.protocols import Generator
+    from manifold_defense.protocols import ClassConditional, Generator
 
     flag = flag or f"--{role}"
     other = "generator" if role == "classifier" else "classifier"
@@ -142,7 +142,7 @@ def load_role(spec: str, role: str, device: torch.device | str, flag: str | None
     if not Path(spec).is_file():
         raise InputError(f"{flag} {spec!r} is neither a checkpoint file nor a zoo model ({', '.join(zoo.names())})")
     model = models.load_model(spec, device)
-    is_generator = isinstance(model, Generator)
+    is_generator = isinstance(model, (Generator, ClassConditional))
     if role == "generator" and not is_generator:
         raise InputError(f"{flag} {spec} holds a {type(model).__name__}, not a generator{swap}")
     if role == "classifier" and (is_generator or not hasattr(model, "input_shape")):

@@ -20,8 +20,10 @@ __all__ = ["add_parsers", "run_generator", "run_classifier", "PRESET_FLAGS"]
 #: the flags each adv-train preset uses (argparse dests); any other preset flag given is refused
 PRESET_FLAGS = {"standard": set(), "pgd_at": {"epsilon", "norm", "attack_steps"},
                 "stutz": {"generator", "eta", "attack_steps"},
-                "rmd": {"generator", "epsilon", "eta", "norm", "attack_steps"}}
-_PRESET_DEFAULTS = {"epsilon": 1.5, "eta": 1.5, "norm": "l2", "attack_steps": 10}
+                "rmd": {"generator", "epsilon", "eta", "norm", "attack_steps"},
+                "combined": {"generator", "epsilon", "eta", "norm", "attack_steps"}}
+#: eta's default depends on the generator: 0.3 (latent ℓ∞, Stutz et al.) on a class-conditional one, else 1.5
+_PRESET_DEFAULTS = {"epsilon": 1.5, "norm": "l2", "attack_steps": 10}
 _FLAG_NAMES = {"generator": "--generator", "epsilon": "--epsilon", "eta": "--eta", "norm": "--norm",
                "attack_steps": "--attack-steps"}
 
@@ -65,12 +67,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         t.add_argument("--metrics-log", default=None, help="per-epoch metrics, JSON lines (default: none)")
         if name == "adv-train":
             t.add_argument("--preset", choices=PRESETS, required=True,
-                           help="standard, pgd_at (Madry), stutz (on-manifold latent PGD), rmd (Ilyas et al.)")
-            t.add_argument("--generator", default=None, help="zoo name or checkpoint (stutz, rmd; required there)")
-            t.add_argument("--epsilon", type=positive_float, default=None, help="pixel-space budget (pgd_at, rmd; "
+                           help="standard, pgd_at (Madry), stutz (on-manifold latent PGD), rmd (Ilyas et al.), "
+                                "combined (pgd_at + stutz)")
+            t.add_argument("--generator", default=None, help="zoo name or checkpoint (stutz, rmd, combined; required "
+                                                             "there; class-conditional for Stutz et al.'s setting)")
+            t.add_argument("--epsilon", type=positive_float, default=None, help="pixel-space budget (pgd_at, rmd, combined; "
                                                                                 "default: 1.5)")
-            t.add_argument("--eta", type=positive_float, default=None, help="on-manifold budget (stutz, rmd; default: 1.5)")
-            t.add_argument("--norm", choices=["l2", "linf"], default=None, help="pixel-space norm (pgd_at, rmd; "
+            t.add_argument("--eta", type=positive_float, default=None, help="on-manifold budget (stutz, rmd, combined; default: 0.3 "
+                                                                              "latent L-inf on a class-conditional "
+                                                                              "generator, else 1.5 image L2)")
+            t.add_argument("--norm", choices=["l2", "linf"], default=None, help="pixel-space norm (pgd_at, rmd, combined; "
                                                                                 "default: l2)")
             t.add_argument("--attack-steps", type=positive_int, default=None,
                            help="attack steps per batch (every adversarial preset; default: 10)")
@@ -124,6 +130,7 @@ def run_classifier(args: argparse.Namespace) -> int:
     from manifold_defense import data
     from manifold_defense.classifiers import DefenseGANClassifier, DigitsCNN
     from manifold_defense.distributed import init_from_environment, shutdown
+    from manifold_defense.protocols import ClassConditional
     from manifold_defense.training import objective_preset, train_classifier
     from manifold_defense.validation import InputError, check_compatible
 
@@ -156,7 +163,9 @@ def run_classifier(args: argparse.Namespace) -> int:
                 check_compatible(gen, model)
                 for p in gen.parameters():
                     p.requires_grad_(False)
-            objective = objective_preset(preset, gen, epsilon=args.epsilon, eta=args.eta, norm=args.norm,
+            if args.eta is None and "eta" in PRESET_FLAGS[preset]:
+                args.eta = 0.3 if isinstance(gen, ClassConditional) else 1.5
+            objective = objective_preset(preset, gen, epsilon=args.epsilon, eta=args.eta or 1.5, norm=args.norm,
                                          steps=args.attack_steps)
             metadata.update({"preset": preset, "generator": args.generator})
         hist = train_classifier(model, train.images, train.labels, test=(test.images, test.labels),

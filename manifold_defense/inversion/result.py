@@ -10,7 +10,7 @@ from torch import nn
 
 from manifold_defense.inversion.terms import LossFn
 from manifold_defense.operators import Identity, Operator
-from manifold_defense.protocols import Generator, describe
+from manifold_defense.protocols import ClassConditional, Generator, describe
 from manifold_defense.validation import InputError
 
 __all__ = ["InversionResult", "DivergenceWarning", "check_generator", "check_operator", "device_dtype", "pick_best"]
@@ -58,6 +58,9 @@ def device_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:
 
 def check_generator(generator: object) -> None:
     """``generator`` must meet the :class:`~manifold_defense.protocols.Generator` protocol."""
+    if isinstance(generator, ClassConditional) and not isinstance(generator, Generator):
+        raise InputError(f"{type(generator).__name__} is class-conditional (one range per class); this needs one "
+                         f"range: pass generator.condition(label), or use a class-conditional attack")
     if not isinstance(generator, Generator):
         raise InputError(f"{type(generator).__name__} is not a manifold_defense Generator (needs latent_dim, "
                          f"output_shape and sample_latent; it meets: {describe(generator)})")

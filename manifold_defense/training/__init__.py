@@ -8,8 +8,9 @@ from manifold_defense.training.objectives import (
     RobustManifoldObjective,
     StandardObjective,
     TrainingObjective,
+    CombinedObjective,
     objective_preset,
 )
 
 __all__ = ["train_classifier", "random_shift", "TrainingObjective", "StandardObjective", "MadryObjective",
-           "OnManifoldObjective", "RobustManifoldObjective", "objective_preset", "PRESETS"]
+           "OnManifoldObjective", "RobustManifoldObjective", "CombinedObjective", "objective_preset", "PRESETS"]

@@ -10,7 +10,7 @@
   Daskalakis, Dimakis 2017): Madry PGD loss plus a weighted consistency term on overpowered-attack
   pairs ``(G(z1), G(z2))``, ``‖G(z1) − G(z2)‖₂ ≤ η``.
 
-``objective_preset("rmd" | "stutz" | "pgd_at" | "standard", ...)`` builds the published recipes: Madry et al.
+``objective_preset("rmd" | "stutz" | "combined" | "pgd_at" | "standard", ...)`` builds the published recipes: Madry et al.
 2018 (PGD-AT), Stutz et al. 2019 (on-manifold), Ilyas et al. 2017 (the Robust Manifold Defense).
 Each objective crafts its adversarial inputs on the bare module (in eval mode, so dropout does not
 randomise the attack) and returns the loss of one forward pass of the (possibly DDP-wrapped) model.
@@ -26,11 +26,12 @@ from torch import nn
 
 from manifold_defense.defended import ProjectionConfig
 from manifold_defense.inversion.result import check_generator
+from manifold_defense.protocols import ClassConditional
 from manifold_defense.robustness_adapter import madry_pgd
 from manifold_defense.validation import InputError, check_compatible
 
 __all__ = ["TrainingObjective", "StandardObjective", "MadryObjective", "OnManifoldObjective",
-           "RobustManifoldObjective", "objective_preset", "PRESETS"]
+           "RobustManifoldObjective", "CombinedObjective", "objective_preset", "PRESETS"]
 
 #: Projection used to find ẑ(x) during training: the encoder alone (one generator pass per batch).
 ENCODER_PROJECTION = ProjectionConfig(steps=0, restarts=1, init="encoder", prune_after=0)
@@ -103,42 +104,57 @@ class MadryObjective(TrainingObjective):
         return F.cross_entropy(logits, y), logits, {}
 
 
-def _check_generator(generator: nn.Module, eta: float) -> None:
+def _check_generator(generator: nn.Module, eta: float, *, conditional_ok: bool = False) -> None:
     if not eta > 0:
         raise InputError(f"eta must be > 0, got {eta}")
-    check_generator(generator)
+    if not (conditional_ok and isinstance(generator, ClassConditional)):
+        check_generator(generator)
 
 
 class OnManifoldObjective(TrainingObjective):
     """``clean_weight · CE(x) + weight · CE(G(z'))`` with on-manifold examples from latent PGD
-    (``attack="latent_pgd"``, Stutz et al.) or the overpowered attack (``attack="overpowered"``)."""
+    (``attack="latent_pgd"``, Stutz et al.) or the overpowered attack (``attack="overpowered"``). On a
+    class-conditional generator (Stutz et al.'s setting) each example comes from its own class's generator
+    and latent PGD's budget is the latent ℓ∞ ball ``‖z' − ẑ‖∞ ≤ η``; else ``‖G(z') − G(ẑ)‖₂ ≤ η``."""
 
     name = "on_manifold"
 
     def __init__(self, generator: nn.Module, *, eta: float = 1.5, attack: str = "latent_pgd", steps: int = 10,
                  weight: float = 1.0, clean_weight: float = 1.0, projection: ProjectionConfig = ENCODER_PROJECTION):
-        from manifold_defense.attacks import LatentPGD, OverpoweredAttack
+        from manifold_defense.attacks import (ClassConditionalLatentPGD, ClassConditionalOverpowered, LatentPGD,
+                                              OverpoweredAttack)
 
-        _check_generator(generator, eta)
+        _check_generator(generator, eta, conditional_ok=True)
         if attack not in ("latent_pgd", "overpowered"):
             raise InputError(f"attack must be 'latent_pgd' or 'overpowered', got {attack!r}")
         if weight < 0 or clean_weight < 0 or steps < 1:
             raise InputError("weights must be >= 0 and steps >= 1")
         self.generator, self.eta, self.attack_name, self.steps = generator, float(eta), attack, int(steps)
         self.weight, self.clean_weight = float(weight), float(clean_weight)
-        self.attack = (LatentPGD(generator, steps=steps, latent_stepsize=0.25, projection=projection)
-                       if attack == "latent_pgd" else OverpoweredAttack(generator, steps=steps, rounds=1,
-                                                                         projection=projection))
+        self.conditional = isinstance(generator, ClassConditional)
+        if self.conditional:
+            self.attack = (ClassConditionalLatentPGD(generator, steps=steps, projection=projection)
+                           if attack == "latent_pgd" else ClassConditionalOverpowered(generator, steps=steps, rounds=1,
+                                                                                       projection=projection))
+        else:
+            self.attack = (LatentPGD(generator, steps=steps, latent_stepsize=0.25, projection=projection)
+                           if attack == "latent_pgd" else OverpoweredAttack(generator, steps=steps, rounds=1,
+                                                                             projection=projection))
 
     def config(self) -> dict[str, Any]:
-        return {"objective": self.name, "eta": self.eta, "attack": self.attack_name, "steps": self.steps,
-                "weight": self.weight, "clean_weight": self.clean_weight}
+        out = {"objective": self.name, "eta": self.eta, "attack": self.attack_name, "steps": self.steps,
+               "weight": self.weight, "clean_weight": self.clean_weight}
+        return out | ({"class_conditional": True} if self.conditional else {})
+
+    def craft(self, bare: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """On-manifold examples for ``(x, y)`` crafted on ``bare`` in eval mode."""
+        check_compatible(self.generator, bare)
+        with _EvalMode(bare):
+            return self.attack.run(bare, x, y, self.eta)[0].detach()
 
     def __call__(self, model: nn.Module, bare: nn.Module, x: torch.Tensor, y: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
-        check_compatible(self.generator, bare)
-        with _EvalMode(bare):
-            x_on = self.attack.run(bare, x, y, self.eta)[0].detach()
+        x_on = self.craft(bare, x, y)
         logits = model(torch.cat([x, x_on]))
         clean, on = logits[: len(x)], logits[len(x):]
         l_on = F.cross_entropy(on, y)
@@ -188,21 +204,52 @@ class RobustManifoldObjective(TrainingObjective):
         return loss, adv, {"consistency": float(consistency.detach())}
 
 
-PRESETS = ("standard", "pgd_at", "stutz", "rmd")
+class CombinedObjective(TrainingObjective):
+    """On- and off-manifold adversarial training: ``CE(Madry PGD example) + weight · CE(on-manifold example)``
+    (Stutz et al. 2019 train on both kinds in their joint experiments)."""
+
+    name = "combined"
+
+    def __init__(self, madry: MadryObjective, on_manifold: OnManifoldObjective, *, weight: float = 1.0) -> None:
+        if weight < 0:
+            raise InputError(f"weight must be >= 0, got {weight}")
+        self.madry, self.on_manifold, self.weight = madry, on_manifold, float(weight)
+
+    def config(self) -> dict[str, Any]:
+        return {"objective": self.name, "weight": self.weight, "off": self.madry.config(),
+                "on": self.on_manifold.config()}
+
+    def __call__(self, model: nn.Module, bare: nn.Module, x: torch.Tensor, y: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        x_adv, x_on = self.madry.craft(bare, x, y), self.on_manifold.craft(bare, x, y)
+        logits = model(torch.cat([x_adv, x_on]))
+        adv, on = logits[: len(x)], logits[len(x):]
+        l_on = F.cross_entropy(on, y)
+        return F.cross_entropy(adv, y) + self.weight * l_on, adv, {"on_manifold_loss": float(l_on.detach())}
+
+
+PRESETS = ("standard", "pgd_at", "stutz", "rmd", "combined")
 
 
 def objective_preset(name: str, generator: nn.Module | None = None, *, epsilon: float = 1.5, eta: float = 1.5,
                      norm: str = "l2", steps: int = 10) -> TrainingObjective:
-    """'standard'; 'pgd_at' (Madry, ``norm``, ε); 'stutz' (on-manifold latent PGD, η); 'rmd' (Madry ℓ2 ε = 1.5
-    plus the overpowered consistency term, weight 1e-2, as in Ilyas et al. 2017). ``steps``: attack steps per batch."""
+    """'standard'; 'pgd_at' (Madry, ``norm``, ε); 'stutz' (on-manifold latent PGD, η: the latent ℓ∞ budget of
+    Stutz et al. 2019 on a class-conditional generator, the image ℓ2 one on an unconditional generator);
+    'rmd' (Madry ℓ2 ε = 1.5 plus the overpowered consistency term, weight 1e-2, as in Ilyas et al. 2017);
+    'combined' (Madry, ``norm``, ε, plus 'stutz'). ``steps``: attack steps per batch."""
     if name == "standard":
         return StandardObjective()
     if name == "pgd_at":
         return MadryObjective(norm=norm, epsilon=epsilon, steps=steps)
-    if name in ("stutz", "rmd") and generator is None:
+    if name in ("stutz", "rmd", "combined") and generator is None:
         raise InputError(f"preset {name!r} needs a generator")
+    if name == "rmd" and isinstance(generator, ClassConditional):
+        raise InputError("preset 'rmd' pairs points of one range: pass an unconditional generator")
     if name == "stutz":
         return OnManifoldObjective(generator, eta=eta, attack="latent_pgd", steps=steps)
+    if name == "combined":
+        return CombinedObjective(MadryObjective(norm=norm, epsilon=epsilon, steps=steps),
+                                 OnManifoldObjective(generator, eta=eta, attack="latent_pgd", steps=steps))
     if name == "rmd":
         return RobustManifoldObjective(generator, norm=norm, epsilon=epsilon, steps=steps, eta=eta, weight=1e-2)
     raise InputError(f"unknown training preset {name!r}; choose from {', '.join(PRESETS)}")

@@ -104,3 +104,41 @@ class TestException:
             evaluate(digits_classifier, x[:0], y[:0], _specs())
         with pytest.raises(InputError, match="outside"):
             evaluate(digits_classifier, x * 3, y, _specs())
+
+
+class TestJudges:
+    def test_judges_report_whether_the_label_held(self, digits_classifier, digits_test, tmp_path):
+        import torch
+
+        from manifold_defense import zoo
+
+        x, y = digits_test.images[:32], digits_test.labels[:32]
+        robust = zoo.get("digits-robust-l2", progress=False)
+
+        class Constant(torch.nn.Module):  # a judge that always answers 0: agrees only on the zeros
+            input_shape, num_classes = (1, 8, 8), 10
+
+            def forward(self, v):
+                return torch.nn.functional.one_hot(torch.zeros(len(v), dtype=torch.long), 10).float()
+
+        specs = [AttackSpec("pgd_l2", L2PGD(steps=20, rel_stepsize=0.2), [1.5], "l2")]
+        ev = evaluate(digits_classifier, x, y, specs, batch_size=16, out_dir=tmp_path, progress=False,
+                      judges={"robust": robust, "zero": Constant()})
+        agree = ev.to_dict()["judge_agreement"]["pgd_l2@1.5"]
+        assert agree["zero"]["all"]["accuracy"] == pytest.approx(float((y == 0).float().mean()))
+        # pixel PGD against a standard model at ε = 1.5 mostly does not fool the robust judge
+        assert agree["robust"]["all"]["n"] == 32 and agree["robust"]["broken"]["accuracy"] > 0.5
+        # resumed from the records: the same agreement; other judges are another run
+        again = evaluate(digits_classifier, x, y, specs, batch_size=16, out_dir=tmp_path, progress=False,
+                         judges={"robust": robust, "zero": Constant()})
+        assert again.to_dict()["judge_agreement"] == ev.to_dict()["judge_agreement"]
+        from manifold_defense.eval.records import RecordError
+
+        with pytest.raises(RecordError):
+            evaluate(digits_classifier, x, y, specs, batch_size=16, out_dir=tmp_path, progress=False,
+                     judges={"robust": robust})
+
+    def test_judge_must_not_be_the_attacked_model(self, digits_classifier, digits_test):
+        x, y = digits_test.images[:4], digits_test.labels[:4]
+        with pytest.raises(InputError, match="independent"):
+            evaluate(digits_classifier, x, y, _specs(), progress=False, judges={"self": digits_classifier})

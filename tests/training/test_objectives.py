@@ -48,6 +48,28 @@ class TestSmoke:
         assert model.training  # crafting ran in eval mode and restored the mode
 
 
+    @pytest.mark.parametrize("preset", ["stutz", "combined"])
+    def test_class_conditional_presets(self, preset, digits_class_vaes, digits_test):
+        torch.manual_seed(0)
+        model = DigitsCNN()
+        obj = objective_preset(preset, digits_class_vaes, epsilon=1.0, eta=0.5, steps=5)
+        on = obj.on_manifold if preset == "combined" else obj
+        assert on.conditional and on.config()["class_conditional"]
+        x, y = digits_test.images[:16], digits_test.labels[:16]
+        x_on = on.craft(model, x, y)
+        # each on-manifold example is its own class model's image within η (latent ℓ∞) of the reference
+        for c in y.unique().tolist():
+            g, rows = digits_class_vaes.condition(c), y == c
+            with torch.no_grad():
+                z0 = g.encode(x[rows])
+                z = g.encode(x_on[rows])  # the VAE encoder inverts its decoder only roughly: a loose check
+                assert float((g(z) - x_on[rows]).pow(2).mean()) < float((g(z0) - x[rows]).pow(2).mean()) + 0.02
+        loss, logits, metrics = obj(model, model, x, y)
+        assert torch.isfinite(loss) and "on_manifold_loss" in metrics
+        loss.backward()
+        assert all(p.grad is not None for p in model.parameters())
+
+
 class TestRobustness:
     def test_adversarial_training_buys_robustness(self, digits_vae, digits_train, digits_test, tmp_path):
         x, y = digits_test.images[:240], digits_test.labels[:240]
@@ -72,9 +94,19 @@ class TestException:
             OnManifoldObjective(digits_vae, eta=-1.0)
         with pytest.raises(InputError, match="needs a generator"):
             objective_preset("rmd")
+        with pytest.raises(InputError, match="needs a generator"):
+            objective_preset("combined")
         with pytest.raises(InputError, match="unknown training preset"):
             objective_preset("trades")
         obj = RobustManifoldObjective(digits_vae, eta=1.0)
         big = DefenseGANClassifier("A")
         with pytest.raises(InputError, match="shape mismatch"):
             obj(big, big, torch.rand(2, 1, 28, 28), torch.tensor([0, 1]))
+
+    def test_class_conditional_misuse(self, digits_class_vaes):
+        with pytest.raises(InputError, match="unconditional"):
+            objective_preset("rmd", digits_class_vaes)
+        with pytest.raises(InputError, match="condition"):
+            RobustManifoldObjective(digits_class_vaes, eta=1.0)
+        with pytest.raises(InputError, match="eta"):
+            objective_preset("stutz", digits_class_vaes, eta=0.0)
