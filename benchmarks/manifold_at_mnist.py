@@ -1,27 +1,39 @@
-"""Adversarial training on the manifold (Robust Manifold Defense) vs Madry PGD training vs standard, MNIST.
+"""On- and off-manifold adversarial training on MNIST, judged with label-preserving on-manifold attacks.
 
-Classifier A (Samangouei et al. 2018) trained three ways on MNIST with the same epochs, schedule and seed:
+Classifier A (Samangouei et al. 2018) trained five ways on MNIST with the same epochs, schedule and seed:
 
 - ``standard`` — cross-entropy;
 - ``pgd_at`` — Madry et al. PGD adversarial training, ℓ2 ε = 1.5 (the robustness library's L2Step);
 - ``manifold_at`` — the ``rmd`` preset (Ilyas et al. 2017): Madry ℓ2 ε = 1.5 plus the overpowered-attack
-  consistency term (weight 1e-2) on mnist-vae20 pairs with ‖G(z1) − G(z2)‖₂ ≤ 1.5.
+  consistency term (weight 1e-2) on mnist-vae20 pairs with ‖G(z1) − G(z2)‖₂ ≤ 1.5;
+- ``stutz`` — on-manifold adversarial training (Stutz, Hein, Schiele 2019): latent PGD in the true class's
+  generator (``mnist-class-vaes``, one VAE per digit), latent ℓ∞ budget η (the ``on_manifold_cc`` column's);
+- ``combined`` — ``pgd_at``'s loss plus ``stutz``'s.
 
-Each is evaluated undefended and behind the default projection (``defended_*``) on the same first N
-MNIST test images. Columns: ``clean``; ``pgd_l2_2.5`` (100 steps; BPDA + EOT 2 through the defended
-model's own projection on the defended rows); ``latent_reparam_l2_2.5`` (extra, defended rows, adaptive:
-Athalye et al.'s latent reparameterisation in the same ℓ2 ball); ``on_manifold_l2_1.5`` (latent PGD, ‖G(z') − G(ẑ)‖₂ ≤ 1.5);
-``overpowered_l2_1.5``; ``worst_case`` (robust only if every attack failed).
+Each is evaluated undefended and behind the default projection onto mnist-vae20 (``defended_*``) on the same
+first N MNIST test images. Columns: ``clean``; ``pgd_l2_2.5`` (100 steps; BPDA + EOT 2 through the defended
+model's own projection on the defended rows); ``pgd_l2_2.5_implicit`` and ``latent_reparam_l2_2.5``
+(defended rows: the implicit-gradient attack and Athalye et al.'s latent reparameterisation);
+``on_manifold_l2_1.5`` (latent PGD on the unconditional VAE, ‖G(z') − G(ẑ)‖₂ ≤ 1.5); ``overpowered_l2_1.5``;
+``on_manifold_cc`` (label-preserving latent PGD in the true class's VAE, ‖z' − ẑ‖∞ ≤ η, 40 iterations as
+Stutz et al.); ``overpowered_cc_l2_1.5`` (the overpowered pair inside the true class's VAE); ``worst_case``
+(robust only if every attack failed).
 
-Because the on-manifold target compares against ``standard``'s on-manifold accuracy, the run also checks
-that latent PGD has converged on ``standard``: the same attack with 5× the steps and with the margin loss
-on the first 100 images (``on_manifold_convergence``).
+Two judges that were never attacked label every adversarial input — ``mnist-classifier-b`` (standard, another
+architecture) and ``mnist-robust-l2`` (Madry-trained; adversarial examples transfer between standard models,
+so the robust judge is the one that says whether the label held): ``judge_agreement`` per row and column,
+over all adversarial inputs and over those that broke the row's model.
+
+η of ``on_manifold_cc``: a sweep on ``standard`` (first ``--sweep-n`` images, η in ``--sweep``) measures
+accuracy and the robust judge's agreement per η; the run uses the largest η whose robust-judge agreement on
+the broken samples is ≥ 90 % (``--cc-eta`` fixes it instead). ``stutz`` and ``combined`` train at that η.
 
     python benchmarks/manifold_at_mnist.py [--quick] [--epochs 3] [--n 500]
 
-Models are trained into ``$MANIFOLD_DEFENSE_CACHE/benchmarks/`` (resumable: rerun after a kill);
-evaluations append records per batch (resumable). JSON: {"n", "accuracy": {row: {column}}, "stderr",
-"epoch_seconds": {model: median seconds per epoch}, "targets", ...}.
+Models are trained into ``$MANIFOLD_DEFENSE_CACHE/benchmarks/`` (resumable: rerun after a kill); evaluations
+append records per batch (resumable). JSON: {"n", "accuracy": {row: {column}}, "stderr", "judge_agreement",
+"cc_budget_sweep", "epoch_seconds", "epoch_time_vs_pgd_at", "targets", ...}; PNG: a grid of on-manifold
+adversarial examples per row (``manifold_at_mnist_grid.png``).
 """
 
 from __future__ import annotations
@@ -35,7 +47,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from common import provenance
+from common import provenance, pyplot, save_figure
 
 from manifold_defense import data, zoo
 from manifold_defense.checkpoint import load_checkpoint
@@ -44,73 +56,142 @@ from manifold_defense.defended import DefendedModel, ProjectionConfig
 from manifold_defense.eval import AttackBudget, AttackSpec, build_attack, evaluate, write_report
 from manifold_defense.training import objective_preset, train_classifier
 
-MODELS = {"standard": "standard", "pgd_at": "pgd_at", "manifold_at": "rmd"}
-COLUMNS = ["clean", "pgd_l2_2.5", "latent_reparam_l2_2.5", "on_manifold_l2_1.5", "overpowered_l2_1.5", "worst_case"]
+MODELS = {"standard": "standard", "pgd_at": "pgd_at", "manifold_at": "rmd", "stutz": "stutz", "combined": "combined"}
+CONDITIONAL = {"stutz", "combined"}  # trained with the class-conditional generator
+COLUMNS = ["clean", "pgd_l2_2.5", "pgd_l2_2.5_implicit", "latent_reparam_l2_2.5", "on_manifold_l2_1.5",
+           "overpowered_l2_1.5", "on_manifold_cc", "overpowered_cc_l2_1.5", "worst_case"]
+JUDGES = {"standard_judge": "mnist-classifier-b", "robust_judge": "mnist-robust-l2"}
 
 
-def train(name: str, gen, train_split, test_split, args) -> tuple[torch.nn.Module, float]:
-    path = data.cache_dir() / "benchmarks" / f"manifold_at_{name}_e{args.epochs}_s{args.train_steps}.pt"
+def train(name: str, gen, cc_gen, train_split, test_split, args) -> tuple[torch.nn.Module, list[dict]]:
+    cc = name in CONDITIONAL
+    tag = f"_cc{args.cc_eta:g}" if cc else ""
+    path = data.cache_dir() / "benchmarks" / f"manifold_at_{name}_e{args.epochs}_s{args.train_steps}{tag}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     model = DefenseGANClassifier("A")
-    objective = objective_preset(MODELS[name], gen, epsilon=1.5, eta=1.5, steps=args.train_steps)
+    objective = objective_preset(MODELS[name], cc_gen if cc else gen, epsilon=1.5,
+                                 eta=args.cc_eta if cc else 1.5, steps=args.train_steps)
     hist = train_classifier(model, train_split.images, train_split.labels, epochs=args.epochs, seed=args.seed,
                             objective=objective, path=path, log_path=path.with_suffix(".jsonl"),
                             test=(test_split.images[:2000], test_split.labels[:2000]), progress=not args.quiet,
                             metadata={"dataset": "mnist", "kind": "classifier", "benchmark": "manifold_at"})
     if not hist:  # already trained: read the history from the checkpoint
         hist = load_checkpoint(path)["metadata"]["history"]
-    return model.eval(), statistics.median(h["seconds"] for h in hist)
+    return model.eval(), hist
 
 
-def attacks(gen, defended: bool, args) -> list[AttackSpec]:
+def _budget(args) -> AttackBudget:
+    return AttackBudget(pgd_steps=args.pgd_steps, eot=2, latent_steps=args.latent_steps, latent_restarts=2,
+                        on_manifold_steps=40, on_manifold_stepsize=0.25, overpowered_steps=50, overpowered_rounds=2,
+                        on_manifold_cc_steps=40)
+
+
+def attacks(gen, cc_gen, defended: bool, args) -> list[AttackSpec]:
     # BPDA crafts through the attacked model's own projection (no cheaper surrogate); on undefended rows
-    # it is plain PGD (EOT collapses to one draw on a deterministic model). Latent reparameterisation
-    # searches a subset of the same ℓ2 ball that PGD searches directly, so it runs on the defended rows
-    # only, where PGD's gradients pass through the projection by approximation.
-    budget = AttackBudget(pgd_steps=args.pgd_steps, eot=2, latent_steps=args.latent_steps, latent_restarts=2,
-                          on_manifold_steps=40, on_manifold_stepsize=0.25, overpowered_steps=50, overpowered_rounds=2)
-    columns = [("pgd_l2", 2.5, "pgd_l2_2.5"), ("latent_reparam_l2", 2.5, "latent_reparam_l2_2.5"),
-               ("on_manifold", 1.5, "on_manifold_l2_1.5"), ("overpowered", 1.5, "overpowered_l2_1.5")]
-    return [build_attack(name, [eps], generator=gen, budget=budget, label=label) for name, eps, label in columns
-            if defended or name != "latent_reparam_l2"]
+    # it is plain PGD (EOT collapses to one draw on a deterministic model). The implicit-gradient attack and
+    # latent reparameterisation attack the projection itself, so they run on the defended rows only.
+    budget = _budget(args)
+    columns = [("pgd_l2", 2.5, "pgd_l2_2.5", gen), ("pgd_l2_implicit", 2.5, "pgd_l2_2.5_implicit", gen),
+               ("latent_reparam_l2", 2.5, "latent_reparam_l2_2.5", gen), ("on_manifold", 1.5, "on_manifold_l2_1.5", gen),
+               ("overpowered", 1.5, "overpowered_l2_1.5", gen), ("on_manifold_cc", args.cc_eta, "on_manifold_cc", cc_gen),
+               ("overpowered_cc", 1.5, "overpowered_cc_l2_1.5", cc_gen)]
+    return [build_attack(name, [eps], generator=g, budget=budget, label=label) for name, eps, label, g in columns
+            if defended or name not in ("latent_reparam_l2", "pgd_l2_implicit")]
 
 
-def on_manifold_convergence(model, gen, x, y) -> dict[str, float]:
-    """Accuracy under latent PGD (40 steps, the column's attack) vs 200 steps vs 200 steps at a larger
-    latent step: if these agree the column measures the model, not the attack's budget."""
+def cc_budget_sweep(model, cc_gen, judges, x, y, args, work: Path) -> tuple[dict, float]:
+    """On-manifold (class-conditional) accuracy and judge agreement of ``model`` per latent η; the largest η
+    whose robust-judge agreement on the broken samples is >= 90 % (the label still holds there)."""
+    spec = build_attack("on_manifold_cc", args.sweep, generator=cc_gen, budget=_budget(args))
+    ev = evaluate(model, x, y, [spec], batch_size=100, out_dir=work / "cc_budget_sweep", progress=not args.quiet,
+                  judges=judges)
+    agree = ev.judge_agreement()
     out = {}
-    base = AttackBudget(on_manifold_steps=40, on_manifold_stepsize=0.25)
-    for label, budget in [("steps40", base), ("steps200", replace(base, on_manifold_steps=200)),
-                          ("steps200_stepsize1", replace(base, on_manifold_steps=200, on_manifold_stepsize=1.0))]:
-        attack = build_attack("on_manifold", [1.5], generator=gen, budget=budget).attack
-        adv, _ = attack.run(model, x, y, 1.5)
-        with torch.inference_mode():
-            out[label] = float((model(adv).argmax(1) == y).float().mean())
+    for eta in args.sweep:
+        key = f"on_manifold_cc@{eta:g}"
+        a, se_, n = ev.accuracy(("on_manifold_cc", float(eta)))
+        out[f"{eta:g}"] = {"accuracy": a, "stderr": se_, "n": n,
+                           **{f"{j}_agreement_{part}": agree[key][j][part]["accuracy"] for j in judges
+                              for part in ("all", "broken")},
+                           "broken": agree[key]["robust_judge"]["broken"]["n"]}
+    ok = [e for e in args.sweep if out[f"{e:g}"]["broken"] > 0 and out[f"{e:g}"]["robust_judge_agreement_broken"] >= 0.9]
+    return out, float(max(ok)) if ok else float(min(args.sweep))
+
+
+def on_manifold_convergence(model, gen, cc_gen, cc_eta, x, y) -> dict[str, float]:
+    """Accuracy under each on-manifold column's attack (40 steps) vs 200 steps (and a larger step for the
+    unconditional one): if these agree the columns measure the model, not the attack's budget."""
+    out = {}
+    base = AttackBudget(on_manifold_steps=40, on_manifold_stepsize=0.25, on_manifold_cc_steps=40)
+    runs = [("steps40", "on_manifold", 1.5, gen, base),
+            ("steps200", "on_manifold", 1.5, gen, replace(base, on_manifold_steps=200)),
+            ("steps200_stepsize1", "on_manifold", 1.5, gen, replace(base, on_manifold_steps=200, on_manifold_stepsize=1.0)),
+            ("cc_steps40", "on_manifold_cc", cc_eta, cc_gen, base),
+            ("cc_steps200", "on_manifold_cc", cc_eta, cc_gen, replace(base, on_manifold_cc_steps=200))]
+    for label, name, eps, g, budget in runs:
+        out[label] = build_attack(name, [eps], generator=g, budget=budget).attack(model, x, y, epsilon=eps).robust_accuracy
     return out
 
 
+def example_grid(models: dict, cc_gen, cc_eta: float, judges: dict, x, y, path: Path) -> None:
+    """One test image per digit: its projection onto its class's VAE (top row), then per model the
+    on-manifold (class-conditional) adversarial example, titled with the model's and the robust judge's label."""
+    pick = torch.stack([(y == c).nonzero()[0, 0] for c in range(10)])
+    xs, ys = x[pick], y[pick]
+    attack = build_attack("on_manifold_cc", [cc_eta], generator=cc_gen).attack
+    plt = pyplot()
+    fig, axes = plt.subplots(len(models) + 1, 10, figsize=(10, 1.15 * (len(models) + 1)))
+    ref = None
+    for r, (name, model) in enumerate(models.items(), start=1):
+        adv, ref, _ = attack.run(model, xs, ys, cc_eta)
+        with torch.inference_mode():
+            pred, judge = model(adv).argmax(1), judges["robust_judge"](adv).argmax(1)
+        for c in range(10):
+            ax = axes[r, c]
+            ax.imshow(adv[c, 0].cpu(), cmap="gray", vmin=0, vmax=1)
+            ax.set_title(f"{int(pred[c])}/{int(judge[c])}", fontsize=7, color="red" if pred[c] != ys[c] else "black")
+        axes[r, 0].set_ylabel(name, fontsize=7)
+    for c in range(10):
+        axes[0, c].imshow(ref[c, 0].cpu(), cmap="gray", vmin=0, vmax=1)
+        axes[0, c].set_title(f"G(ẑ, {c})", fontsize=7)
+    axes[0, 0].set_ylabel("reference", fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"on_manifold_cc, latent L∞ η = {cc_eta:g}: model's label / robust judge's label (red: model fooled)",
+                 fontsize=8)
+    save_figure(fig, path)
+
+
+def _frozen(name: str):
+    model = zoo.get(name).eval()
+    for prm in model.parameters():
+        prm.requires_grad_(False)
+    return model
+
+
 def timing_only(args) -> int:
-    """One epoch each of pgd_at and manifold_at, same configuration as the full run, fresh checkpoints."""
+    """One epoch of every preset, same configuration as the full run, fresh checkpoints, one after another."""
     import tempfile
 
-    gen = zoo.get("mnist-vae20").eval()
-    for prm in gen.parameters():
-        prm.requires_grad_(False)
+    gen, cc_gen = _frozen("mnist-vae20"), _frozen("mnist-class-vaes")
     tr = data.load("mnist", "train")
     seconds = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name in ("pgd_at", "manifold_at"):
+        for name, preset in MODELS.items():
             torch.manual_seed(args.seed)
-            objective = objective_preset(MODELS[name], gen, epsilon=1.5, eta=1.5, steps=args.train_steps)
+            cc = name in CONDITIONAL
+            objective = objective_preset(preset, cc_gen if cc else gen, epsilon=1.5, eta=args.cc_eta if cc else 1.5,
+                                         steps=args.train_steps)
             hist = train_classifier(DefenseGANClassifier("A"), tr.images, tr.labels, epochs=1, seed=args.seed,
                                     objective=objective, path=Path(tmp) / f"{name}.pt", progress=not args.quiet)
             seconds[name] = hist[0]["seconds"]
             print(name, f"{seconds[name]:.1f} s/epoch", flush=True)
-    ratio = seconds["manifold_at"] / seconds["pgd_at"]
-    result = {"epoch_seconds": seconds, "ratio_manifold_at_over_pgd_at": ratio,
-              "targets": {"manifold_at epoch time <= 1.5 x pgd_at": ratio <= 1.5},
-              "train_pgd_steps": args.train_steps, "torch_threads": torch.get_num_threads()}
+    ratios = {k: v / seconds["pgd_at"] for k, v in seconds.items()}
+    result = {"epoch_seconds": seconds, "epoch_time_vs_pgd_at": ratios,
+              "targets": {"manifold_at epoch time <= 1.5 x pgd_at": ratios["manifold_at"] <= 1.5},
+              "train_pgd_steps": args.train_steps, "cc_eta": args.cc_eta, "torch_threads": torch.get_num_threads()}
     out = Path(args.out) if args.out else Path(__file__).parent / "results" / "manifold_at_mnist_timing.json"
     result["provenance"] = provenance(args)
     out.write_text(json.dumps(result, indent=2))
@@ -118,70 +199,105 @@ def timing_only(args) -> int:
     return 0
 
 
+def _column_eps(col: str, cc_eta: float) -> float:
+    return cc_eta if col == "on_manifold_cc" else float(col.removesuffix("_implicit").rsplit("_", 1)[1])
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=500)
     p.add_argument("--quick", action="store_true", help="100 images, 1 epoch, 3 PGD steps in training")
     p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--train-steps", type=int, default=7, help="PGD steps per training batch")
+    p.add_argument("--train-steps", type=int, default=7, help="attack steps per training batch")
     p.add_argument("--pgd-steps", type=int, default=100, help="PGD steps of the evaluation attack")
     p.add_argument("--latent-steps", type=int, default=50, help="steps per round of latent reparameterisation")
+    p.add_argument("--sweep", type=float, nargs="+", default=[0.3, 0.5, 1.0, 1.5, 2.0],
+                   help="latent L-inf budgets η of the class-conditional sweep on the standard model")
+    p.add_argument("--sweep-n", type=int, default=200, help="images of the η sweep")
+    p.add_argument("--cc-eta", type=float, default=None,
+                   help="fix on_manifold_cc's η (and stutz/combined training's) instead of choosing it by the sweep")
+    p.add_argument("--rows", nargs="+", choices=list(MODELS), default=list(MODELS), help="models to train and evaluate")
+    p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None)
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--timing-only", action="store_true",
-                   help="only time one training epoch of pgd_at and manifold_at (nothing else running), "
-                        "written to results/manifold_at_mnist_timing.json")
+                   help="only time one training epoch of every preset (nothing else running), written to "
+                        "results/manifold_at_mnist_timing.json (needs --cc-eta)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.timing_only:
+        if args.cc_eta is None:
+            p.error("--timing-only needs --cc-eta")
         return timing_only(args)
     if args.quick:
         args.n, args.epochs, args.train_steps, args.pgd_steps, args.latent_steps = 100, 1, 3, 20, 30
+        args.sweep_n = min(args.sweep_n, 100)
     out_json = Path(args.out) if args.out else Path(__file__).parent / "results" / (
         "manifold_at_mnist" + ("_quick" if args.quick else "") + ".json")
     work = out_json.with_suffix("")
     t0 = time.perf_counter()
-    gen = zoo.get("mnist-vae20").eval()
-    for prm in gen.parameters():
-        prm.requires_grad_(False)
+    gen, cc_gen = _frozen("mnist-vae20"), _frozen("mnist-class-vaes")
+    judges = {k: _frozen(v) for k, v in JUDGES.items()}
     tr, te = data.load("mnist", "train"), data.load("mnist", "test")
     x, y = te.images[: args.n], te.labels[: args.n]
-    acc, se, epoch_seconds = {}, {}, {}
-    for name in MODELS:
+    acc, se, agreement, histories, trained = {}, {}, {}, {}, {}
+    sweep = None
+    rows = ["standard"] + [r for r in args.rows if r != "standard"]  # the sweep runs on standard
+    for name in rows:
         print(f"\n== training {name}", flush=True)
-        model, epoch_seconds[name] = train(name, gen, tr, te, args)
+        model, histories[name] = train(name, gen, cc_gen, tr, te, args)
+        trained[name] = model
+        if name == "standard" and args.cc_eta is None:
+            sweep, args.cc_eta = cc_budget_sweep(model, cc_gen, judges, x[: args.sweep_n], y[: args.sweep_n], args, work)
+            print("class-conditional budget sweep", json.dumps(sweep, indent=1), f"\n→ η = {args.cc_eta:g}", flush=True)
         for defended in (False, True):
             row = f"defended_{name}" if defended else name
             m = DefendedModel(model, gen, ProjectionConfig()).eval() if defended else model
-            ev = evaluate(m, x, y, attacks(gen, defended, args), batch_size=100, out_dir=work / row,
-                          progress=not args.quiet)
-            write_report(ev, work / row, title=f"MNIST classifier A, {row}")
+            ev = evaluate(m, x, y, attacks(gen, cc_gen, defended, args), batch_size=100,
+                          out_dir=work / f"{row}_cc{args.cc_eta:g}", progress=not args.quiet, judges=judges)
+            write_report(ev, work / f"{row}_cc{args.cc_eta:g}", title=f"MNIST classifier A, {row}")
             acc[row], se[row] = {}, {}
             acc[row]["clean"], se[row]["clean"], _ = ev.accuracy()
             for col in COLUMNS[1:-1]:
                 if any(k[0] == col for k in ev.robust):
-                    acc[row][col], se[row][col], _ = ev.accuracy((col, float(col.rsplit("_", 1)[1])))
+                    acc[row][col], se[row][col], _ = ev.accuracy((col, _column_eps(col, args.cc_eta)))
             worst = [all(ev.robust[k][i] for k in ev.robust) for i in ev.indices]
             p_w = sum(worst) / len(worst)
             acc[row]["worst_case"], se[row]["worst_case"] = p_w, (p_w * (1 - p_w) / len(worst)) ** 0.5
+            agreement[row] = ev.judge_agreement()
             print(row, json.dumps({k: round(v, 4) for k, v in acc[row].items()}), flush=True)
         if name == "standard":
-            convergence = on_manifold_convergence(model, gen, x[:100], y[:100])
+            convergence = on_manifold_convergence(model, gen, cc_gen, args.cc_eta, x[:100], y[:100])
             print("on-manifold convergence", json.dumps(convergence), flush=True)
+    epoch_seconds = {k: statistics.median(h["seconds"] for h in v) for k, v in histories.items()}
+    example_grid(trained, cc_gen, args.cc_eta, judges, x, y, out_json.with_name(out_json.stem + "_grid.png"))
+    cc_agree = agreement["standard"][f"on_manifold_cc@{args.cc_eta:g}"]["robust_judge"]
     targets = {
-        "manifold_at on_manifold >= standard + 0.30":
-            acc["manifold_at"]["on_manifold_l2_1.5"] >= acc["standard"]["on_manifold_l2_1.5"] + 0.30,
-        "manifold_at pgd_l2_2.5 >= pgd_at - 0.02": acc["manifold_at"]["pgd_l2_2.5"] >= acc["pgd_at"]["pgd_l2_2.5"] - 0.02,
-        "defended_manifold_at has the highest worst_case":
-            acc["defended_manifold_at"]["worst_case"] >= max(v["worst_case"] for v in acc.values()),
-        "manifold_at epoch time <= 1.5 x pgd_at": epoch_seconds["manifold_at"] <= 1.5 * epoch_seconds["pgd_at"],
+        "standard on_manifold_cc <= 0.50": acc["standard"]["on_manifold_cc"] <= 0.5,
+        "robust judge agrees on >= 90% of standard's on_manifold_cc inputs": cc_agree["all"]["accuracy"] >= 0.9,
     }
-    result = {"n": args.n, "accuracy": acc, "stderr": se, "epoch_seconds": epoch_seconds, "targets": targets,
-              "on_manifold_convergence": convergence,
-              "config": {"epochs": args.epochs, "train_pgd_steps": args.train_steps, "eval_pgd_steps": args.pgd_steps,
+    if "stutz" in acc:
+        targets |= {"stutz on_manifold_cc >= standard + 0.30":
+                        acc["stutz"]["on_manifold_cc"] >= acc["standard"]["on_manifold_cc"] + 0.30,
+                    "stutz clean >= standard - 0.005": acc["stutz"]["clean"] >= acc["standard"]["clean"] - 0.005}
+    if "combined" in acc and "pgd_at" in acc:
+        targets["combined pgd_l2_2.5 >= pgd_at - 0.02"] = acc["combined"]["pgd_l2_2.5"] >= acc["pgd_at"]["pgd_l2_2.5"] - 0.02
+    if "manifold_at" in acc and "pgd_at" in acc:
+        targets["manifold_at pgd_l2_2.5 >= pgd_at - 0.02"] = acc["manifold_at"]["pgd_l2_2.5"] >= acc["pgd_at"]["pgd_l2_2.5"] - 0.02
+    most_robust = max(acc, key=lambda r: acc[r]["worst_case"])
+    result = {"n": args.n, "accuracy": acc, "stderr": se, "judge_agreement": agreement, "cc_eta": args.cc_eta,
+              "cc_budget_sweep": sweep, "most_robust_row": most_robust, "epoch_seconds": epoch_seconds,
+              "epoch_time_vs_pgd_at": {k: v / epoch_seconds["pgd_at"] for k, v in epoch_seconds.items()}
+              if "pgd_at" in epoch_seconds else None,
+              "targets": targets, "on_manifold_convergence": convergence,
+              "config": {"epochs": args.epochs, "train_steps": args.train_steps, "eval_pgd_steps": args.pgd_steps,
                          "latent_reparam_steps": args.latent_steps, "projection": ProjectionConfig().as_dict(),
-                         "training_objectives": {k: objective_preset(v, gen, steps=args.train_steps).config()
-                                                 for k, v in MODELS.items()},
+                         "judges": JUDGES, "training_objectives": {
+                             k: objective_preset(v, cc_gen if k in CONDITIONAL else gen, epsilon=1.5,
+                                                 eta=args.cc_eta if k in CONDITIONAL else 1.5,
+                                                 steps=args.train_steps).config() for k, v in MODELS.items()},
                          "seed": args.seed},
               "total_seconds": time.perf_counter() - t0}
     out_json.parent.mkdir(parents=True, exist_ok=True)

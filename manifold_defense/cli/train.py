@@ -71,7 +71,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                 "combined (pgd_at + stutz)")
             t.add_argument("--generator", default=None, help="zoo name or checkpoint (stutz, rmd, combined; required "
                                                              "there; class-conditional for Stutz et al.'s setting)")
-            t.add_argument("--epsilon", type=positive_float, default=None, help="pixel-space budget (pgd_at, rmd, combined; "
+            t.add_argument("--epsilon", type=positive_float, default=None, help="pixel budget (pgd_at, rmd, combined; "
                                                                                 "default: 1.5)")
             t.add_argument("--eta", type=positive_float, default=None, help="on-manifold budget (stutz, rmd, combined; default: 0.3 "
                                                                               "latent L-inf on a class-conditional "

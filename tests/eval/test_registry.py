@@ -8,11 +8,14 @@ from manifold_defense.validation import InputError
 
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))
-def test_every_named_attack_breaks_the_undefended_classifier(name, digits_classifier, digits_vae, digits_test):
+def test_every_named_attack_breaks_the_undefended_classifier(name, digits_classifier, digits_vae, digits_class_vaes,
+                                                             digits_test):
     x, y = digits_test.images[:24], digits_test.labels[:24]
     threat = ATTACKS[name].threat
-    big = {"linf": 0.3, "l2": 3.0, "on_manifold": 2.0}[threat]
-    spec = build_attack(name, [big], classifier=digits_classifier, generator=digits_vae, budget=AttackBudget.quick())
+    # the class-conditional ones: a latent ℓ∞ ball over most of each class's 4-d prior, an image ℓ2 pair distance
+    big = {"linf": 0.3, "l2": 3.0, "on_manifold": 2.0, "on_manifold_cc": 5.0, "on_manifold_cc_l2": 2.0}[threat]
+    gen = digits_class_vaes if threat.startswith("on_manifold_cc") else digits_vae
+    spec = build_attack(name, [big], classifier=digits_classifier, generator=gen, budget=AttackBudget.quick())
     assert spec.threat == threat and spec.epsilons == [big]
     res = spec.attack(digits_classifier, x, y, epsilon=big)  # norms are asserted <= eps inside
     clean = float((digits_classifier(x).argmax(1) == y).float().mean())
