@@ -55,6 +55,15 @@ def write_report(ev: Evaluation, out_dir: str | os.PathLike, *, title: str = "ro
     if ev.notes:
         lines += ["", "## Which projection was attacked", ""]
         lines += [f"- {a}: {note}" for a, note in sorted(ev.notes.items())]
+    if ev.agreement:  # independent judges: did the label hold on the adversarial inputs?
+        judges = sorted({j for v in ev.agreement.values() for j in v})
+        lines += ["", "## Judges: true label given to the adversarial inputs (all / those that broke the model)", "",
+                  "| attack | ε | " + " | ".join(judges) + " |", "|---|---|" + "---|" * len(judges)]
+        for key, per in ev.judge_agreement().items():
+            a, e = key.rsplit("@", 1)
+            cells = [f"{per[j]['all']['accuracy']:.3f} / {per[j]['broken']['accuracy']:.3f} (n = {per[j]['broken']['n']})"
+                     for j in judges]
+            lines.append(f"| {a} | {e} | " + " | ".join(cells) + " |")
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
     paths = {"json": out / "report.json", "markdown": out / "report.md", "plot": _plot(ev, out / "accuracy_vs_epsilon.png",
                                                                                       title)}

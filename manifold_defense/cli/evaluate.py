@@ -31,6 +31,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Attacks (name, threat model, default epsilons):\n" + listing)
     p.add_argument("--classifier", required=True, help="zoo name or checkpoint path of the classifier")
     p.add_argument("--generator", default=None, help="zoo name or checkpoint path (needed for a defense; default: none)")
+    p.add_argument("--class-generator", default=None,
+                   help="class-conditional generator (zoo name or checkpoint) of on_manifold_cc / overpowered_cc "
+                        "(default: none)")
+    p.add_argument("--judge", action="append", default=None, metavar="CLASSIFIER",
+                   help="an independent classifier (zoo name or checkpoint) that labels every adversarial input, to "
+                        "show whether the label held; repeatable (default: none)")
     p.add_argument("--projection", choices=[*PROJECTIONS, "none"], default="default",
                    help="the defense's projection; 'none' evaluates the undefended classifier")
     p.add_argument("--dead-zone", type=non_negative_float, default=None,
@@ -68,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from manifold_defense import data
     from manifold_defense.defended import DefendedModel, ProjectionConfig
     from manifold_defense.eval import AttackBudget, build_attack, evaluate, parse_attack, sanity_checks, write_report
+    from manifold_defense.protocols import ClassConditional
     from manifold_defense.validation import InputError
 
     from manifold_defense.distributed import init_from_environment, shutdown
@@ -82,12 +89,23 @@ def run(args: argparse.Namespace) -> int:
         refuse_unused(args, set(), {"dead_zone": "--dead-zone", "surrogate": "--surrogate"}, "--projection none")
     if args.stop is not None and args.stop <= args.start:
         raise InputError(f"--stop ({args.stop}) must be greater than --start ({args.start})")
+    conditional = {name for name, _ in attacks or [] if name.endswith("_cc")}
     needs_gen = args.projection != "none" or any(name.startswith(("on_manifold", "overpowered", "latent"))
-                                                 for name, _ in attacks or [])
+                                                 for name, _ in attacks or [] if name not in conditional)
     if needs_gen and args.generator is None:
         raise InputError("this evaluation needs --generator (a zoo name or checkpoint)")
+    if conditional and args.class_generator is None:
+        raise InputError(f"{', '.join(sorted(conditional))} need --class-generator (e.g. mnist-class-vaes)")
+    if args.class_generator is not None and not conditional:
+        raise InputError("--class-generator is only used by on_manifold_cc and overpowered_cc (--attack NAME)")
     clf = load_role(args.classifier, "classifier", device).eval()
     gen = load_role(args.generator, "generator", device).eval() if args.generator else None
+    cc_gen = None
+    if args.class_generator is not None:
+        cc_gen = load_role(args.class_generator, "generator", device, flag="--class-generator").eval()
+        if not isinstance(cc_gen, ClassConditional):
+            raise InputError(f"--class-generator {args.class_generator} is not class-conditional (e.g. mnist-class-vaes)")
+    judges = {spec: load_role(spec, "classifier", device, flag="--judge").eval() for spec in args.judge or []}
     dataset = args.dataset or {8: "digits", 28: "mnist", 32: "cifar10"}.get(tuple(clf.input_shape)[-1], "mnist")
     test = data.load(dataset, "test", path=args.data_path)
     x, y = test.images[: args.n], test.labels[: args.n]
@@ -103,8 +121,8 @@ def run(args: argparse.Namespace) -> int:
     surrogate = ProjectionConfig.preset(args.surrogate, gen) if args.surrogate else None
     budget_name = "quick" if args.quick else args.budget or "default"
     budget = AttackBudget.named(budget_name)
-    specs = [build_attack(name, eps, classifier=clf, generator=gen, surrogate=surrogate, budget=budget)
-             for name, eps in attacks]
+    specs = [build_attack(name, eps, classifier=clf, generator=cc_gen if name in conditional else gen,
+                          surrogate=surrogate, budget=budget) for name, eps in attacks]
     world, rank, _ = init_from_environment(str(device))  # torchrun: every rank attacks its share of the batches
     try:
         if rank == 0:
@@ -112,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
                   f"images, {budget_name} budget{f', {world} processes' if world > 1 else ''}; records in {out} (a rerun "
                   "resumes; another configuration is refused)")
         ev = evaluate(model, x, y, specs, batch_size=args.batch_size, out_dir=out, start=args.start, stop=args.stop,
-                      progress=not args.quiet and rank == 0, attempts=args.attempts, dataset=dataset)
+                      progress=not args.quiet and rank == 0, attempts=args.attempts, dataset=dataset, judges=judges)
         if rank == 0:
             sanity_checks(ev, model, x, y, decision_subset=args.decision_subset)
             paths = write_report(ev, out, title=f"{args.classifier} / {args.projection} projection")

@@ -26,8 +26,27 @@ class TestSmoke:
         assert main(argv) == 0 and (out / "records.jsonl").read_text().count("\n") == lines
 
 
+    def test_class_conditional_attack_with_judges(self, digits_class_vaes, digits_classifier, tmp_path, capsys):
+        out = tmp_path / "cc"
+        argv = ["evaluate", "--classifier", "digits-classifier", "--projection", "none", "--class-generator",
+                "digits-class-vaes", "--attack", "on_manifold_cc:1,5", "--judge", "digits-robust-l2", "--n", "24",
+                "--quick", "--decision-subset", "0", "--quiet", "--out", str(out)]
+        assert main(argv) == 0
+        report = json.loads((out / "report.json").read_text())
+        assert report["robust"]["on_manifold_cc@5"]["accuracy"] < report["clean"]["accuracy"]
+        agree = report["judge_agreement"]["on_manifold_cc@5"]["digits-robust-l2"]
+        assert agree["all"]["n"] == 24 and 0 <= agree["all"]["accuracy"] <= 1
+        assert "## Judges" in (out / "report.md").read_text()
+
+
 class TestException:
     @pytest.mark.parametrize("argv,match", [
+        (["--classifier", "digits-classifier", "--projection", "none", "--attack", "on_manifold_cc"],
+         "need --class-generator"),
+        (["--classifier", "digits-classifier", "--projection", "none", "--attack", "on_manifold_cc",
+          "--class-generator", "digits-vae"], "not class-conditional"),
+        (["--classifier", "digits-classifier", "--projection", "none", "--class-generator", "digits-class-vaes"],
+         "only used by on_manifold_cc"),
         (["--classifier", "digits-classifier", "--projection", "none", "--attack", "pgd_l7"], "unknown attack"),
         (["--classifier", "digits-classifier"], "needs --generator"),
         (["--classifier", "no-such-model", "--projection", "none"], "neither a checkpoint"),
