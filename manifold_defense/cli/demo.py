@@ -21,7 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-path", default=None, help="folder holding mnist.npz, or the file (default: "
                                                      "$MANIFOLD_DEFENSE_DATA)")
     p.add_argument("--out", default="manifold-defense-demo", help="output folder for PNGs and JSON")
-    p.add_argument("--n", type=positive_int, default=100, help="test images attacked")
+    p.add_argument("--n", type=positive_int, default=None,
+                   help="test images attacked (default: 100 on digits, 20 on mnist: a few minutes on two CPU cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_device(p)
     p.set_defaults(run=run)
@@ -37,5 +38,6 @@ def run(args: argparse.Namespace) -> int:
         from manifold_defense.validation import InputError
 
         raise InputError("--data-path is for --dataset mnist (the digits are embedded)")
-    run_demo(out, dataset=args.dataset, n=args.n, device=device, progress=not args.quiet, data_path=args.data_path)
+    n = args.n or (20 if args.dataset == "mnist" else 100)
+    run_demo(out, dataset=args.dataset, n=n, device=device, progress=not args.quiet, data_path=args.data_path)
     return 0
