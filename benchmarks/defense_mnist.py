@@ -195,7 +195,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=500, help="test images (the defense_gan row uses n/5)")
     p.add_argument("--quick", action="store_true", help="a fifth of the images")
-    p.add_argument("--generator", default="mnist-vae20", choices=["mnist-vae20", "mnist-wgan"])
+    p.add_argument("--generator", default="mnist-vae20", choices=["mnist-vae20", "mnist-wgan", "mnist-sngan-inv"])
     p.add_argument("--classifier", default="mnist-classifier-a")
     p.add_argument("--rows", nargs="+", default=ROWS, choices=ROWS)
     p.add_argument("--small-budget", action="store_true", help="AttackBudget.quick() (smoke runs only)")

@@ -132,6 +132,32 @@ def sample_grid(ckpt: Path, stages: list[int], path: Path, generator_config: dic
         save_image_grid(rows, path, row_labels=labels, title="samples per stage (same latents)")
 
 
+def export_zoo(args) -> int:
+    """The stage generator as the zoo's ``mnist-sngan`` (what ``zoo build mnist-sngan`` would train: same recipe,
+    seed and iterations), with the stage's quality figures and training time in its metadata."""
+    from manifold_defense.models import save_model
+
+    entry, recipe = zoo.ENTRIES["mnist-sngan"], RECIPES["sn-hinge-bn"]
+    if args.export_zoo != entry.train_config["iterations"]:
+        raise SystemExit(f"mnist-sngan's recipe trains {entry.train_config['iterations']} iterations, not {args.export_zoo}")
+    same = {k: list(v) if isinstance(v, tuple) else v for k, v in recipe["train"].items()}
+    if any(entry.train_config[k] != v for k, v in same.items()) or entry.extra["critic"]["config"] != recipe["critic"]:
+        raise SystemExit("the zoo recipe of mnist-sngan differs from gan_training's sn-hinge-bn")
+    ckpt = Path(args.checkpoint or data.cache_dir() / "runs" / "gan-sn-hinge-bn.pt")
+    result = json.loads(Path(args.out or Path(__file__).parent / "results" / "gan_training_sn-hinge-bn.json").read_text())
+    stage = next(s for s in result["stages"] if s["iterations"] == args.export_zoo)
+    gen = DefenseGANGenerator(latent_dim=128, dim=64, **recipe["generator"])
+    gen.load_state_dict(torch.load(ckpt.with_name(f"{ckpt.stem}-{args.export_zoo}.pt"), weights_only=True))
+    meta = {"zoo_name": entry.name, "zoo_spec": entry.spec(), "dataset": "mnist", "description": entry.description,
+            "kind": "generator", "architecture": entry.arch, "latent_dim": 128,
+            "quality": {"fid_n2000": stage["quality"]["fid"], "defense_gan_fgsm_linf_0.3_transfer":
+                        stage["defense_gan_fgsm_linf_0.3_transfer"]["accuracy"]},
+            "train_seconds": stage["train_seconds_total"], "exported_from": f"{ckpt.name} stage {args.export_zoo}"}
+    save_model(zoo.path(entry.name), gen, meta)
+    print(f"wrote {zoo.path(entry.name)}")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipe", default="sn-hinge", choices=sorted(RECIPES))
@@ -142,7 +168,12 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--out", default=None)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--export-zoo", type=int, default=None, metavar="ITERATIONS",
+                   help="write the sn-hinge-bn generator of that (evaluated) stage into the zoo cache as mnist-sngan "
+                        "(it must be the zoo recipe's iteration count), then exit")
     args = p.parse_args(argv)
+    if args.export_zoo is not None:
+        return export_zoo(args)
     if args.stage < 100 or args.stage % 100 or args.iterations % args.stage:
         p.error("--stage must be a multiple of 100 and divide --iterations")
     if args.threads:
