@@ -34,7 +34,7 @@ from manifold_defense.protocols import ClassConditional
 from manifold_defense.quality import generator_quality
 
 GENERATORS = ["mnist-vae20", "mnist-wgan", "mnist-wgan-inv",  # mnist-wgan-inv: mnist-wgan's weights plus its encoder
-              "mnist-class-vaes"]
+              "mnist-sngan", "mnist-sngan-inv", "mnist-class-vaes"]
 
 
 def projection_mse(gen, x: torch.Tensor, batch_size: int = 100, labels: torch.Tensor | None = None) -> dict:

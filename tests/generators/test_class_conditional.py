@@ -54,6 +54,14 @@ class TestSmoke:
         assert isinstance(build_model("class-vaes", tiny.config), ClassVAEs)
 
 
+class TestGradcheck:
+    def test_gradcheck_through_the_class_groups(self, tiny, rng):
+        g = tiny.double()
+        z = torch.randn(5, 3, generator=rng, dtype=torch.float64, requires_grad=True)
+        y = torch.tensor([1, 0, 1, 3, 0])
+        assert torch.autograd.gradcheck(lambda v: g(v, y), (z,))
+
+
 class TestTraining:
     def test_each_class_model_learns_its_class(self, digits_train, digits_test):
         torch.manual_seed(0)
