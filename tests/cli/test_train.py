@@ -24,6 +24,15 @@ class TestSmoke:
         assert load_model(tmp_path / "g.pt").latent_dim == 4
 
 
+    def test_combined_preset_on_a_class_conditional_generator(self, digits_class_vaes, tmp_path):
+        out = tmp_path / "combined.pt"
+        assert main(["adv-train", "--preset", "combined", "--generator", "digits-class-vaes", "--epochs", "1",
+                     "--attack-steps", "2", "--out", str(out)]) == 0
+        config = load_model(out).metadata["config"]
+        assert config["objective"] == "combined" and config["off"]["epsilon"] == 1.5
+        assert config["on"]["class_conditional"] and config["on"]["eta"] == 0.3  # Stutz et al.'s latent budget
+
+
 class TestException:
     @pytest.mark.parametrize("argv, match", [
         (["train-classifier", "--epochs", "0"], "--epochs: must be an integer >= 1"),
@@ -37,6 +46,8 @@ class TestException:
         (["adv-train", "--preset", "stutz"], "--preset stutz needs --generator"),
         (["adv-train", "--preset", "rmd", "--generator", "digits-classifier"],
          "--generator digits-classifier is a classifier in the zoo, not a generator"),
+        (["adv-train", "--preset", "rmd", "--generator", "digits-class-vaes"], "pass an unconditional generator"),
+        (["adv-train", "--preset", "combined"], "--preset combined needs --generator"),
         (["train-generator", "--arch", "wgan"], "28x28"),
         (["train-generator", "--arch", "vae", "--iterations", "300"], "--iterations is not used by --arch vae"),
         (["train-generator", "--arch", "wgan", "--dataset", "mnist", "--iterations", "150"], "multiple of 100"),
