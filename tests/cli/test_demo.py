@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from manifold_defense.cli import main
 
 
@@ -25,6 +27,16 @@ class TestSmoke:
         assert dfd["robust"]["pgd_l2_implicit@1"]["accuracy"] <= dfd["robust"]["pgd_l2_bpda@1"]["accuracy"], seen
         assert "defended worst case" in out
         assert all(und["sanity"].values()), (und["sanity_details"], seen)
+
+
+    @pytest.mark.mnist
+    def test_mnist_demo_on_the_shipped_models(self, tmp_path, capsys):
+        assert main(["demo", "--dataset", "mnist", "--out", str(tmp_path), "--quiet", "--n", "6"]) == 0
+        summary = json.loads((tmp_path / "demo.json").read_text())
+        assert summary["generator"]["name"] == "mnist-vae20" and summary["classifier"]["test_accuracy"] >= 0.98
+        und, dfd = summary["robustness"]["undefended"], summary["robustness"]["defended"]
+        assert und["robust"]["pgd_linf_bpda@0.3"]["accuracy"] == 0.0  # PGD breaks the undefended classifier A
+        assert dfd["clean"]["accuracy"] >= 0.8 and "defended worst case" in capsys.readouterr().out
 
 
 class TestException:
