@@ -64,7 +64,7 @@ def _ranges(idx: Sequence[int]) -> str:
 
 def _jsonable(value: Any, depth: int = 0) -> Any:
     """A JSON-safe description of hyperparameters (modules and tensors by digest, objects by their fields)."""
-    if depth > 4:
+    if depth > 8:  # deep enough for an attack → its options → a projection config → its values
         return type(value).__name__
     if value is None or isinstance(value, (bool, int, float, str)):
         return value

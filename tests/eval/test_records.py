@@ -267,6 +267,20 @@ class TestFingerprints:
         assert resumed.robust == whole.robust
 
 
+    def test_nested_settings_are_part_of_the_fingerprint(self, digits_class_vaes):
+        # an attack's options → its reference projection → the projection's steps: four levels down, and a
+        # different value there must be a different attack (it was a type name before)
+        from manifold_defense.attacks import ClassConditionalLatentPGD
+        from manifold_defense.defended import ProjectionConfig
+        from manifold_defense.eval.records import attack_fingerprint
+
+        def fp(steps: int) -> dict:
+            attack = ClassConditionalLatentPGD(digits_class_vaes, projection=ProjectionConfig(steps=steps, init="encoder"))
+            return attack_fingerprint(AttackSpec("cc", attack, [0.5], "on_manifold_cc"))
+
+        assert fp(50) != fp(10) and fp(50) == fp(50)
+
+
 class TestAttempts:
     def test_n_attempts_of_a_randomised_defense(self, digits_classifier, digits_vae, batch):
         from manifold_defense.defended import DefendedModel, ProjectionConfig
