@@ -145,6 +145,7 @@ def train_encoder(
 
     def epoch_fn(epoch: int) -> dict[str, float]:
         model.train()
+        model.blocks.eval()  # the generator is frozen, batch-norm statistics included: only the encoder trains
         tot_z, tot_x, count = 0.0, 0.0, 0
         for idx in minibatches(len(x_train), batch_size, gen):
             xb = x_train[idx.to(device)]

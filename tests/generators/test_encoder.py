@@ -54,6 +54,16 @@ class TestTraining:
         assert bool((res.loss <= rec[:8] + 1e-6).all())
 
 
+    def test_the_generator_stays_frozen_batch_norm_statistics_included(self):
+        torch.manual_seed(0)
+        model = EncodedGenerator.from_generator(DefenseGANGenerator(latent_dim=8, dim=4, batchnorm=True), encoder_dim=4)
+        before = {k: v.clone() for k, v in model.blocks.state_dict().items()}
+        assert any(k.endswith("running_mean") for k in before)
+        train_encoder(model, torch.rand(32, 1, 28, 28), epochs=1, batch_size=16, progress=False)
+        after = model.blocks.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before)
+
+
 class TestException:
     def test_exception(self, small_gan, tmp_path):
         with pytest.raises(InputError, match="not a registered generator"):
