@@ -62,12 +62,18 @@ class PerClassAttack(Attack):
         if num is not None and num != self.generator.num_classes:
             raise InputError(f"the model has {num} classes but the generator {self.generator.num_classes}")
         parts: list[torch.Tensor | None] = [None, None, None]
+        reached = torch.zeros(len(x), dtype=torch.bool, device=x.device)
         for c, rows in class_groups(y.to(x.device), self.generator.num_classes):
-            out = self.attack_class(self.generator.condition(c), **self.options).run(model, x[rows], y[rows], epsilon)
+            attack = self.attack_class(self.generator.condition(c), **self.options)
+            out = attack.run(model, x[rows], y[rows], epsilon)
             for k, value in enumerate(out):
                 if parts[k] is None:
                     parts[k] = value.new_empty(len(x), *value.shape[1:])
                 parts[k][rows] = value.detach()
+            hit = getattr(attack, "_reached", None)  # the search's own verdicts on the attacked model
+            if hit is not None:
+                reached[rows] = hit.to(x.device)
+        self._reached = reached
         return tuple(p for p in parts if p is not None)
 
 

@@ -108,6 +108,7 @@ class LatentPGD(Attack):
                     project=project, until=check, keep="last", desc="latent-pgd").variables
         with torch.no_grad():
             adv = self.generator(z)
+        self._reached = check.hit_rows.clone()  # these rows' iterates are the ones the attacked model misclassified
         if box:
             return adv.clamp(0, 1), x0, (z - z0).abs().amax(1)
         return adv.clamp(0, 1), x0

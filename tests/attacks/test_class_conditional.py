@@ -33,6 +33,18 @@ class TestSmoke:
                            projection=REFERENCE_PROJECTION).run(digits_classifier, x[rows], y[rows], 1.5)
         assert torch.allclose(adv[rows], single[0], atol=1e-6) and torch.allclose(ref[rows], single[1], atol=1e-6)
 
+    def test_the_search_verdict_travels_with_the_rows(self, digits_classifier, digits_class_vaes, digits_test):
+        # each class's search verdict lands on its own rows of the batch (Attack.__call__ ORs it into success
+        # on a deterministic model, so a success is not lost when the batch is re-scored in another shape)
+        x, y = digits_test.images[:40], digits_test.labels[:40]
+        attack = ClassConditionalLatentPGD(digits_class_vaes, steps=20)
+        adv, _, _ = attack.run(digits_classifier, x, y, 4.0)
+        reached = attack._reached
+        assert reached.shape == (40,) and bool(reached.any())
+        with torch.no_grad():
+            wrong = digits_classifier(adv).argmax(1) != y
+        assert bool((wrong == reached).all())
+
     def test_overpowered_in_class_range(self, digits_classifier, digits_class_vaes, digits_test):
         x, y = digits_test.images[:24], digits_test.labels[:24]
         res = ClassConditionalOverpowered(digits_class_vaes, steps=30, rounds=2)(digits_classifier, x, y, epsilon=1.5)
