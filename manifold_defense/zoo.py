@@ -45,9 +45,13 @@ class ZooEntry:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def spec(self) -> dict[str, Any]:
-        """The recipe (architecture, data, trainer and its settings): a cached model built from another is refused."""
-        return {"arch": self.arch, "arch_config": self.arch_config, "trainer": self.trainer,
+        """The recipe (architecture, data, trainer and its settings; for an encoder, its base generator's recipe
+        too): a cached model built from another is refused."""
+        spec = {"arch": self.arch, "arch_config": self.arch_config, "trainer": self.trainer,
                 "train_config": self.train_config, "dataset": self.dataset}
+        if self.trainer == "encoder":  # an encoder fitted to another generator is another model
+            spec["base_spec"] = ENTRIES[self.train_config["base"]].spec()
+        return spec
 
 
 def _classifier(name: str, model: str, epochs: int, budget: float) -> ZooEntry:

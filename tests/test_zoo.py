@@ -1,5 +1,7 @@
 """The model zoo: names, the cache (train once, then load), rebuilds and recipe checks."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -88,3 +90,12 @@ class TestException:
         save_checkpoint(zoo.path("digits-classifier"), ckpt)
         with pytest.raises(CheckpointError, match="different recipe.*--force"):
             zoo.get("digits-classifier")
+
+    def test_an_encoder_of_another_generator_is_another_recipe(self, monkeypatch):
+        # an encoder entry's recipe holds its base generator's: a build fitted to an older base is refused
+        base = zoo.ENTRIES["mnist-sngan"]
+        spec = zoo.ENTRIES["mnist-sngan-inv"].spec()
+        assert spec["base_spec"] == base.spec()
+        longer = dataclasses.replace(base, train_config={**base.train_config, "iterations": 8000})
+        monkeypatch.setitem(zoo.ENTRIES, "mnist-sngan", longer)
+        assert zoo.ENTRIES["mnist-sngan-inv"].spec() != spec
