@@ -64,6 +64,10 @@ def _classifier(name: str, model: str, epochs: int, budget: float) -> ZooEntry:
     )
 
 
+#: The fast projection tuned for the 128-d GAN latents with an encoder (see mnist-wgan-inv's entry for why)
+_GAN_ENCODER_PROJECTION = {"optimizer": "sgd", "lr": 5.0, "momentum": 0.9, "schedule": "constant", "restarts": 1,
+                           "init": "encoder", "steps": 90, "tol": 1e-4, "patience": 25, "prune_after": 0}
+
 #: generator updates of mnist-sngan: the stage of benchmarks/gan_training.py's sn-hinge-bn run with the best FID
 SNGAN_ITERATIONS = 6000
 
@@ -115,8 +119,7 @@ ENTRIES: dict[str, ZooEntry] = {
             # did not improve on the encoder start. A constant lr 5 with patience 25 beats cosine-decayed lr 10
             # with patience 10 on FGSM inputs (MSE .0284 vs .0306, 100 test images; momentum SGD's loss
             # oscillates, so a short patience stopped those samples early) at the same clean MSE.
-            extra={"projection": {"optimizer": "sgd", "lr": 5.0, "momentum": 0.9, "schedule": "constant", "restarts": 1,
-                                  "init": "encoder", "steps": 90, "tol": 1e-4, "patience": 25, "prune_after": 0}},
+            extra={"projection": dict(_GAN_ENCODER_PROJECTION)},
         ),
         ZooEntry(
             name="mnist-sngan", kind="generator", dataset="mnist", arch="defensegan-generator",
@@ -141,8 +144,7 @@ ENTRIES: dict[str, ZooEntry] = {
             description="mnist-sngan with an encoder trained for it (as mnist-wgan-inv): warm starts for the fast "
                         "projection; same generator weights",
             budget_minutes=20.0,
-            extra={"projection": {"optimizer": "sgd", "lr": 5.0, "momentum": 0.9, "schedule": "constant", "restarts": 1,
-                                  "init": "encoder", "steps": 90, "tol": 1e-4, "patience": 25, "prune_after": 0}},
+            extra={"projection": dict(_GAN_ENCODER_PROJECTION)},
         ),
         ZooEntry(
             name="digits-robust-l2", kind="classifier", dataset="digits", arch="digits-cnn",
