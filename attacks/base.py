@@ -130,6 +130,11 @@ class Attack:
     #: a minimisation attack (C&W, HopSkipJump) finds each sample's smallest adversarial perturbation once;
     #: :meth:`sweep` then clips it to every ε instead of rerunning the attack per ε
     minimization: bool = False
+    #: hyperparameters added after records were made, with the value at which the attack behaves exactly as it
+    #: did before they existed: at that value they are left out of the records' fingerprint
+    #: (:func:`manifold_defense.eval.records.attack_fingerprint`), so those records stay valid; any other value
+    #: is part of it
+    fingerprint_compat: dict[str, object] = {}
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float
             ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:

@@ -64,6 +64,8 @@ class LatentPGD(Attack):
     """
 
     BUDGETS = ("image_l2", "latent_linf")
+    # the latent ℓ∞ budget came later; with the image ℓ2 budget the attack is the one earlier records ran
+    fingerprint_compat = {"budget": "image_l2", "norm": "l2"}
 
     def __init__(self, generator: nn.Module, *, steps: int = 40, latent_stepsize: float | None = None,
                  budget: str = "image_l2", projection: ProjectionConfig | None = None, bisection_steps: int = 10,

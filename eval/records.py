@@ -104,9 +104,14 @@ SCORING_VERSION = 2
 
 def attack_fingerprint(spec: Any) -> dict[str, Any]:
     """An attack spec's identity: name, threat model, class and every hyperparameter (budget and seed included),
-    and the library's scoring rules (:data:`SCORING_VERSION`)."""
+    and the library's scoring rules (:data:`SCORING_VERSION`). Hyperparameters at their ``fingerprint_compat``
+    value (added later, behaving there as before they existed) are left out."""
+    hyperparameters = _jsonable(spec.attack)
+    for field, value in getattr(spec.attack, "fingerprint_compat", {}).items():
+        if field in hyperparameters and hyperparameters[field] == _jsonable(value):
+            del hyperparameters[field]  # at this value the attack is the one records made before the field ran
     return {"name": spec.name, "threat": spec.threat, "iterative": spec.iterative, "class": type(spec.attack).__name__,
-            "hyperparameters": _jsonable(spec.attack), "scoring": SCORING_VERSION}
+            "hyperparameters": hyperparameters, "scoring": SCORING_VERSION}
 
 
 def read_records(path: str | os.PathLike, *, repair: bool = False) -> list[dict]:

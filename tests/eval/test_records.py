@@ -280,6 +280,22 @@ class TestFingerprints:
 
         assert fp(50) != fp(10) and fp(50) == fp(50)
 
+    def test_a_later_option_at_its_old_behaviour_keeps_old_records_valid(self, digits_vae):
+        # LatentPGD's latent ℓ∞ budget came after records were made with the image ℓ2 one: at budget="image_l2"
+        # the fingerprint is the one those records carry; the other budget is another attack
+        from manifold_defense.attacks import LatentPGD
+        from manifold_defense.eval.records import attack_fingerprint
+
+        def fp(**options) -> dict:
+            return attack_fingerprint(AttackSpec("om", LatentPGD(digits_vae, latent_stepsize=0.1, **options), [1.0],
+                                                 "on_manifold"))
+
+        old = fp()
+        assert "budget" not in old["hyperparameters"] and "norm" not in old["hyperparameters"]
+        assert old == fp(budget="image_l2")
+        box = fp(budget="latent_linf")
+        assert box != old and box["hyperparameters"]["budget"] == "latent_linf"
+
 
 class TestAttempts:
     def test_n_attempts_of_a_randomised_defense(self, digits_classifier, digits_vae, batch):
