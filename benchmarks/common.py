@@ -88,4 +88,6 @@ def save_figure(fig, path) -> None:
 
 def interval_yerr(values, intervals) -> list[list[float]]:
     """matplotlib's asymmetric ``yerr`` from values and their (low, high) intervals (e.g. Wilson's)."""
-    return [[v - lo for v, (lo, _) in zip(values, intervals)], [hi - v for v, (_, hi) in zip(values, intervals)]]
+    # max(0, ·): a value stored in float32 can sit a rounding error outside its (float64) interval
+    return [[max(0.0, v - lo) for v, (lo, _) in zip(values, intervals)],
+            [max(0.0, hi - v) for v, (_, hi) in zip(values, intervals)]]

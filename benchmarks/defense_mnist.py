@@ -40,8 +40,9 @@ Columns (robust accuracy; a sample counts only if it is correct and the attack f
 
 Every row is evaluated with :func:`manifold_defense.eval.evaluate` (records appended per batch: a killed
 run resumes where it stopped; ``--fresh`` starts over), then the Carlini et al. sanity checks. Writes
-``defense_mnist[_GENERATOR][_quick].json`` ({"n", "accuracy", "stderr", "sanity", ...}), a Markdown
-table, a bar chart, and per row the evaluation's report, accuracy-vs-ε plot and example grid.
+``defense_mnist[_GENERATOR][_quick].json`` ({"n", "accuracy", "stderr", "sanity", ..., "missing_rows"}), a
+Markdown table and a bar chart — after every row, with the rows finished so far — and per row the evaluation's
+report, accuracy-vs-ε plot and example grid.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ import torch
 from common import interval_yerr, provenance, pyplot, save_figure
 
 from manifold_defense import data, zoo
+from manifold_defense.checkpoint import atomic_write_text
 from manifold_defense.defended import DefendedModel, ProjectionConfig
 from manifold_defense.eval import AttackBudget, build_attack, evaluate, sanity_checks, write_report
 from manifold_defense.eval.robustness import wilson_interval
@@ -242,6 +244,14 @@ def main(argv=None) -> int:
         print(f"\n== {row}", flush=True)
         per_row[row] = run_row(row, clf, gen, x, y, args, work)
         print(json.dumps({k: round(v, 4) for k, v in per_row[row]["accuracy"].items()}), flush=True)
+        # the outputs after every row: a long run never leaves an older run's (possibly higher) figures on show
+        write_outputs(per_row, args, out_json, t0)
+    return 0
+
+
+def write_outputs(per_row: dict, args, out_json: Path, t0: float) -> None:
+    """JSON, Markdown and PNG of the rows finished so far (``missing_rows``: the benchmark's other rows)."""
+    missing = [r for r in ROWS if r not in per_row]
     per_row = {r: per_row[r] for r in ROWS if r in per_row}  # the table's order, whatever order the rows ran in
     result = {
         "n": {r: v["n"] for r, v in per_row.items()},
@@ -263,15 +273,15 @@ def main(argv=None) -> int:
     }
     if set(ROWS[:3]) <= set(per_row):
         result["targets"] = {k: bool(f(result["accuracy"], result["sanity"])) for k, f in TARGETS.items()}
+    result["missing_rows"] = missing
     result["total_seconds"] = time.perf_counter() - t0
     title = f"MNIST classifier A behind {args.generator} projections"
     result["provenance"] = provenance(args)
-    out_json.write_text(json.dumps(result, indent=2))
-    out_json.with_suffix(".md").write_text(markdown(result, title))
+    atomic_write_text(out_json, json.dumps(result, indent=2))
+    atomic_write_text(out_json.with_suffix(".md"), markdown(result, title))
     plot(result, out_json.with_suffix(".png"), title)
     print("\n" + markdown(result, title))
-    print(f"wrote {out_json} ({result['total_seconds']:.0f} s)")
-    return 0
+    print(f"wrote {out_json} ({result['total_seconds']:.0f} s; rows missing: {', '.join(missing) or 'none'})")
 
 
 if __name__ == "__main__":

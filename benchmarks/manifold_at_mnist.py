@@ -51,7 +51,7 @@ import torch
 from common import provenance, pyplot, save_figure
 
 from manifold_defense import data, zoo
-from manifold_defense.checkpoint import load_checkpoint
+from manifold_defense.checkpoint import atomic_write_text, load_checkpoint
 from manifold_defense.classifiers import DefenseGANClassifier
 from manifold_defense.defended import DefendedModel, ProjectionConfig
 from manifold_defense.eval import AttackBudget, AttackSpec, build_attack, evaluate, write_report
@@ -244,7 +244,7 @@ def main(argv=None) -> int:
     tr, te = data.load("mnist", "train"), data.load("mnist", "test")
     x, y = te.images[: args.n], te.labels[: args.n]
     acc, se, agreement, histories, trained = {}, {}, {}, {}, {}
-    sweep = None
+    sweep = convergence = None
     rows = ["standard"] + [r for r in args.rows if r != "standard"]  # the sweep runs on standard
     for name in rows:
         print(f"\n== training {name}", flush=True)
@@ -269,16 +269,27 @@ def main(argv=None) -> int:
             acc[row]["worst_case"], se[row]["worst_case"] = p_w, (p_w * (1 - p_w) / len(worst)) ** 0.5
             agreement[row] = ev.judge_agreement()
             print(row, json.dumps({k: round(v, 4) for k, v in acc[row].items()}), flush=True)
+            # the JSON after every row: a long run never leaves an older run's (possibly higher) figures on show
+            write_result(acc, se, agreement, histories, sweep, convergence, cc_gen, gen, args, out_json, t0, rows)
         if name == "standard":
             convergence = on_manifold_convergence(model, gen, cc_gen, args.cc_eta, x[:100], y[:100])
             print("on-manifold convergence", json.dumps(convergence), flush=True)
-    epoch_seconds = {k: statistics.median(h["seconds"] for h in v) for k, v in histories.items()}
     example_grid(trained, cc_gen, args.cc_eta, judges, x, y, out_json.with_name(out_json.stem + "_grid.png"))
-    cc_agree = agreement["standard"][f"on_manifold_cc@{args.cc_eta:g}"]["robust_judge"]
-    targets = {
-        "standard on_manifold_cc <= 0.50": acc["standard"]["on_manifold_cc"] <= 0.5,
-        "robust judge agrees on >= 90% of standard's on_manifold_cc inputs": cc_agree["all"]["accuracy"] >= 0.9,
-    }
+    write_result(acc, se, agreement, histories, sweep, convergence, cc_gen, gen, args, out_json, t0, rows)
+    return 0
+
+
+def write_result(acc: dict, se: dict, agreement: dict, histories: dict, sweep, convergence, cc_gen, gen, args,
+                 out_json: Path, t0: float, rows: list[str]) -> None:
+    """The JSON of the rows evaluated so far (``missing_rows``: the run's rows still to come) and its targets."""
+    missing = [r for name in rows for r in (name, f"defended_{name}") if r not in acc]
+    epoch_seconds = {k: statistics.median(h["seconds"] for h in v) for k, v in histories.items()}
+    targets = {}
+    if "standard" in acc:
+        cc_agree = agreement["standard"][f"on_manifold_cc@{args.cc_eta:g}"]["robust_judge"]
+        targets |= {"standard on_manifold_cc <= 0.50": acc["standard"]["on_manifold_cc"] <= 0.5,
+                    "robust judge agrees on >= 90% of standard's on_manifold_cc inputs":
+                        cc_agree["all"]["accuracy"] >= 0.9}
     if "stutz" in acc:
         targets |= {"stutz on_manifold_cc >= standard + 0.30":
                         acc["stutz"]["on_manifold_cc"] >= acc["standard"]["on_manifold_cc"] + 0.30,
@@ -288,7 +299,8 @@ def main(argv=None) -> int:
     if "manifold_at" in acc and "pgd_at" in acc:
         targets["manifold_at pgd_l2_2.5 >= pgd_at - 0.02"] = acc["manifold_at"]["pgd_l2_2.5"] >= acc["pgd_at"]["pgd_l2_2.5"] - 0.02
     most_robust = max(acc, key=lambda r: acc[r]["worst_case"])
-    result = {"n": args.n, "accuracy": acc, "stderr": se, "judge_agreement": agreement, "cc_eta": args.cc_eta,
+    result = {"n": args.n, "accuracy": acc, "stderr": se, "judge_agreement": agreement, "missing_rows": missing,
+              "cc_eta": args.cc_eta,
               "cc_budget_sweep": sweep, "most_robust_row": most_robust, "epoch_seconds": epoch_seconds,
               "epoch_time_vs_pgd_at": {k: v / epoch_seconds["pgd_at"] for k, v in epoch_seconds.items()}
               if "pgd_at" in epoch_seconds else None,
@@ -303,10 +315,10 @@ def main(argv=None) -> int:
               "total_seconds": time.perf_counter() - t0}
     out_json.parent.mkdir(parents=True, exist_ok=True)
     result["provenance"] = provenance(args)
-    out_json.write_text(json.dumps(result, indent=2))
-    print(json.dumps({"accuracy": acc, "epoch_seconds": epoch_seconds, "targets": targets}, indent=1))
-    print(f"wrote {out_json} ({result['total_seconds']:.0f} s)")
-    return 0
+    atomic_write_text(out_json, json.dumps(result, indent=2))
+    if not missing:
+        print(json.dumps({"accuracy": acc, "epoch_seconds": epoch_seconds, "targets": targets}, indent=1))
+    print(f"wrote {out_json} ({result['total_seconds']:.0f} s; rows missing: {', '.join(missing) or 'none'})")
 
 
 if __name__ == "__main__":

@@ -180,6 +180,12 @@ def defense_mnist(d: dict) -> str:
               "only if every attack of that threat model failed)."),
              table(["attack"] + [f"{r} (n = {n[r]})" if isinstance(n, dict) else r for r in rows_],
                    [[a] + [cell(r, a) for r in rows_] for a in attacks])]
+    for row, extra in d.get("extra_columns", {}).items():
+        parts.append(f"Extra columns of `{row}` (counted in its worst case): " + "; ".join(
+            f"`{col}` {ci(v['accuracy'], v.get('ci95'))}" for col, v in extra.items()) + ".")
+    if d.get("missing_rows"):
+        parts.append("Not in this run (shown once their evaluation is complete): "
+                     + ", ".join(f"`{r}`" for r in d["missing_rows"]) + ".")
     for row, full in d.get("autoattack_full", {}).items():
         parts.append(f"AutoAttack 'rand' at its published budget ({full.get('budget', '?')}) on the first "
                      f"{full['n']} images of `{row}`: {ci(full['accuracy'], full.get('ci95'))}; the worst case "
@@ -199,10 +205,12 @@ def manifold_at_mnist(d: dict) -> str:
     cfg = d.get("config", {})
     return "\n\n".join([
         (f"Accuracy [95 % Wilson interval] on n = {d['n']} MNIST test images of classifiers trained {cfg.get('epochs', '?')} "
-         f"epoch(s) ({cfg.get('train_pgd_steps', '?')} training PGD steps), attacked with "
+         f"epoch(s) ({cfg.get('train_steps', cfg.get('train_pgd_steps', '?'))} training PGD steps), attacked with "
          f"{cfg.get('eval_pgd_steps', '?')} PGD steps; `defended_*`: the same classifier behind the projection "
          "(— : attack not run on that model)."),
-        accuracy_table(d["accuracy"], d["n"])])
+        accuracy_table(d["accuracy"], d["n"])]
+        + ([f"Not in this run yet (shown once evaluated): {', '.join(f'`{r}`' for r in d['missing_rows'])}."]
+           if d.get("missing_rows") else []))
 
 
 def manifold_at_mnist_timing(d: dict) -> str:

@@ -304,7 +304,7 @@ def evaluate(
     fingerprints = {s.name: attack_fingerprint(s) for s in attacks}
     if store is not None:
         for s in attacks:
-            store.check_attack(s.name, fingerprints[s.name])
+            store.check_attack(s.name, fingerprints[s.name], aliases=[attack_fingerprint(s, compat=False)])
     device = next(iter(model.parameters()), x).device  # a model without parameters runs where x is
     model.eval()
     batches = [b for b in range(start, stop, batch_size) if (b // batch_size) % world == rank]

@@ -5,6 +5,7 @@ reported robustness that no attack checked (or lost a success)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -295,6 +296,30 @@ class TestFingerprints:
         assert old == fp(budget="image_l2")
         box = fp(budget="latent_linf")
         assert box != old and box["hyperparameters"]["budget"] == "latent_linf"
+
+    def test_records_in_either_form_of_a_compat_fingerprint_are_resumed(self, digits_classifier, digits_vae, batch,
+                                                                         tmp_path):
+        # records written while the later field was still in the fingerprint are the same attack; a budget
+        # that is another attack is refused whatever form its records carry
+        from manifold_defense.attacks import LatentPGD
+        from manifold_defense.eval.records import RecordStore, attack_fingerprint
+
+        x, y = batch
+        spec = AttackSpec("om", LatentPGD(digits_vae, steps=2, latent_stepsize=0.1), [1.0], "on_manifold")
+        whole = evaluate(digits_classifier, x, y, [spec], batch_size=16, out_dir=tmp_path, progress=False)
+        lines = [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]
+        full = attack_fingerprint(spec, compat=False)
+        assert "budget" in full["hyperparameters"]
+        for r in lines:  # rewrite them as the version that fingerprinted every field wrote them
+            if r["kind"] == "attack":
+                r["fingerprint"], r["attack_sha"] = full, hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()
+        (tmp_path / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+        resumed = evaluate(digits_classifier, x, y, [spec], batch_size=16, out_dir=tmp_path, progress=False)
+        assert resumed.robust == whole.robust
+        box = AttackSpec("om", LatentPGD(digits_vae, steps=2, budget="latent_linf"), [1.0], "on_manifold")
+        store = RecordStore(tmp_path, json.loads((tmp_path / "run.json").read_text()))
+        with pytest.raises(RecordError, match="other settings"):
+            store.check_attack("om", attack_fingerprint(box), aliases=[attack_fingerprint(box, compat=False)])
 
 
 class TestAttempts:
