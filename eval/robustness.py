@@ -369,5 +369,23 @@ def evaluate(
         records = store.records if store is not None else fresh
     jobs = [(s.name, float(e)) for s in attacks for e in s.epsilons]
     ev = Evaluation.from_records(records, range(start, stop), jobs, attempts=attempts)
+    if folder is not None and world == 1:
+        shown = _stored_examples(folder / "examples.pt", shown, ["clean"] + [s.name for s in attacks])
     ev.examples, ev.run, ev.specs = shown, run, list(attacks)
     return ev
+
+
+def _stored_examples(path: Path, fresh: dict[str, torch.Tensor], order: list[str]) -> dict[str, torch.Tensor]:
+    """The run's example images: those kept by earlier (interrupted) calls, updated with ``fresh`` and stored
+    again, so a resumed run's report shows every attack's examples as an uninterrupted one would."""
+    from manifold_defense.checkpoint import save_checkpoint
+
+    stored = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else {}
+    merged = {**stored, **fresh}
+    if fresh:
+        save_checkpoint(path, merged)
+
+    def rank(name: str) -> int:  # clean first, then the attacks in the order they were given
+        return next((i for i, o in enumerate(order) if name == o or name.startswith(o + " ")), len(order))
+
+    return dict(sorted(merged.items(), key=lambda kv: rank(kv[0])))

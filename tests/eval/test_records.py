@@ -268,6 +268,19 @@ class TestFingerprints:
         assert resumed.robust == whole.robust
 
 
+    def test_resumed_examples_match_an_uninterrupted_run(self, digits_classifier, batch, tmp_path):
+        # a resume that has nothing left to attack used to leave only the clean row in the report's grid
+        x, y = batch
+        specs = [AttackSpec("fgsm", FGSM(), [0.1], "linf", iterative=False),
+                 AttackSpec("pgd", LinfPGD(steps=2), [0.1], "linf")]
+        whole = evaluate(digits_classifier, x, y, specs, batch_size=16, progress=False, examples=4)
+        evaluate(digits_classifier, x, y, specs[:1], batch_size=16, out_dir=tmp_path, progress=False, examples=4)
+        evaluate(digits_classifier, x, y, specs, batch_size=16, out_dir=tmp_path, progress=False, examples=4)
+        resumed = evaluate(digits_classifier, x, y, specs, batch_size=16, out_dir=tmp_path, progress=False, examples=4)
+        assert list(resumed.examples) == list(whole.examples) == ["clean", "fgsm ε=0.1", "pgd ε=0.1"]
+        for name, imgs in whole.examples.items():
+            assert torch.equal(resumed.examples[name], imgs), name
+
     def test_nested_settings_are_part_of_the_fingerprint(self, digits_class_vaes):
         # an attack's options → its reference projection → the projection's steps: four levels down, and a
         # different value there must be a different attack (it was a type name before)
