@@ -67,6 +67,18 @@ def make(kind: str, norm: str, steps: int):
     return ImplicitPGD(norm=norm, steps=steps, loss="margin", range_restarts=3)
 
 
+def targets(curves: dict) -> dict[str, bool]:
+    """Per threat model: the implicit gradient in the same PGD as BPDA + EOT (``implicit``), and the library's
+    ``pgd_*_implicit`` attack (``implicit_range``), each reaching BPDA + EOT's best with <= 1/3 of its projections."""
+    out = {}
+    for k, v in curves.items():
+        for kind, label in (("implicit", "implicit gradient, same PGD"), ("implicit_range", "pgd_*_implicit")):
+            ratio = v[f"{kind}_projection_ratio"]
+            out[f"{label} reaches BPDA+EOT's best with <= 1/3 of its projections ({k})"] = (
+                ratio is not None and ratio <= 1 / 3)
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=100)
@@ -103,9 +115,7 @@ def main(argv=None) -> int:
             reach = [c["projections_per_image"] for c in curves[kind] if c["robust_accuracy"] <= best_bpda]
             curves[f"{kind}_projection_ratio"] = (min(reach) / cost_bpda) if reach else None
         curves["bpda_eot_best"] = {"robust_accuracy": best_bpda, "projections_per_image": cost_bpda}
-    out["targets"] = {f"implicit reaches BPDA+EOT's best with <= 1/3 of its projections ({k})":
-                      (v["implicit_projection_ratio"] is not None and v["implicit_projection_ratio"] <= 1 / 3)
-                      for k, v in out["curves"].items()}
+    out["targets"] = targets(out["curves"])
     out["provenance"] = provenance(args)
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
