@@ -214,12 +214,12 @@ def manifold_at_mnist(d: dict) -> str:
 
 
 def manifold_at_mnist_timing(d: dict) -> str:
-    rows = [[m, num(s)] for m, s in d["epoch_seconds"].items()]
+    ratios = d.get("epoch_time_vs_pgd_at") or {}
+    rows = [[m, num(s), num(ratios.get(m), 3) if m in ratios else DASH] for m, s in d["epoch_seconds"].items()]
     return "\n\n".join([
-        (f"One training epoch each, {d.get('train_pgd_steps', '?')} training PGD steps, "
-         f"{d.get('torch_threads', '?')} threads; no SE (one epoch per model)."),
-        table(["model", "seconds / epoch"], rows),
-        f"Ratio manifold_at / pgd_at: {num(d.get('ratio_manifold_at_over_pgd_at'), 3)}."])
+        (f"One training epoch each, one after another in one run, {d.get('train_pgd_steps', '?')} training PGD "
+         f"steps, {d.get('torch_threads', '?')} threads, nothing else running; no SE (one epoch per model)."),
+        table(["model", "seconds / epoch", "vs pgd_at"], rows)])
 
 
 def guided_mnist(d: dict) -> str:
