@@ -130,11 +130,10 @@ class Attack:
     #: a minimisation attack (C&W, HopSkipJump) finds each sample's smallest adversarial perturbation once;
     #: :meth:`sweep` then clips it to every ε instead of rerunning the attack per ε
     minimization: bool = False
-    #: hyperparameters added after records were made, with the value at which the attack behaves exactly as it
-    #: did before they existed: at that value they are left out of the records' fingerprint
-    #: (:func:`manifold_defense.eval.records.attack_fingerprint`), so those records stay valid; any other value
-    #: is part of it
-    fingerprint_compat: dict[str, object] = {}
+    #: bumped when the attack's behaviour or scoring changes in a way its hyperparameters do not show; part of
+    #: the records' fingerprint when > 0 (:func:`manifold_defense.eval.records.attack_fingerprint`), so records
+    #: made before the change are refused rather than mixed with new ones
+    revision: int = 0
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float
             ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:

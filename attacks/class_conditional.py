@@ -48,6 +48,9 @@ class PerClassAttack(Attack):
     """Run ``attack_class(generator.condition(c), **options)`` on the samples labelled ``c``, for every class."""
 
     attack_class: type[Attack]
+    #: 1: the per-class searches' own verdicts kept; gradients through a defended model whose generator is
+    #: not the class model (its projection moves G(z, c)), not through its bare classifier
+    revision = 1
 
     def __init__(self, generator: nn.Module, **options: Any) -> None:
         check_class_conditional(generator)

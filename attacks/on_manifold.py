@@ -22,6 +22,7 @@ from torch import nn
 from manifold_defense.attacks.base import Attack, FirstSuccess, on_rows
 from manifold_defense.defended import DefendedModel, ProjectionConfig
 from manifold_defense.inversion import descend
+from manifold_defense.utils import state_digest
 from manifold_defense.validation import InputError, check_compatible
 
 __all__ = ["LatentPGD", "OnManifoldPGD", "OverpoweredAttack", "pull_back"]
@@ -44,8 +45,13 @@ def pull_back(generator: nn.Module, z0: torch.Tensor, z: torch.Tensor, x0: torch
 
 
 def _differentiable_classifier(model: nn.Module, generator: nn.Module) -> nn.Module:
+    """What the latent search differentiates: a defended model's bare classifier when the attack searches its
+    own generator's range (there the projection returns G(z) itself), else the defended model with its own
+    gradient mode — e.g. a class model's G(z, c) is not on an unconditional defense's range, and the
+    projection that moves it must be in the gradient."""
     if isinstance(model, DefendedModel):
-        return model.classifier
+        same = model.generator is generator or state_digest(model.generator) == state_digest(generator)
+        return model.classifier if same else model
     if hasattr(model, "input_shape"):
         check_compatible(generator, model)
     return model
@@ -64,8 +70,9 @@ class LatentPGD(Attack):
     """
 
     BUDGETS = ("image_l2", "latent_linf")
-    # the latent ℓ∞ budget came later; with the image ℓ2 budget the attack is the one earlier records ran
-    fingerprint_compat = {"budget": "image_l2", "norm": "l2"}
+    #: 1: the search's own verdicts kept (a success is not lost to re-scoring in another batch shape); on a
+    #: defended model whose generator is not the attack's, gradients through the defended model
+    revision = 1
 
     def __init__(self, generator: nn.Module, *, steps: int = 40, latent_stepsize: float | None = None,
                  budget: str = "image_l2", projection: ProjectionConfig | None = None, bisection_steps: int = 10,

@@ -102,17 +102,13 @@ def model_fingerprint(model: nn.Module) -> dict[str, Any]:
 SCORING_VERSION = 2
 
 
-def attack_fingerprint(spec: Any, *, compat: bool = True) -> dict[str, Any]:
+def attack_fingerprint(spec: Any) -> dict[str, Any]:
     """An attack spec's identity: name, threat model, class and every hyperparameter (budget and seed included),
-    and the library's scoring rules (:data:`SCORING_VERSION`). With ``compat``, hyperparameters at their
-    ``fingerprint_compat`` value (added later, behaving there as before they existed) are left out; records
-    carrying either form are the same attack (:meth:`RecordStore.check_attack`)."""
-    hyperparameters = _jsonable(spec.attack)
-    for field, value in getattr(spec.attack, "fingerprint_compat", {}).items() if compat else ():
-        if field in hyperparameters and hyperparameters[field] == _jsonable(value):
-            del hyperparameters[field]  # at this value the attack is the one records made before the field ran
-    return {"name": spec.name, "threat": spec.threat, "iterative": spec.iterative, "class": type(spec.attack).__name__,
-            "hyperparameters": hyperparameters, "scoring": SCORING_VERSION}
+    the library's scoring rules (:data:`SCORING_VERSION`) and the attack's own ``revision`` when it has one."""
+    out = {"name": spec.name, "threat": spec.threat, "iterative": spec.iterative, "class": type(spec.attack).__name__,
+           "hyperparameters": _jsonable(spec.attack), "scoring": SCORING_VERSION}
+    revision = getattr(spec.attack, "revision", 0)
+    return out | ({"revision": revision} if revision else {})  # absent at 0: older records of other attacks stay valid
 
 
 def read_records(path: str | os.PathLike, *, repair: bool = False) -> list[dict]:
@@ -169,13 +165,11 @@ class RecordStore:
     def _key(r: dict) -> tuple:
         return (r["kind"], r.get("attack"), r.get("epsilon"), r["start"])
 
-    def check_attack(self, name: str, fingerprint: dict, *, aliases: Sequence[dict] = ()) -> None:
-        """Records of attack ``name`` must come from the same attack (class, hyperparameters, budget):
-        ``fingerprint`` or one of its ``aliases`` (the same attack described with the fields
-        ``fingerprint_compat`` leaves out)."""
-        shas = {_sha(fingerprint)} | {_sha(a) for a in aliases}
+    def check_attack(self, name: str, fingerprint: dict) -> None:
+        """Records of attack ``name`` must come from the same attack (class, hyperparameters, budget, revision)."""
+        sha = _sha(fingerprint)
         for r in self.records:
-            if r.get("attack") == name and r.get("attack_sha") not in shas:
+            if r.get("attack") == name and r.get("attack_sha") != sha:
                 raise RecordError(f"{self.path} holds records of {name!r} made with other settings (another budget or "
                                   "hyperparameters, e.g. a --quick run); evaluate into another folder")
 

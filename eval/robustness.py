@@ -33,6 +33,7 @@ from manifold_defense.eval.records import (
     read_records,
     tensor_digest,
 )
+from manifold_defense.utils import state_digest
 from manifold_defense.validation import InputError, check_images, check_labels
 
 __all__ = ["AttackSpec", "Evaluation", "evaluate", "wilson_interval"]
@@ -295,8 +296,17 @@ def evaluate(
     run = {"model": model_fingerprint(model), "data": {"digest": tensor_digest(x, y), "n": len(x), "dataset": dataset},
            "batch_size": batch_size, "attempts": attempts}
     judges = dict(judges or {})
-    if any(j is model for j in judges.values()):
-        raise InputError("a judge must be independent of the attacked model (it is the attacked model)")
+    attacked = {model_fingerprint(model)["classifier"], state_digest(model)}
+    for name, j in judges.items():  # the same weights are the same classifier, whatever object holds them
+        if j is model or model_fingerprint(j)["classifier"] in attacked or state_digest(j) in attacked:
+            raise InputError(f"judge {name!r} must be independent of the attacked model (it has the attacked "
+                             "classifier's weights)")
+    norms: dict[str, str | None] = {}
+    for s in attacks:  # a threat's worst case compares ε across its attacks: one unit per threat
+        norm = getattr(s.attack, "norm", None)
+        if norms.setdefault(s.threat, norm) != norm:
+            raise InputError(f"threat {s.threat!r} mixes budgets in {norms[s.threat]!r} and {norm!r} ({s.name}); "
+                             "give attacks with another budget unit their own threat name")
     if judges:  # part of the run: a resume with other judges is another run
         run["judges"] = {name: model_fingerprint(j) for name, j in sorted(judges.items())}
     folder = None if out_dir is None else Path(out_dir) / (f"shard-{rank}-of-{world}" if world > 1 else "")
@@ -304,7 +314,7 @@ def evaluate(
     fingerprints = {s.name: attack_fingerprint(s) for s in attacks}
     if store is not None:
         for s in attacks:
-            store.check_attack(s.name, fingerprints[s.name], aliases=[attack_fingerprint(s, compat=False)])
+            store.check_attack(s.name, fingerprints[s.name])
     device = next(iter(model.parameters()), x).device  # a model without parameters runs where x is
     model.eval()
     batches = [b for b in range(start, stop, batch_size) if (b // batch_size) % world == rank]
@@ -318,11 +328,21 @@ def evaluate(
     def record(r: dict) -> None:
         (store.append if store is not None else fresh.append)(r)
 
+    # example images live in the run folder too, written as they are made: a resumed (or crashed and rerun)
+    # evaluation shows every attack's examples, as an uninterrupted one does
+    example_path = folder / "examples.pt" if folder is not None and world == 1 else None
+    order = ["clean"] + [f"{s.name} ε={max(s.epsilons):g}" for s in attacks]
+    stored = _stored_examples(example_path, order)
+
     def keep_examples(name: str, imgs: torch.Tensor) -> None:
         if examples > 0:
             shown[name] = imgs[:examples].detach().cpu()
             if callable(project):
                 shown[f"{name} → projected"] = project(imgs[:examples]).x.detach().cpu()
+            if example_path is not None:
+                from manifold_defense.checkpoint import save_checkpoint
+
+                save_checkpoint(example_path, {**stored, **shown})
 
     bar = tqdm(total=len(batches) * (1 + len(attacks)), desc="evaluate", disable=not progress)
     for b0 in batches:
@@ -369,23 +389,16 @@ def evaluate(
         records = store.records if store is not None else fresh
     jobs = [(s.name, float(e)) for s in attacks for e in s.epsilons]
     ev = Evaluation.from_records(records, range(start, stop), jobs, attempts=attempts)
-    if folder is not None and world == 1:
-        shown = _stored_examples(folder / "examples.pt", shown, ["clean"] + [s.name for s in attacks])
-    ev.examples, ev.run, ev.specs = shown, run, list(attacks)
+    merged = {**stored, **shown}
+    ev.examples = {k: merged[k] for name in order for k in (name, f"{name} → projected") if k in merged}
+    ev.run, ev.specs = run, list(attacks)
     return ev
 
 
-def _stored_examples(path: Path, fresh: dict[str, torch.Tensor], order: list[str]) -> dict[str, torch.Tensor]:
-    """The run's example images: those kept by earlier (interrupted) calls, updated with ``fresh`` and stored
-    again, so a resumed run's report shows every attack's examples as an uninterrupted one would."""
-    from manifold_defense.checkpoint import save_checkpoint
-
-    stored = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else {}
-    merged = {**stored, **fresh}
-    if fresh:
-        save_checkpoint(path, merged)
-
-    def rank(name: str) -> int:  # clean first, then the attacks in the order they were given
-        return next((i for i, o in enumerate(order) if name == o or name.startswith(o + " ")), len(order))
-
-    return dict(sorted(merged.items(), key=lambda kv: rank(kv[0])))
+def _stored_examples(path: Path | None, names: list[str]) -> dict[str, torch.Tensor]:
+    """The example images an earlier call of this run kept in ``path``, for ``names`` (and their projections)
+    only: an attack or largest ε no longer evaluated is not shown."""
+    if path is None or not path.is_file():
+        return {}
+    stored = torch.load(path, map_location="cpu", weights_only=True)
+    return {k: v for k, v in stored.items() if k.removesuffix(" → projected") in names}

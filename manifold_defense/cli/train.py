@@ -130,8 +130,7 @@ def run_classifier(args: argparse.Namespace) -> int:
     from manifold_defense import data
     from manifold_defense.classifiers import DefenseGANClassifier, DigitsCNN
     from manifold_defense.distributed import init_from_environment, shutdown
-    from manifold_defense.protocols import ClassConditional
-    from manifold_defense.training import objective_preset, train_classifier
+    from manifold_defense.training import default_eta, objective_preset, train_classifier
     from manifold_defense.validation import InputError, check_compatible
 
     preset = getattr(args, "preset", None)
@@ -163,9 +162,9 @@ def run_classifier(args: argparse.Namespace) -> int:
                 check_compatible(gen, model)
                 for p in gen.parameters():
                     p.requires_grad_(False)
-            if args.eta is None and "eta" in PRESET_FLAGS[preset]:
-                args.eta = 0.3 if isinstance(gen, ClassConditional) else 1.5
-            objective = objective_preset(preset, gen, epsilon=args.epsilon, eta=args.eta or 1.5, norm=args.norm,
+            if args.eta is None and gen is not None and "eta" in PRESET_FLAGS[preset]:
+                args.eta = default_eta(gen)
+            objective = objective_preset(preset, gen, epsilon=args.epsilon, eta=args.eta, norm=args.norm,
                                          steps=args.attack_steps)
             metadata.update({"preset": preset, "generator": args.generator})
         hist = train_classifier(model, train.images, train.labels, test=(test.images, test.labels),

@@ -9,8 +9,10 @@ from manifold_defense.training.objectives import (
     StandardObjective,
     TrainingObjective,
     CombinedObjective,
+    default_eta,
     objective_preset,
 )
 
 __all__ = ["train_classifier", "random_shift", "TrainingObjective", "StandardObjective", "MadryObjective",
-           "OnManifoldObjective", "RobustManifoldObjective", "CombinedObjective", "objective_preset", "PRESETS"]
+           "OnManifoldObjective", "RobustManifoldObjective", "CombinedObjective", "objective_preset", "default_eta",
+           "PRESETS"]

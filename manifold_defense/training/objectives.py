@@ -28,10 +28,11 @@ from manifold_defense.defended import ProjectionConfig
 from manifold_defense.inversion.result import check_generator
 from manifold_defense.protocols import ClassConditional
 from manifold_defense.robustness_adapter import madry_pgd
+from manifold_defense.utils import state_digest
 from manifold_defense.validation import InputError, check_compatible
 
 __all__ = ["TrainingObjective", "StandardObjective", "MadryObjective", "OnManifoldObjective",
-           "RobustManifoldObjective", "CombinedObjective", "objective_preset", "PRESETS"]
+           "RobustManifoldObjective", "CombinedObjective", "objective_preset", "default_eta", "PRESETS"]
 
 #: Projection used to find ẑ(x) during training: the encoder alone (one generator pass per batch).
 ENCODER_PROJECTION = ProjectionConfig(steps=0, restarts=1, init="encoder", prune_after=0)
@@ -115,15 +116,18 @@ class OnManifoldObjective(TrainingObjective):
     """``clean_weight · CE(x) + weight · CE(G(z'))`` with on-manifold examples from latent PGD
     (``attack="latent_pgd"``, Stutz et al.) or the overpowered attack (``attack="overpowered"``). On a
     class-conditional generator (Stutz et al.'s setting) each example comes from its own class's generator
-    and latent PGD's budget is the latent ℓ∞ ball ``‖z' − ẑ‖∞ ≤ η``; else ``‖G(z') − G(ẑ)‖₂ ≤ η``."""
+    and latent PGD's budget is the latent ℓ∞ ball ``‖z' − ẑ‖∞ ≤ η`` (default η = 0.3, Stutz et al.); else
+    ``‖G(z') − G(ẑ)‖₂ ≤ η`` (default 1.5). Each sample's search stops at its first misclassified example (the
+    cheapest example that still teaches the model; Stutz et al. run all iterations)."""
 
     name = "on_manifold"
 
-    def __init__(self, generator: nn.Module, *, eta: float = 1.5, attack: str = "latent_pgd", steps: int = 10,
+    def __init__(self, generator: nn.Module, *, eta: float | None = None, attack: str = "latent_pgd", steps: int = 10,
                  weight: float = 1.0, clean_weight: float = 1.0, projection: ProjectionConfig = ENCODER_PROJECTION):
         from manifold_defense.attacks import (ClassConditionalLatentPGD, ClassConditionalOverpowered, LatentPGD,
                                               OverpoweredAttack)
 
+        eta = default_eta(generator) if eta is None else eta
         _check_generator(generator, eta, conditional_ok=True)
         if attack not in ("latent_pgd", "overpowered"):
             raise InputError(f"attack must be 'latent_pgd' or 'overpowered', got {attack!r}")
@@ -143,7 +147,7 @@ class OnManifoldObjective(TrainingObjective):
 
     def config(self) -> dict[str, Any]:
         out = {"objective": self.name, "eta": self.eta, "attack": self.attack_name, "steps": self.steps,
-               "weight": self.weight, "clean_weight": self.clean_weight}
+               "weight": self.weight, "clean_weight": self.clean_weight, "generator": state_digest(self.generator)}
         return out | ({"class_conditional": True} if self.conditional else {})
 
     def craft(self, bare: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -188,7 +192,8 @@ class RobustManifoldObjective(TrainingObjective):
 
     def config(self) -> dict[str, Any]:
         return {**self.madry.config(), "objective": self.name, "eta": self.eta, "weight": self.weight,
-                "pair_steps": self.pair_steps, "pair_fraction": self.pair_fraction}
+                "pair_steps": self.pair_steps, "pair_fraction": self.pair_fraction,
+                "generator": state_digest(self.generator)}
 
     def __call__(self, model: nn.Module, bare: nn.Module, x: torch.Tensor, y: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
@@ -231,10 +236,17 @@ class CombinedObjective(TrainingObjective):
 PRESETS = ("standard", "pgd_at", "stutz", "rmd", "combined")
 
 
-def objective_preset(name: str, generator: nn.Module | None = None, *, epsilon: float = 1.5, eta: float = 1.5,
-                     norm: str = "l2", steps: int = 10) -> TrainingObjective:
+def default_eta(generator: nn.Module) -> float:
+    """The on-manifold budget η when none is given: Stutz et al.'s latent ℓ∞ 0.3 on a class-conditional
+    generator, image ℓ2 1.5 (the RMD / on-manifold columns') on an unconditional one."""
+    return 0.3 if isinstance(generator, ClassConditional) else 1.5
+
+
+def objective_preset(name: str, generator: nn.Module | None = None, *, epsilon: float = 1.5,
+                     eta: float | None = None, norm: str = "l2", steps: int = 10) -> TrainingObjective:
     """'standard'; 'pgd_at' (Madry, ``norm``, ε); 'stutz' (on-manifold latent PGD, η: the latent ℓ∞ budget of
-    Stutz et al. 2019 on a class-conditional generator, the image ℓ2 one on an unconditional generator);
+    Stutz et al. 2019 on a class-conditional generator, the image ℓ2 one on an unconditional generator;
+    default :func:`default_eta`);
     'rmd' (Madry ℓ2 ε = 1.5 plus the overpowered consistency term, weight 1e-2, as in Ilyas et al. 2017);
     'combined' (Madry, ``norm``, ε, plus 'stutz'). ``steps``: attack steps per batch."""
     if name == "standard":
@@ -251,5 +263,6 @@ def objective_preset(name: str, generator: nn.Module | None = None, *, epsilon: 
         return CombinedObjective(MadryObjective(norm=norm, epsilon=epsilon, steps=steps),
                                  OnManifoldObjective(generator, eta=eta, attack="latent_pgd", steps=steps))
     if name == "rmd":
-        return RobustManifoldObjective(generator, norm=norm, epsilon=epsilon, steps=steps, eta=eta, weight=1e-2)
+        return RobustManifoldObjective(generator, norm=norm, epsilon=epsilon, steps=steps,
+                                       eta=default_eta(generator) if eta is None else eta, weight=1e-2)
     raise InputError(f"unknown training preset {name!r}; choose from {', '.join(PRESETS)}")

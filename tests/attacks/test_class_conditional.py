@@ -45,6 +45,17 @@ class TestSmoke:
             wrong = digits_classifier(adv).argmax(1) != y
         assert bool((wrong == reached).all())
 
+    def test_a_defended_model_is_differentiated_through_its_projection(self, digits_classifier, digits_vae,
+                                                                      digits_class_vaes):
+        # a class model's G(z, c) is not on an unconditional defense's range: its projection moves it, so the
+        # search must differentiate the defended model, not its bare classifier (the same generator: bare)
+        from manifold_defense.attacks.on_manifold import _differentiable_classifier
+        from manifold_defense.defended import DefendedModel, ProjectionConfig
+
+        defended = DefendedModel(digits_classifier, digits_vae, ProjectionConfig(steps=5))
+        assert _differentiable_classifier(defended, digits_class_vaes.condition(3)) is defended
+        assert _differentiable_classifier(defended, digits_vae) is digits_classifier
+
     def test_overpowered_in_class_range(self, digits_classifier, digits_class_vaes, digits_test):
         x, y = digits_test.images[:24], digits_test.labels[:24]
         res = ClassConditionalOverpowered(digits_class_vaes, steps=30, rounds=2)(digits_classifier, x, y, epsilon=1.5)

@@ -294,45 +294,25 @@ class TestFingerprints:
 
         assert fp(50) != fp(10) and fp(50) == fp(50)
 
-    def test_a_later_option_at_its_old_behaviour_keeps_old_records_valid(self, digits_vae):
-        # LatentPGD's latent ℓ∞ budget came after records were made with the image ℓ2 one: at budget="image_l2"
-        # the fingerprint is the one those records carry; the other budget is another attack
-        from manifold_defense.attacks import LatentPGD
+    def test_records_of_an_older_revision_are_refused(self, digits_classifier, digits_vae, batch, tmp_path):
+        # LatentPGD's scoring changed (revision 1: the search's own verdicts kept) without a hyperparameter
+        # showing it: records made before are another attack, refused, never mixed with new ones
+        from manifold_defense.attacks import FGSM, LatentPGD
         from manifold_defense.eval.records import attack_fingerprint
-
-        def fp(**options) -> dict:
-            return attack_fingerprint(AttackSpec("om", LatentPGD(digits_vae, latent_stepsize=0.1, **options), [1.0],
-                                                 "on_manifold"))
-
-        old = fp()
-        assert "budget" not in old["hyperparameters"] and "norm" not in old["hyperparameters"]
-        assert old == fp(budget="image_l2")
-        box = fp(budget="latent_linf")
-        assert box != old and box["hyperparameters"]["budget"] == "latent_linf"
-
-    def test_records_in_either_form_of_a_compat_fingerprint_are_resumed(self, digits_classifier, digits_vae, batch,
-                                                                         tmp_path):
-        # records written while the later field was still in the fingerprint are the same attack; a budget
-        # that is another attack is refused whatever form its records carry
-        from manifold_defense.attacks import LatentPGD
-        from manifold_defense.eval.records import RecordStore, attack_fingerprint
 
         x, y = batch
         spec = AttackSpec("om", LatentPGD(digits_vae, steps=2, latent_stepsize=0.1), [1.0], "on_manifold")
-        whole = evaluate(digits_classifier, x, y, [spec], batch_size=16, out_dir=tmp_path, progress=False)
+        assert attack_fingerprint(spec)["revision"] == 1
+        assert "revision" not in attack_fingerprint(AttackSpec("f", FGSM(), [0.1], "linf"))  # older records valid
+        evaluate(digits_classifier, x, y, [spec], batch_size=16, out_dir=tmp_path, progress=False)
         lines = [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]
-        full = attack_fingerprint(spec, compat=False)
-        assert "budget" in full["hyperparameters"]
-        for r in lines:  # rewrite them as the version that fingerprinted every field wrote them
+        for r in lines:  # as the code before the revision wrote them
             if r["kind"] == "attack":
-                r["fingerprint"], r["attack_sha"] = full, hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()
+                old = {k: v for k, v in r["fingerprint"].items() if k != "revision"}
+                r["fingerprint"], r["attack_sha"] = old, hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()
         (tmp_path / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
-        resumed = evaluate(digits_classifier, x, y, [spec], batch_size=16, out_dir=tmp_path, progress=False)
-        assert resumed.robust == whole.robust
-        box = AttackSpec("om", LatentPGD(digits_vae, steps=2, budget="latent_linf"), [1.0], "on_manifold")
-        store = RecordStore(tmp_path, json.loads((tmp_path / "run.json").read_text()))
         with pytest.raises(RecordError, match="other settings"):
-            store.check_attack("om", attack_fingerprint(box), aliases=[attack_fingerprint(box, compat=False)])
+            evaluate(digits_classifier, x, y, [spec], batch_size=16, out_dir=tmp_path, progress=False)
 
 
 class TestAttempts:

@@ -142,3 +142,26 @@ class TestJudges:
         x, y = digits_test.images[:4], digits_test.labels[:4]
         with pytest.raises(InputError, match="independent"):
             evaluate(digits_classifier, x, y, _specs(), progress=False, judges={"self": digits_classifier})
+
+    def test_judge_with_the_attacked_weights_is_refused(self, digits_classifier, digits_vae, digits_test):
+        # a copy of the attacked classifier, or a defended model's own classifier, is the attacked model too
+        import copy
+
+        from manifold_defense.defended import DefendedModel, ProjectionConfig
+
+        x, y = digits_test.images[:4], digits_test.labels[:4]
+        with pytest.raises(InputError, match="independent"):
+            evaluate(digits_classifier, x, y, _specs(), progress=False, judges={"copy": copy.deepcopy(digits_classifier)})
+        defended = DefendedModel(digits_classifier, digits_vae, ProjectionConfig(steps=5)).eval()
+        with pytest.raises(InputError, match="independent"):
+            evaluate(defended, x, y, _specs(), progress=False, judges={"own": digits_classifier})
+
+    def test_one_budget_unit_per_threat(self, digits_classifier, digits_class_vaes, digits_test):
+        # a latent-ℓ∞ η under an image-ℓ2 threat would enter that threat's worst case as an image ε
+        from manifold_defense.attacks import ClassConditionalLatentPGD
+
+        x, y = digits_test.images[:4], digits_test.labels[:4]
+        specs = [AttackSpec("pgd", L2PGD(steps=2), [1.0], "l2"),
+                 AttackSpec("cc", ClassConditionalLatentPGD(digits_class_vaes, steps=2), [0.5], "l2")]
+        with pytest.raises(InputError, match="mixes budgets"):
+            evaluate(digits_classifier, x, y, specs, progress=False)

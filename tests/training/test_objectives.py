@@ -110,3 +110,18 @@ class TestException:
             RobustManifoldObjective(digits_class_vaes, eta=1.0)
         with pytest.raises(InputError, match="eta"):
             objective_preset("stutz", digits_class_vaes, eta=0.0)
+
+    def test_default_eta_follows_the_generator_and_the_generator_is_in_the_config(self, digits_vae, digits_class_vaes):
+        # Stutz et al.'s latent ℓ∞ 0.3 on a class-conditional generator (1.5 there would be a 5x larger box);
+        # the generator's weights are part of the config a resumed training is checked against
+        import copy
+
+        assert objective_preset("stutz", digits_class_vaes).config()["eta"] == 0.3
+        assert objective_preset("combined", digits_class_vaes).config()["on"]["eta"] == 0.3
+        assert objective_preset("stutz", digits_vae).config()["eta"] == 1.5
+        assert objective_preset("rmd", digits_vae).config()["eta"] == 1.5
+        other = copy.deepcopy(digits_vae)
+        with torch.no_grad():
+            next(other.parameters()).add_(0.01)
+        for preset in ("stutz", "rmd"):
+            assert objective_preset(preset, digits_vae).config() != objective_preset(preset, other).config()
