@@ -69,7 +69,7 @@ _GAN_ENCODER_PROJECTION = {"optimizer": "sgd", "lr": 5.0, "momentum": 0.9, "sche
                            "init": "encoder", "steps": 90, "tol": 1e-4, "patience": 25, "prune_after": 0}
 
 #: generator updates of mnist-sngan: the stage of benchmarks/gan_training.py's sn-hinge-bn run with the best FID
-SNGAN_ITERATIONS = 6000
+SNGAN_ITERATIONS = 10000
 
 ENTRIES: dict[str, ZooEntry] = {
     e.name: e
