@@ -130,7 +130,7 @@ def run_classifier(args: argparse.Namespace) -> int:
     from manifold_defense import data
     from manifold_defense.classifiers import DefenseGANClassifier, DigitsCNN
     from manifold_defense.distributed import init_from_environment, shutdown
-    from manifold_defense.training import default_eta, objective_preset, train_classifier
+    from manifold_defense.training import objective_preset, train_classifier
     from manifold_defense.validation import InputError, check_compatible
 
     preset = getattr(args, "preset", None)
@@ -162,8 +162,6 @@ def run_classifier(args: argparse.Namespace) -> int:
                 check_compatible(gen, model)
                 for p in gen.parameters():
                     p.requires_grad_(False)
-            if args.eta is None and gen is not None and "eta" in PRESET_FLAGS[preset]:
-                args.eta = default_eta(gen)
             objective = objective_preset(preset, gen, epsilon=args.epsilon, eta=args.eta, norm=args.norm,
                                          steps=args.attack_steps)
             metadata.update({"preset": preset, "generator": args.generator})
