@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from manifold_defense.attacks import FGSM, Attack, LinfPGD
+from manifold_defense.attacks import FGSM, Attack, L2PGD, LinfPGD
 from manifold_defense.eval import (
     AttackSpec,
     Evaluation,
@@ -377,6 +377,18 @@ class TestSanityCanFail:
         ev = evaluate(digits_classifier, x, y, weak, batch_size=32, progress=False)
         sanity_checks(ev, digits_classifier, x, y, decision_subset=0, convergence_subset=32)
         assert ev.sanity["attack_converged"] is False, ev.sanity_details
+
+    def test_an_unconverged_attack_of_one_threat_is_flagged_beside_a_converged_one(self, digits_classifier, batch):
+        # the strongest attack overall (l2, converged) must not vouch for an unconverged linf one
+        x, y = batch
+        specs = [AttackSpec("pgd_l2", L2PGD(steps=40, rel_stepsize=0.1), [3.0], "l2"),
+                 AttackSpec("pgd_linf", LinfPGD(steps=1, rel_stepsize=0.5, random_start=False), [0.2], "linf")]
+        ev = evaluate(digits_classifier, x, y, specs, batch_size=32, progress=False)
+        assert ev.accuracy(("pgd_l2", 3.0))[0] < ev.accuracy(("pgd_linf", 0.2))[0]
+        sanity_checks(ev, digits_classifier, x, y, decision_subset=0, convergence_subset=32)
+        assert ev.sanity["attack_converged"] is False, ev.sanity_details
+        assert "l2: pgd_l2" in ev.sanity_details["attack_converged"]
+        assert "linf: pgd_linf" in ev.sanity_details["attack_converged"]
 
     def test_a_check_that_cannot_run_is_reported_not_raised(self, digits_classifier, batch, tmp_path):
         from manifold_defense.eval import write_report
