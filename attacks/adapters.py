@@ -119,25 +119,29 @@ class HopSkipJump(Attack):
     boundary iterations with ``initial_gradient_eval_steps`` … ``max_gradient_eval_steps`` label queries
     for each gradient-direction estimate (defaults sized for a sanity check on a projection defense,
     where every query is a projection: ~500 queries per image; foolbox's own defaults use ~50× more).
-    Minimal-perturbation attack (run once per sample, clipped per ε by ``sweep``).
+    Minimal-perturbation attack (run once per sample, clipped per ε by ``sweep``). foolbox draws its starting
+    points and probe directions from torch's global generator; ``seed`` fixes them (the caller's generator
+    state is restored afterwards), so a rerun reports the same figure.
     """
 
     minimization = True
 
     def __init__(self, *, norm: str = "l2", steps: int = 8, initial_gradient_eval_steps: int = 20,
-                 max_gradient_eval_steps: int = 100, gamma: float = 1.0) -> None:
+                 max_gradient_eval_steps: int = 100, gamma: float = 1.0, seed: int = 0) -> None:
         if norm not in ("linf", "l2"):
             raise InputError(f"norm must be 'linf' or 'l2', got {norm!r}")
         if steps < 1 or initial_gradient_eval_steps < 1 or max_gradient_eval_steps < initial_gradient_eval_steps:
             raise InputError("steps >= 1 and 1 <= initial_gradient_eval_steps <= max_gradient_eval_steps")
-        self.norm = norm
+        self.norm, self.seed = norm, seed
         self.kwargs = {"steps": steps, "initial_gradient_eval_steps": initial_gradient_eval_steps,
                        "max_gradient_eval_steps": max_gradient_eval_steps, "gamma": gamma, "constraint": norm}
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float) -> torch.Tensor:
         import foolbox as fb
 
-        with torch.no_grad():
+        devices = [x.device] if x.device.type == "cuda" else []
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.seed)
             _, clipped, _ = fb.attacks.HopSkipJumpAttack(**self.kwargs)(foolbox_model(model), x, y.to(x.device),
                                                                         epsilons=epsilon)
         return (x + project_to_ball(clipped - x, epsilon, self.norm)).clamp(0, 1)

@@ -29,6 +29,17 @@ class TestSmoke:
         assert bool((res.norms <= eps + 1e-5).all())
         assert res.success_rate >= 0.5
 
+    def test_hopskipjump_is_reproducible_and_leaves_the_global_generator_alone(self, digits_classifier, digits_test):
+        import torch
+
+        x, y = digits_test.images[:8], digits_test.labels[:8]
+        torch.manual_seed(123)
+        before = torch.rand(1)
+        torch.manual_seed(123)
+        runs = [HopSkipJump(norm="l2", steps=2)(digits_classifier, x, y, epsilon=1.0).norms for _ in range(2)]
+        assert torch.equal(runs[0], runs[1])
+        assert torch.equal(torch.rand(1), before)  # the caller's random stream is untouched
+
 
 class TestEOT:
     def test_autoattack_rand_on_defended_uses_stochastic_surrogate(self, digits_classifier, digits_vae, digits_test):
