@@ -100,7 +100,7 @@ TARGETS = {
 def build_row(row: str, clf, gen, args):
     """(model, surrogate projection for crafting, number of images, HopSkipJump subset)."""
     latent = gen.latent_dim
-    default = ProjectionConfig()
+    default = ProjectionConfig.for_generator(gen)  # what DefendedModel uses: the generator's tuned settings
     if row == "undefended":
         return clf, None, args.n, 16
     if row == "defended_defense_gan":
@@ -119,7 +119,7 @@ def run_row(row: str, clf, gen, x, y, args, out: Path) -> dict:
     specs = [build_attack(name, [eps], classifier=clf, generator=gen, surrogate=surrogate, budget=budget, label=col)
              for col, (name, eps) in ATTACK_COLUMNS.items()]
     extra = EXTRA_COLUMNS.get(row, {})
-    specs += [build_attack(name, [eps], classifier=clf, generator=gen, surrogate=ProjectionConfig(), budget=budget,
+    specs += [build_attack(name, [eps], classifier=clf, generator=gen, surrogate=ProjectionConfig.for_generator(gen), budget=budget,
                            label=col) for col, (name, eps) in extra.items()]
     row_dir = out / row
     if args.fresh and row_dir.exists():

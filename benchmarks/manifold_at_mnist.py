@@ -255,7 +255,7 @@ def main(argv=None) -> int:
             print("class-conditional budget sweep", json.dumps(sweep, indent=1), f"\n→ η = {args.cc_eta:g}", flush=True)
         for defended in (False, True):
             row = f"defended_{name}" if defended else name
-            m = DefendedModel(model, gen, ProjectionConfig()).eval() if defended else model
+            m = DefendedModel(model, gen, ProjectionConfig.for_generator(gen)).eval() if defended else model
             ev = evaluate(m, x, y, attacks(gen, cc_gen, defended, args), batch_size=100,
                           out_dir=work / f"{row}_cc{args.cc_eta:g}", progress=not args.quiet, judges=judges)
             write_report(ev, work / f"{row}_cc{args.cc_eta:g}", title=f"MNIST classifier A, {row}")
@@ -306,7 +306,7 @@ def write_result(acc: dict, se: dict, agreement: dict, histories: dict, sweep, c
               if "pgd_at" in epoch_seconds else None,
               "targets": targets, "on_manifold_convergence": convergence,
               "config": {"epochs": args.epochs, "train_steps": args.train_steps, "eval_pgd_steps": args.pgd_steps,
-                         "latent_reparam_steps": args.latent_steps, "projection": ProjectionConfig().as_dict(),
+                         "latent_reparam_steps": args.latent_steps, "projection": ProjectionConfig.for_generator(gen).as_dict(),
                          "judges": JUDGES, "training_objectives": {
                              k: objective_preset(v, cc_gen if k in CONDITIONAL else gen, epsilon=1.5,
                                                  eta=args.cc_eta if k in CONDITIONAL else 1.5,
