@@ -10,8 +10,9 @@ Classifier A (Samangouei et al. 2018) trained five ways on MNIST with the same e
   generator (``mnist-class-vaes``, one VAE per digit), latent ℓ∞ budget η (the ``on_manifold_cc`` column's);
 - ``combined`` — ``pgd_at``'s loss plus ``stutz``'s.
 
-Each is evaluated undefended and behind the default projection onto mnist-vae20 (``defended_*``) on the same
-first N MNIST test images. Columns: ``clean``; ``pgd_l2_2.5`` (100 steps; BPDA + EOT 2 through the defended
+Each is evaluated undefended on the first N MNIST test images and behind the default projection onto
+mnist-vae20 (``defended_*``) on the first ``--defended-n`` of them (default 100: a defended row costs a projection
+per attack step and image, ~25 s per image with every attack on one CPU thread; the intervals say what n buys). Columns: ``clean``; ``pgd_l2_2.5`` (100 steps; BPDA + EOT 2 through the defended
 model's own projection on the defended rows); ``pgd_l2_2.5_implicit`` and ``latent_reparam_l2_2.5``
 (defended rows: the implicit-gradient attack and Athalye et al.'s latent reparameterisation);
 ``on_manifold_l2_1.5`` (latent PGD on the unconditional VAE, ‖G(z') − G(ẑ)‖₂ ≤ 1.5); ``overpowered_l2_1.5``;
@@ -29,10 +30,10 @@ accuracy and the robust judge's agreement per η; the run uses the largest η at
 ≥ 90 % of the adversarial inputs their true label (``--cc-eta`` fixes it instead). The agreement on the
 broken samples alone is reported beside it. ``stutz`` and ``combined`` train at that η.
 
-    python benchmarks/manifold_at_mnist.py [--quick] [--epochs 3] [--n 500]
+    python benchmarks/manifold_at_mnist.py [--quick] [--epochs 3] [--n 500] [--defended-n 100]
 
 Models are trained into ``$MANIFOLD_DEFENSE_CACHE/benchmarks/`` (resumable: rerun after a kill); evaluations
-append records per batch (resumable). JSON: {"n", "accuracy": {row: {column}}, "stderr", "judge_agreement",
+append records per batch (resumable). JSON: {"n": {row: images}, "accuracy": {row: {column}}, "stderr", "judge_agreement",
 "cc_budget_sweep", "epoch_seconds", "epoch_time_vs_pgd_at", "targets", ...}; PNG: a grid of on-manifold
 adversarial examples per row (``manifold_at_mnist_grid.png``).
 """
@@ -207,6 +208,9 @@ def _column_eps(col: str, cc_eta: float) -> float:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=500)
+    p.add_argument("--defended-n", type=int, default=100,
+                   help="images of the defended rows (the first of the N; every image costs a projection per "
+                        "attack step, ~25 s per image with every attack on one CPU thread)")
     p.add_argument("--quick", action="store_true", help="100 images, 1 epoch, 3 PGD steps in training")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--train-steps", type=int, default=7, help="attack steps per training batch")
@@ -243,7 +247,9 @@ def main(argv=None) -> int:
     judges = {k: _frozen(v) for k, v in JUDGES.items()}
     tr, te = data.load("mnist", "train"), data.load("mnist", "test")
     x, y = te.images[: args.n], te.labels[: args.n]
-    acc, se, agreement, histories, trained = {}, {}, {}, {}, {}
+    if args.defended_n < 1:
+        p.error("--defended-n must be >= 1")
+    acc, se, agreement, histories, trained, n_rows = {}, {}, {}, {}, {}, {}
     sweep = convergence = None
     rows = ["standard"] + [r for r in args.rows if r != "standard"]  # the sweep runs on standard
     for name in rows:
@@ -256,8 +262,11 @@ def main(argv=None) -> int:
         for defended in (False, True):
             row = f"defended_{name}" if defended else name
             m = DefendedModel(model, gen, ProjectionConfig.for_generator(gen)).eval() if defended else model
+            # the defended rows on the first --defended-n of the same images (same run folder, same fingerprint)
             ev = evaluate(m, x, y, attacks(gen, cc_gen, defended, args), batch_size=100,
+                          stop=min(args.defended_n, args.n) if defended else None,
                           out_dir=work / f"{row}_cc{args.cc_eta:g}", progress=not args.quiet, judges=judges)
+            n_rows[row] = len(ev.indices)
             write_report(ev, work / f"{row}_cc{args.cc_eta:g}", title=f"MNIST classifier A, {row}")
             acc[row], se[row] = {}, {}
             acc[row]["clean"], se[row]["clean"], _ = ev.accuracy()
@@ -270,17 +279,17 @@ def main(argv=None) -> int:
             agreement[row] = ev.judge_agreement()
             print(row, json.dumps({k: round(v, 4) for k, v in acc[row].items()}), flush=True)
             # the JSON after every row: a long run never leaves an older run's (possibly higher) figures on show
-            write_result(acc, se, agreement, histories, sweep, convergence, cc_gen, gen, args, out_json, t0, rows)
+            write_result(acc, se, agreement, histories, sweep, convergence, cc_gen, gen, args, out_json, t0, rows, n_rows)
         if name == "standard":
             convergence = on_manifold_convergence(model, gen, cc_gen, args.cc_eta, x[:100], y[:100])
             print("on-manifold convergence", json.dumps(convergence), flush=True)
     example_grid(trained, cc_gen, args.cc_eta, judges, x, y, out_json.with_name(out_json.stem + "_grid.png"))
-    write_result(acc, se, agreement, histories, sweep, convergence, cc_gen, gen, args, out_json, t0, rows)
+    write_result(acc, se, agreement, histories, sweep, convergence, cc_gen, gen, args, out_json, t0, rows, n_rows)
     return 0
 
 
 def write_result(acc: dict, se: dict, agreement: dict, histories: dict, sweep, convergence, cc_gen, gen, args,
-                 out_json: Path, t0: float, rows: list[str]) -> None:
+                 out_json: Path, t0: float, rows: list[str], n_rows: dict[str, int]) -> None:
     """The JSON of the rows evaluated so far (``missing_rows``: the run's rows still to come) and its targets."""
     missing = [r for name in rows for r in (name, f"defended_{name}") if r not in acc]
     epoch_seconds = {k: statistics.median(h["seconds"] for h in v) for k, v in histories.items()}
@@ -299,7 +308,7 @@ def write_result(acc: dict, se: dict, agreement: dict, histories: dict, sweep, c
     if "manifold_at" in acc and "pgd_at" in acc:
         targets["manifold_at pgd_l2_2.5 >= pgd_at - 0.02"] = acc["manifold_at"]["pgd_l2_2.5"] >= acc["pgd_at"]["pgd_l2_2.5"] - 0.02
     most_robust = max(acc, key=lambda r: acc[r]["worst_case"])
-    result = {"n": args.n, "accuracy": acc, "stderr": se, "judge_agreement": agreement, "missing_rows": missing,
+    result = {"n": n_rows, "accuracy": acc, "stderr": se, "judge_agreement": agreement, "missing_rows": missing,
               "cc_eta": args.cc_eta,
               "cc_budget_sweep": sweep, "most_robust_row": most_robust, "epoch_seconds": epoch_seconds,
               "epoch_time_vs_pgd_at": {k: v / epoch_seconds["pgd_at"] for k, v in epoch_seconds.items()}

@@ -203,9 +203,10 @@ def defense_mnist(d: dict) -> str:
 
 def manifold_at_mnist(d: dict) -> str:
     cfg = d.get("config", {})
+    n = "n in each column's header" if isinstance(d["n"], dict) else f"n = {d['n']}"
     return "\n\n".join([
-        (f"Accuracy [95 % Wilson interval] on n = {d['n']} MNIST test images of classifiers trained {cfg.get('epochs', '?')} "
-         f"epoch(s) ({cfg.get('train_steps', cfg.get('train_pgd_steps', '?'))} training PGD steps), attacked with "
+        (f"Accuracy [95 % Wilson interval] on the first n MNIST test images ({n}) of classifiers trained "
+         f"{cfg.get('epochs', '?')} epoch(s) ({cfg.get('train_steps', cfg.get('train_pgd_steps', '?'))} training PGD steps), attacked with "
          f"{cfg.get('eval_pgd_steps', '?')} PGD steps; `defended_*`: the same classifier behind the projection "
          "(— : attack not run on that model)."),
         accuracy_table(d["accuracy"], d["n"])]
