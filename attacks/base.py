@@ -27,7 +27,7 @@ class AttackResult:
 
     @property
     def success_rate(self) -> float:
-        return float(self.success.float().mean())
+        return float(self.success.double().mean())
 
     @property
     def robust_accuracy(self) -> float:
