@@ -36,7 +36,7 @@ Columns (robust accuracy; a sample counts only if it is correct and the attack f
 - ``worst_linf_0.3``, ``worst_l2_3.8`` — per sample, robust only if every attack of that threat model
   and ε failed.
 
-    python benchmarks/defense_mnist.py [--quick] [--generator mnist-wgan] [--n 500] [--rows ...]
+    python benchmarks/defense_mnist.py [--quick] [--generator mnist-wgan] [--n 500] [--rows ...] [--row-n ROW=N ...]
 
 Every row is evaluated with :func:`manifold_defense.eval.evaluate` (records appended per batch: a killed
 run resumes where it stopped; ``--fresh`` starts over), then the Carlini et al. sanity checks. Writes
@@ -114,6 +114,7 @@ def build_row(row: str, clf, gen, args):
 
 def run_row(row: str, clf, gen, x, y, args, out: Path) -> dict:
     model, surrogate, n, decision_subset = build_row(row, clf, gen, args)
+    n = args.row_n.get(row, n)
     model.eval()
     budget = AttackBudget.quick() if args.small_budget else AttackBudget()
     specs = [build_attack(name, [eps], classifier=clf, generator=gen, surrogate=surrogate, budget=budget, label=col)
@@ -222,9 +223,17 @@ def main(argv=None) -> int:
     p.add_argument("--fresh", action="store_true", help="discard records of an earlier run")
     p.add_argument("--aa-subset", type=int, default=50,
                    help="images of the defended_default row attacked by AutoAttack at its full published budget")
+    p.add_argument("--row-n", nargs="+", default=[], metavar="ROW=N",
+                   help="images of a row instead of its default (e.g. defended_default=100 on a slower generator)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
+    try:
+        args.row_n = {r: int(k) for r, k in (item.split("=", 1) for item in args.row_n)}
+    except ValueError:
+        p.error(f"--row-n takes ROW=N items, got {args.row_n}")
+    if bad := [f"{r}={k}" for r, k in args.row_n.items() if r not in ROWS or not 1 <= k <= args.n]:
+        p.error(f"--row-n: unknown row or N outside 1..--n: {bad}")
     if args.quick:
         args.n = max(5, args.n // 5)
     if args.threads:
