@@ -35,7 +35,8 @@ broken samples alone is reported beside it. ``stutz`` and ``combined`` train at 
 Models are trained into ``$MANIFOLD_DEFENSE_CACHE/benchmarks/`` (resumable: rerun after a kill); evaluations
 append records per batch (resumable). JSON: {"n": {row: images}, "accuracy": {row: {column}}, "stderr", "judge_agreement",
 "cc_budget_sweep", "epoch_seconds", "epoch_time_vs_pgd_at", "targets", ...}; PNG: a grid of on-manifold
-adversarial examples per row (``manifold_at_mnist_grid.png``).
+adversarial examples per row (``manifold_at_mnist_grid.png``) and, per η of the sweep, against ``standard``
+(``manifold_at_mnist_sweep_grid.png``: where the label stops holding).
 """
 
 from __future__ import annotations
@@ -136,24 +137,25 @@ def on_manifold_convergence(model, gen, cc_gen, cc_eta, x, y) -> dict[str, float
     return out
 
 
-def example_grid(models: dict, cc_gen, cc_eta: float, judges: dict, x, y, path: Path) -> None:
-    """One test image per digit: its projection onto its class's VAE (top row), then per model the
-    on-manifold (class-conditional) adversarial example, titled with the model's and the robust judge's label."""
+def example_grid(rows: list[tuple[str, torch.nn.Module, float]], cc_gen, judges: dict, x, y, path: Path,
+                 title: str) -> None:
+    """One test image per digit: its projection onto its class's VAE (top row), then per (label, model, η) row
+    the on-manifold (class-conditional) adversarial example against that model at latent budget η, titled with
+    the model's and the robust judge's label (red: the model is fooled)."""
     pick = torch.stack([(y == c).nonzero()[0, 0] for c in range(10)])
     xs, ys = x[pick], y[pick]
-    attack = build_attack("on_manifold_cc", [cc_eta], generator=cc_gen).attack
     plt = pyplot()
-    fig, axes = plt.subplots(len(models) + 1, 10, figsize=(10, 1.15 * (len(models) + 1)))
+    fig, axes = plt.subplots(len(rows) + 1, 10, figsize=(10, 1.15 * (len(rows) + 1)))
     ref = None
-    for r, (name, model) in enumerate(models.items(), start=1):
-        adv, ref, _ = attack.run(model, xs, ys, cc_eta)
+    for r, (label, model, eta) in enumerate(rows, start=1):
+        adv, ref, _ = build_attack("on_manifold_cc", [eta], generator=cc_gen).attack.run(model, xs, ys, eta)
         with torch.inference_mode():
             pred, judge = model(adv).argmax(1), judges["robust_judge"](adv).argmax(1)
         for c in range(10):
             ax = axes[r, c]
             ax.imshow(adv[c, 0].cpu(), cmap="gray", vmin=0, vmax=1)
             ax.set_title(f"{int(pred[c])}/{int(judge[c])}", fontsize=7, color="red" if pred[c] != ys[c] else "black")
-        axes[r, 0].set_ylabel(name, fontsize=7)
+        axes[r, 0].set_ylabel(label, fontsize=7)
     for c in range(10):
         axes[0, c].imshow(ref[c, 0].cpu(), cmap="gray", vmin=0, vmax=1)
         axes[0, c].set_title(f"G(ẑ, {c})", fontsize=7)
@@ -161,8 +163,7 @@ def example_grid(models: dict, cc_gen, cc_eta: float, judges: dict, x, y, path: 
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"on_manifold_cc, latent L∞ η = {cc_eta:g}: model's label / robust judge's label (red: model fooled)",
-                 fontsize=8)
+    fig.suptitle(title + ": model's label / robust judge's label (red: model fooled)", fontsize=8)
     save_figure(fig, path)
 
 
@@ -259,6 +260,9 @@ def main(argv=None) -> int:
         if name == "standard" and args.cc_eta is None:
             sweep, args.cc_eta = cc_budget_sweep(model, cc_gen, judges, x[: args.sweep_n], y[: args.sweep_n], args, work)
             print("class-conditional budget sweep", json.dumps(sweep, indent=1), f"\n→ η = {args.cc_eta:g}", flush=True)
+            example_grid([(f"η = {e:g}", model, e) for e in args.sweep], cc_gen, judges, x, y,
+                         out_json.with_name(out_json.stem + "_sweep_grid.png"),
+                         "on_manifold_cc against the standard model per latent L∞ budget η")
         for defended in (False, True):
             row = f"defended_{name}" if defended else name
             m = DefendedModel(model, gen, ProjectionConfig.for_generator(gen)).eval() if defended else model
@@ -283,7 +287,8 @@ def main(argv=None) -> int:
         if name == "standard":
             convergence = on_manifold_convergence(model, gen, cc_gen, args.cc_eta, x[:100], y[:100])
             print("on-manifold convergence", json.dumps(convergence), flush=True)
-    example_grid(trained, cc_gen, args.cc_eta, judges, x, y, out_json.with_name(out_json.stem + "_grid.png"))
+    example_grid([(name, model, args.cc_eta) for name, model in trained.items()], cc_gen, judges, x, y,
+                 out_json.with_name(out_json.stem + "_grid.png"), f"on_manifold_cc, latent L∞ η = {args.cc_eta:g}")
     write_result(acc, se, agreement, histories, sweep, convergence, cc_gen, gen, args, out_json, t0, rows, n_rows)
     return 0
 
