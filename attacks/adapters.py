@@ -139,7 +139,8 @@ class HopSkipJump(Attack):
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float) -> torch.Tensor:
         import foolbox as fb
 
-        devices = [x.device] if x.device.type == "cuda" else []
+        # torch.manual_seed reseeds every CUDA device: fork (and restore) all of them, not only x's
+        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
         with torch.no_grad(), torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.seed)
             _, clipped, _ = fb.attacks.HopSkipJumpAttack(**self.kwargs)(foolbox_model(model), x, y.to(x.device),

@@ -158,7 +158,7 @@ def run_row(row: str, clf, gen, x, y, args, out: Path) -> dict:
     extra_acc = {col: {"accuracy": ev.accuracy((col, eps))[0], "stderr": ev.accuracy((col, eps))[1],
                        "ci95": list(ev.interval((col, eps)))} for col, (_, eps) in extra.items()}
     projection = getattr(model, "projection", None)
-    return {"n": n, "accuracy": acc, "stderr": se, "ci95": ci95, "extra_columns": extra_acc,
+    return {"n": len(ev.indices), "accuracy": acc, "stderr": se, "ci95": ci95, "extra_columns": extra_acc,
             "autoattack_full": full, "robustbench": ev.robustbench("mnist"),
             "sanity": dict(ev.sanity), "sanity_details": dict(ev.sanity_details),
             "notes": dict(ev.notes), "seconds": time.perf_counter() - t0, "attack_seconds": t_attack,
@@ -224,18 +224,19 @@ def main(argv=None) -> int:
     p.add_argument("--aa-subset", type=int, default=50,
                    help="images of the defended_default row attacked by AutoAttack at its full published budget")
     p.add_argument("--row-n", nargs="+", default=[], metavar="ROW=N",
-                   help="images of a row instead of its default (e.g. defended_default=100 on a slower generator)")
+                   help="images of a row instead of its default (e.g. defended_default=100 on a slower generator); "
+                        "a row's images are part of its records' fingerprint: another N needs --fresh or --out")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
+    if args.quick:
+        args.n = max(5, args.n // 5)
     try:
         args.row_n = {r: int(k) for r, k in (item.split("=", 1) for item in args.row_n)}
     except ValueError:
         p.error(f"--row-n takes ROW=N items, got {args.row_n}")
     if bad := [f"{r}={k}" for r, k in args.row_n.items() if r not in ROWS or not 1 <= k <= args.n]:
-        p.error(f"--row-n: unknown row or N outside 1..--n: {bad}")
-    if args.quick:
-        args.n = max(5, args.n // 5)
+        p.error(f"--row-n: unknown row or N outside 1..{args.n} (--n, after --quick): {bad}")
     if args.threads:
         torch.set_num_threads(args.threads)
     suffix = ("" if args.generator == "mnist-vae20" else "_" + args.generator.replace("mnist-", "")) + \

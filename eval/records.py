@@ -159,7 +159,7 @@ class RecordStore:
         else:
             atomic_write_text(meta, json.dumps(self.run, indent=2, sort_keys=True))
         self.records = read_records(self.path, repair=True)
-        self._done = {self._key(r) for r in self.records}
+        self._done = {self._key(r): r.get("indices") for r in self.records}
 
     @staticmethod
     def _key(r: dict) -> tuple:
@@ -173,9 +173,20 @@ class RecordStore:
                 raise RecordError(f"{self.path} holds records of {name!r} made with other settings (another budget or "
                                   "hyperparameters, e.g. a --quick run); evaluate into another folder")
 
-    def has(self, kind: str, attack: str | None, epsilon: float | None, start: int) -> bool:
-        """Whether that batch's record exists."""
-        return (kind, attack, epsilon, start) in self._done
+    def has(self, kind: str, attack: str | None, epsilon: float | None, start: int,
+            indices: list[int] | None = None) -> bool:
+        """Whether that batch's record exists. With ``indices``, a record of the batch holding other samples
+        (a last batch cut short by an earlier, smaller ``stop``) is a :class:`RecordError`, not "done": it
+        would leave the samples it lacks unattacked in every later resume."""
+        key = (kind, attack, epsilon, start)
+        if key not in self._done:
+            return False
+        held = self._done[key]
+        if indices is not None and held is not None and list(held) != list(indices):
+            raise RecordError(f"{self.path}: the batch at {start} was recorded for samples {held[0]}…{held[-1]} "
+                              f"and this run needs {indices[0]}…{indices[-1]} (another stop); nothing was "
+                              "changed — evaluate with the earlier stop, or into another folder")
+        return True
 
     def append(self, record: dict) -> None:
         """Append one record (flushed and fsynced: a crash loses at most the line being written)."""
@@ -184,7 +195,7 @@ class RecordStore:
             f.flush()
             os.fsync(f.fileno())
         self.records.append(record)
-        self._done.add(self._key(record))
+        self._done[self._key(record)] = record.get("indices")
 
 
 def attack_record(spec: Any, fingerprint: dict, epsilon: float, start: int, indices: list[int], **fields: Any) -> dict:

@@ -323,7 +323,7 @@ def evaluate(
     project = getattr(model, "project", None)
 
     def done(kind: str, attack: str | None, eps: float | None, b: int) -> bool:
-        return store.has(kind, attack, eps, b) if store is not None else False
+        return store.has(kind, attack, eps, b, list(range(b, min(b + batch_size, stop)))) if store is not None else False
 
     def record(r: dict) -> None:
         (store.append if store is not None else fresh.append)(r)

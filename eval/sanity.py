@@ -140,8 +140,9 @@ def sanity_checks(ev: Evaluation, model: nn.Module | None = None, x: torch.Tenso
                     f"{len(idx)} samples × {directions} directions: " + "; ".join(parts))
 
     def converged() -> tuple[bool, str]:
-        # one check per threat model: the strongest iterative attack of each threat, at that threat's largest ε,
-        # rerun at twice its iterations (a strong ℓ2 attack says nothing about an unconverged ℓ∞ one)
+        # one check per threat model: the strongest iterative attack of each threat (lowest robust accuracy at
+        # its own largest ε), rerun there at twice its iterations (a strong ℓ2 attack says nothing about an
+        # unconverged ℓ∞ one)
         pool = [s for s in attacks if s.iterative and s.threat in ("linf", "l2")]
         if not pool:
             raise ValueError("no iterative ℓ∞/ℓ2 attack was evaluated")
