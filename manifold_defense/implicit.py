@@ -26,15 +26,8 @@ from torch import nn
 __all__ = ["implicit_projection", "projection_jacobian"]
 
 _DAMPING = 1e-6  # relative to trace(H)/k
-#: forward-mode passes vmapped at once (samples × latent tangents). Measured on mnist-sngan-inv (128-d latent,
-#: 100 samples, CPU): peak RSS of the Jacobian + Hessian 10.5 GB unchunked, 8.0 GB at 256; most of the peak is
-#: not the chunk's own passes, so an attack batching 100 × (1 + range restarts) samples through a conv GAN
-#: still needs tens of GB (the Defense-GAN row on that GAN was OOM-killed at 22 GB) — open
-_MAX_TANGENTS = 256
-
-
-def _chunk(z: torch.Tensor) -> int:
-    return max(1, _MAX_TANGENTS // max(1, z.shape[-1]))
+# Memory (open): on a conv GAN with a 128-d latent the per-sample Jacobian + Hessian peak at ~10 GB for 100
+# samples (mnist-sngan-inv, CPU); vmap chunking lowered it only to 8 GB and cost ~30 % time on mnist-vae20.
 
 
 def projection_jacobian(generator: nn.Module, z: torch.Tensor) -> torch.Tensor:
@@ -43,7 +36,7 @@ def projection_jacobian(generator: nn.Module, z: torch.Tensor) -> torch.Tensor:
         return generator(zi[None]).flatten()
 
     with torch.enable_grad():
-        return torch.func.vmap(torch.func.jacfwd(one), chunk_size=_chunk(z))(z.detach())
+        return torch.func.vmap(torch.func.jacfwd(one))(z.detach())
 
 
 def _objective_hessian(generator: nn.Module, z: torch.Tensor, x: torch.Tensor, dead_zone: float,
@@ -55,7 +48,7 @@ def _objective_hessian(generator: nn.Module, z: torch.Tensor, x: torch.Tensor, d
         return data.mean() + prior * zi.pow(2).sum()
 
     with torch.enable_grad():
-        return torch.func.vmap(torch.func.hessian(objective), chunk_size=_chunk(z))(z.detach(), x.detach())
+        return torch.func.vmap(torch.func.hessian(objective))(z.detach(), x.detach())
 
 
 class _ImplicitProjection(torch.autograd.Function):
