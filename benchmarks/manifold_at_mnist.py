@@ -12,8 +12,9 @@ Classifier A (Samangouei et al. 2018) trained five ways on MNIST with the same e
 
 Each is evaluated undefended on the first N MNIST test images and behind the default projection onto
 mnist-vae20 (``defended_*``) on the first ``--defended-n`` of them (default 100: a defended row costs a projection
-per attack step and image, ~25 s per image with every attack on one CPU thread; the intervals say what n buys). Columns: ``clean``; ``pgd_l2_2.5`` (100 steps; BPDA + EOT 2 through the defended
-model's own projection on the defended rows); ``pgd_l2_2.5_implicit`` and ``latent_reparam_l2_2.5``
+per attack step and image, ~25 s per image with every attack on one CPU thread; the intervals say what n buys;
+``most_robust_row`` compares worst cases measured on different n). Columns: ``clean``; ``pgd_l2_2.5`` (100 steps;
+BPDA + EOT 2 through the defended model's own projection on the defended rows); ``pgd_l2_2.5_implicit`` and ``latent_reparam_l2_2.5``
 (defended rows: the implicit-gradient attack and Athalye et al.'s latent reparameterisation);
 ``on_manifold_l2_1.5`` (latent PGD on the unconditional VAE, ‖G(z') − G(ẑ)‖₂ ≤ 1.5); ``overpowered_l2_1.5``;
 ``on_manifold_cc`` (label-preserving latent PGD in the true class's VAE, ‖z' − ẑ‖∞ ≤ η, 40 iterations as
@@ -33,8 +34,8 @@ broken samples alone is reported beside it. ``stutz`` and ``combined`` train at 
     python benchmarks/manifold_at_mnist.py [--quick] [--epochs 3] [--n 500] [--defended-n 100]
 
 Models are trained into ``$MANIFOLD_DEFENSE_CACHE/benchmarks/`` (resumable: rerun after a kill); evaluations
-append records per batch (resumable). JSON: {"n": {row: images}, "accuracy": {row: {column}}, "stderr", "judge_agreement",
-"cc_budget_sweep", "epoch_seconds", "epoch_time_vs_pgd_at", "targets", ...}; PNG: a grid of on-manifold
+append records per batch (resumable). JSON: {"n": {row: images}, "accuracy": {row: {column}}, "stderr",
+"judge_agreement", "cc_budget_sweep", "epoch_seconds", "epoch_time_vs_pgd_at", "targets", ...}; PNG: a grid of on-manifold
 adversarial examples per row (``manifold_at_mnist_grid.png``) and, per η of the sweep, against ``standard``
 (``manifold_at_mnist_sweep_grid.png``: where the label stops holding).
 """
