@@ -254,6 +254,31 @@ def main(argv=None) -> int:
     acc, se, agreement, histories, trained, n_rows = {}, {}, {}, {}, {}, {}
     sweep = convergence = None
     rows = ["standard"] + [r for r in args.rows if r != "standard"]  # the sweep runs on standard
+
+    def evaluate_row(name: str, model: torch.nn.Module, defended: bool) -> None:
+        row = f"defended_{name}" if defended else name
+        m = DefendedModel(model, gen, ProjectionConfig.for_generator(gen)).eval() if defended else model
+        # the defended rows on the first --defended-n of the same images (same run folder, same fingerprint)
+        ev = evaluate(m, x, y, attacks(gen, cc_gen, defended, args), batch_size=100,
+                      stop=min(args.defended_n, args.n) if defended else None,
+                      out_dir=work / f"{row}_cc{args.cc_eta:g}", progress=not args.quiet, judges=judges)
+        n_rows[row] = len(ev.indices)
+        write_report(ev, work / f"{row}_cc{args.cc_eta:g}", title=f"MNIST classifier A, {row}")
+        acc[row], se[row] = {}, {}
+        acc[row]["clean"], se[row]["clean"], _ = ev.accuracy()
+        for col in COLUMNS[1:-1]:
+            if any(k[0] == col for k in ev.robust):
+                acc[row][col], se[row][col], _ = ev.accuracy((col, _column_eps(col, args.cc_eta)))
+        worst = [all(ev.robust[k][i] for k in ev.robust) for i in ev.indices]
+        p_w = sum(worst) / len(worst)
+        acc[row]["worst_case"], se[row]["worst_case"] = p_w, (p_w * (1 - p_w) / len(worst)) ** 0.5
+        agreement[row] = ev.judge_agreement()
+        print(row, json.dumps({k: round(v, 4) for k, v in acc[row].items()}), flush=True)
+        # the JSON after every row: a long run never leaves an older run's (possibly higher) figures on show
+        write_result(acc, se, agreement, histories, sweep, convergence, cc_gen, gen, args, out_json, t0, rows, n_rows)
+
+    # every model trained and evaluated undefended first (minutes each), then the defended rows (the
+    # projection makes them the long part): a run stopped early has the cheap rows of every model
     for name in rows:
         print(f"\n== training {name}", flush=True)
         model, histories[name] = train(name, gen, cc_gen, tr, te, args)
@@ -264,30 +289,12 @@ def main(argv=None) -> int:
             example_grid([(f"η = {e:g}", model, e) for e in args.sweep], cc_gen, judges, x, y,
                          out_json.with_name(out_json.stem + "_sweep_grid.png"),
                          "on_manifold_cc against the standard model per latent L∞ budget η")
-        for defended in (False, True):
-            row = f"defended_{name}" if defended else name
-            m = DefendedModel(model, gen, ProjectionConfig.for_generator(gen)).eval() if defended else model
-            # the defended rows on the first --defended-n of the same images (same run folder, same fingerprint)
-            ev = evaluate(m, x, y, attacks(gen, cc_gen, defended, args), batch_size=100,
-                          stop=min(args.defended_n, args.n) if defended else None,
-                          out_dir=work / f"{row}_cc{args.cc_eta:g}", progress=not args.quiet, judges=judges)
-            n_rows[row] = len(ev.indices)
-            write_report(ev, work / f"{row}_cc{args.cc_eta:g}", title=f"MNIST classifier A, {row}")
-            acc[row], se[row] = {}, {}
-            acc[row]["clean"], se[row]["clean"], _ = ev.accuracy()
-            for col in COLUMNS[1:-1]:
-                if any(k[0] == col for k in ev.robust):
-                    acc[row][col], se[row][col], _ = ev.accuracy((col, _column_eps(col, args.cc_eta)))
-            worst = [all(ev.robust[k][i] for k in ev.robust) for i in ev.indices]
-            p_w = sum(worst) / len(worst)
-            acc[row]["worst_case"], se[row]["worst_case"] = p_w, (p_w * (1 - p_w) / len(worst)) ** 0.5
-            agreement[row] = ev.judge_agreement()
-            print(row, json.dumps({k: round(v, 4) for k, v in acc[row].items()}), flush=True)
-            # the JSON after every row: a long run never leaves an older run's (possibly higher) figures on show
-            write_result(acc, se, agreement, histories, sweep, convergence, cc_gen, gen, args, out_json, t0, rows, n_rows)
+        evaluate_row(name, model, False)
         if name == "standard":
             convergence = on_manifold_convergence(model, gen, cc_gen, args.cc_eta, x[:100], y[:100])
             print("on-manifold convergence", json.dumps(convergence), flush=True)
+    for name in rows:
+        evaluate_row(name, trained[name], True)
     example_grid([(name, model, args.cc_eta) for name, model in trained.items()], cc_gen, judges, x, y,
                  out_json.with_name(out_json.stem + "_grid.png"), f"on_manifold_cc, latent L∞ η = {args.cc_eta:g}")
     write_result(acc, se, agreement, histories, sweep, convergence, cc_gen, gen, args, out_json, t0, rows, n_rows)

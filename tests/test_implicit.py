@@ -2,6 +2,7 @@
 
 import torch
 
+from manifold_defense import implicit
 from manifold_defense.implicit import projection_jacobian
 
 
@@ -12,3 +13,25 @@ def test_projection_jacobian_matches_autograd(digits_vae):
     J = projection_jacobian(digits_vae, z)
     assert J.shape == (5, 64, digits_vae.latent_dim)
     torch.testing.assert_close(J, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_backward_in_groups_matches_one_group(digits_vae, monkeypatch):
+    """The backward bounds its memory by taking the samples in groups: groups of 2 (and an odd last one) must
+    give the same gradient, sample for sample, as all 7 samples at once."""
+    z = digits_vae.sample_latent(7, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        x_proj = digits_vae(z)
+    x = (x_proj + 0.1 * torch.randn(x_proj.shape, generator=torch.Generator().manual_seed(2))).clamp(0, 1)
+    u = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
+
+    def grad(max_tangents: int, **kwargs) -> torch.Tensor:
+        monkeypatch.setattr(implicit, "_MAX_TANGENTS", max_tangents)
+        xx = x.clone().requires_grad_()
+        (implicit.implicit_projection(xx, x_proj, z, digits_vae, prior_weight=0.01, **kwargs) * u).sum().backward()
+        return xx.grad
+
+    k = digits_vae.latent_dim
+    for kwargs in ({}, {"curvature": False}, {"dead_zone": 0.05}):
+        whole, grouped = grad(7 * k, **kwargs), grad(2 * k, **kwargs)
+        assert whole.abs().sum() > 0
+        torch.testing.assert_close(grouped, whole, rtol=1e-4, atol=1e-6)
