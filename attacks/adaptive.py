@@ -147,8 +147,9 @@ class BackwardPassDifferentiableApproximation(Attack):
         craft = self.crafting_model(model)
         self.surrogate_description = describe_projection(model, craft)
         pgd = self.pgd
-        if not isinstance(craft, DefendedModel) and pgd.eot > 1:  # a deterministic model: one draw is the expectation
-            pgd = _copy_with(pgd, eot=1)
+        deterministic = not (isinstance(craft, DefendedModel) and craft.projection.stochastic)
+        if deterministic and pgd.eot > 1:  # one draw is the expectation (e.g. the implicit gradient of a
+            pgd = _copy_with(pgd, eot=1)   # deterministic projection): more draws would repeat it, at their cost
         extra = None
         if self.range_restarts and isinstance(model, DefendedModel):
             extra = range_starts(model.generator, model.classifier, x, y.to(x.device), epsilon, self.norm,

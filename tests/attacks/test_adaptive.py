@@ -107,3 +107,21 @@ class TestException:
             BPDA()(digits_classifier, x[:4], y[:4], epsilon=-0.1)
         with pytest.raises(InputError):
             LatentReparameterization(slack=0.0)
+
+
+class TestImplicit:
+    def test_deterministic_projection_costs_one_draw(self, defended, batch, monkeypatch):
+        """EOT over a deterministic projection repeats the same gradient: the implicit attack with eot=4 makes
+        exactly the projections (and finds exactly the adversarial inputs) of eot=1."""
+        from manifold_defense.attacks import ImplicitPGD
+
+        x, y = batch[0][:8], batch[1][:8]
+        calls = []
+        project = ProjectionConfig.project
+        monkeypatch.setattr(ProjectionConfig, "project", lambda self, *a, **k: calls.append(1) or project(self, *a, **k))
+        runs = {}
+        for eot in (1, 4):
+            calls.clear()
+            runs[eot] = (ImplicitPGD(steps=3, eot=eot)(defended, x, y, epsilon=0.3).adversarial, len(calls))
+        assert runs[4][1] == runs[1][1]
+        torch.testing.assert_close(runs[4][0], runs[1][0], rtol=0, atol=0)
