@@ -40,6 +40,7 @@ Columns (robust accuracy; a sample counts only if it is correct and the attack f
   and ε failed.
 
     python benchmarks/defense_mnist.py [--quick] [--generator mnist-wgan] [--n 500] [--rows ...] [--row-n ROW=N ...]
+        [--row-batch-size ROW=B ...]
 
 Every row is evaluated with :func:`manifold_defense.eval.evaluate` (records appended per batch: a killed
 run resumes where it stopped; ``--fresh`` starts over), then the Carlini et al. sanity checks. Writes
@@ -122,6 +123,7 @@ def build_row(row: str, clf, gen, args):
 def run_row(row: str, clf, gen, x, y, args, out: Path) -> dict:
     model, surrogate, n, decision_subset = build_row(row, clf, gen, args)
     n = args.row_n.get(row, n)
+    batch_size = args.row_batch_size.get(row, args.batch_size)
     model.eval()
     budget = AttackBudget.quick() if args.small_budget else AttackBudget()
     specs = [build_attack(name, [eps], classifier=clf, generator=gen, surrogate=surrogate, budget=budget, label=col)
@@ -134,7 +136,7 @@ def run_row(row: str, clf, gen, x, y, args, out: Path) -> dict:
     if args.fresh and row_dir.exists():
         shutil.rmtree(row_dir)
     t0 = time.perf_counter()  # the record store refuses a folder of another configuration (fingerprints)
-    ev = evaluate(model, x[:n], y[:n], specs, batch_size=args.batch_size, out_dir=row_dir, progress=not args.quiet,
+    ev = evaluate(model, x[:n], y[:n], specs, batch_size=batch_size, out_dir=row_dir, progress=not args.quiet,
                   dataset="mnist")
     t_attack = time.perf_counter() - t0
     t1 = time.perf_counter()
@@ -144,7 +146,7 @@ def run_row(row: str, clf, gen, x, y, args, out: Path) -> dict:
     if row == "defended_default" and args.aa_subset > 0:  # AutoAttack at its published budget, on a subset
         m = min(args.aa_subset, n)
         spec = build_attack("autoattack_rand_linf", [0.3], budget=AttackBudget.full(), label="autoattack_linf_0.3_full")
-        ev_full = evaluate(model, x[:m], y[:m], [spec], batch_size=args.batch_size, out_dir=row_dir / "autoattack_full",
+        ev_full = evaluate(model, x[:m], y[:m], [spec], batch_size=batch_size, out_dir=row_dir / "autoattack_full",
                            progress=not args.quiet, dataset="mnist")
         key = ("autoattack_linf_0.3_full", 0.3)
         on_subset = [ev.worst_case_samples()[("linf", 0.3)][i] and ev_full.robust[key][i] for i in range(m)]
@@ -234,17 +236,24 @@ def main(argv=None) -> int:
     p.add_argument("--row-n", nargs="+", default=[], metavar="ROW=N",
                    help="images of a row instead of its default (e.g. defended_default=100 on a slower generator); "
                         "a row's images are part of its records' fingerprint: another N needs --fresh or --out")
+    p.add_argument("--row-batch-size", nargs="+", default=[], metavar="ROW=B",
+                   help="batch size of a row instead of --batch-size: records land per batch, so a slow row (e.g. "
+                        "on a 128-d GAN) resumes from smaller steps; part of the row's fingerprint, like N")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
         args.n = max(5, args.n // 5)
-    try:
-        args.row_n = {r: int(k) for r, k in (item.split("=", 1) for item in args.row_n)}
-    except ValueError:
-        p.error(f"--row-n takes ROW=N items, got {args.row_n}")
-    if bad := [f"{r}={k}" for r, k in args.row_n.items() if r not in ROWS or not 1 <= k <= args.n]:
-        p.error(f"--row-n: unknown row or N outside 1..{args.n} (--n, after --quick): {bad}")
+    for flag, limit in (("row_n", args.n), ("row_batch_size", None)):
+        items, name = getattr(args, flag), "--" + flag.replace("_", "-")
+        try:
+            parsed = {r: int(k) for r, k in (item.split("=", 1) for item in items)}
+        except ValueError:
+            p.error(f"{name} takes ROW=N items, got {items}")
+        if bad := [f"{r}={k}" for r, k in parsed.items() if r not in ROWS or k < 1 or (limit and k > limit)]:
+            p.error(f"{name}: unknown row or value outside 1..{limit or 'inf'}"
+                    f"{' (--n, after --quick)' if limit else ''}: {bad}")
+        setattr(args, flag, parsed)
     if args.threads:
         torch.set_num_threads(args.threads)
     suffix = ("" if args.generator == "mnist-vae20" else "_" + args.generator.replace("mnist-", "")) + \
