@@ -12,10 +12,12 @@ the dead zone and 0 inside). ``curvature=False`` uses the Gauss–Newton ``H ≈
 i.e. ``J (JᵀDJ + nλI)⁻¹ JᵀD``, which drops the second derivatives of ``G`` (measured on the digits VAE: the
 exact form matches finite differences of a converged projection to ~1 %, Gauss–Newton is off by up to 2×).
 A vector–Jacobian product costs ``k`` forward-mode passes through the objective's gradient (they give ``J``
-and ``H`` together; Gauss–Newton needs ``J`` only) and one ``k × k`` solve per sample: no unrolling memory, no EOT for a deterministic projection. A small damping
-(relative to the trace) keeps the solve defined where ``H`` is singular (e.g. every residual in the dead
-zone: the projection is then locally constant and the derivative ~0). The derivative is exact only where
-the projection has converged to a minimum; elsewhere it is the derivative of the stationarity condition.
+and ``H`` together; Gauss–Newton needs ``J`` only) and one ``k × k`` solve per sample: no unrolling memory,
+no EOT for a deterministic projection. A small damping (relative to the trace) keeps the solve defined where
+``H`` is singular (e.g. every residual in the dead zone: the projection is then locally constant and the
+derivative ~0). The derivative is exact only where the projection has converged to a minimum; elsewhere it
+is the derivative of the stationarity condition (on mnist-sngan-inv, 8 of 8 FGSM inputs' projections had a
+slightly indefinite ``H``, smallest eigenvalue −3e-4 to −4e-3 against a largest of ~1).
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ _DAMPING = 1e-6  # relative to trace(H)/k
 #: forward-mode passes (samples × latent dimensions) alive at once in the backward. The samples go through the
 #: Jacobian, the Hessian and the solve in groups of ``_MAX_TANGENTS // k`` (8 samples at k = 128), each group
 #: freed before the next: measured on mnist-sngan-inv (conv GAN, k = 128, 1 CPU thread) the Jacobian +
-#: Hessian of 64 samples peak at 0.8 GB above the model in groups of 8 (0.42 s per sample, 0.25 s since J and
-#: H come from one set of passes), where all at
-#: once needed ~0.07 GB per sample (an attack batch of 100 × 4 range restarts was OOM-killed at 22 GB).
+#: Hessian of 64 samples peak at 0.8 GB above the model in groups of 8 (0.42 s per sample; ~0.25 s since J
+#: and H come from one set of passes), where all at once needed ~0.07 GB per sample (an attack batch of
+#: 100 × 4 range restarts was OOM-killed at 22 GB).
 #: vmap's own ``chunk_size`` did not free between chunks (8 GB at 100 samples, tried and reverted).
 _MAX_TANGENTS = 1024
 
@@ -92,12 +94,12 @@ def _implicit_vjp(generator: nn.Module, z: torch.Tensor, x: torch.Tensor, rho2: 
                   dead_zone: float, prior: float, curvature: bool) -> torch.Tensor:
     """``(N, n)``: ``(1/n) diag(ρ'') J H⁻ᵀ Jᵀ u`` for one group of samples."""
     if curvature:
-        J, H = (t.to(u.dtype) for t in _jacobian_and_hessian(generator, z, x, dead_zone, prior))
+        J, H = (t.to(u.dtype) for t in _jacobian_and_hessian(generator, z, x, dead_zone, prior))  # (N, n, k), (N, k, k)
     else:
-        J = projection_jacobian(generator, z).to(u.dtype)  # (N, n, k)
+        J = projection_jacobian(generator, z).to(u.dtype)
+        eye = torch.eye(J.shape[2], dtype=u.dtype, device=u.device)
+        H = torch.einsum("bnk,bn,bnl->bkl", J, rho2 / J.shape[1], J) + 2 * prior * eye
     n, k = J.shape[1], J.shape[2]
-    if not curvature:
-        H = torch.einsum("bnk,bn,bnl->bkl", J, rho2 / n, J) + 2 * prior * torch.eye(k, dtype=u.dtype, device=u.device)
     trace = H.diagonal(dim1=1, dim2=2).abs().sum(1).clamp_min(1e-12) / k
     H = H + (_DAMPING * trace + 1e-12)[:, None, None] * torch.eye(k, dtype=H.dtype, device=H.device)
     s = torch.linalg.solve(H.transpose(1, 2), torch.einsum("bnk,bn->bk", J, u))
