@@ -436,6 +436,47 @@ class TestSanityCanFail:
         assert ev.sanity["attack_converged"] is True, ev.sanity_details["attack_converged"]
         assert "10.0% at its budget, 5.0% at twice" in ev.sanity_details["attack_converged"]
 
+    def test_an_attack_that_more_restarts_still_improve_fails_the_convergence_check(self):
+        # more steps change nothing, more restarts break 4 more of 20: unconverged (the dead-zone row's ℓ∞
+        # attack was of this kind; a check that doubled iterations only passed it)
+        class PixelModel(nn.Module):  # class 1 iff the first pixel is above 0.5
+            def __init__(self):
+                super().__init__()
+                self.w = nn.Parameter(torch.ones(()))
+
+            def forward(self, x):
+                p = x.flatten(1)[:, 0] * self.w
+                return torch.stack([1 - p, p], 1)
+
+        class BreaksMoreWithRestarts(Attack):
+            norm = "linf"
+
+            def __init__(self, steps, restarts):
+                self.steps, self.restarts = steps, restarts
+
+            def run(self, model, x, y, epsilon):
+                adv = x.clone()
+                adv.flatten(1)[: 10 if self.restarts == 1 else 14, 0] = 1.0
+                return adv
+
+        x, y = torch.zeros(20, 1, 8, 8), torch.zeros(20, dtype=torch.long)
+        model = PixelModel()
+        ev = evaluate(model, x, y, [AttackSpec("flip", BreaksMoreWithRestarts(10, 1), [1.0], "linf")],
+                      batch_size=20, progress=False)
+        sanity_checks(ev, model, x, y, decision_subset=0, convergence_subset=20)
+        assert ev.sanity["attack_converged"] is False, ev.sanity_details["attack_converged"]
+        assert "50.0% at its budget, 30.0% at twice its iterations and restarts" in ev.sanity_details["attack_converged"]
+
+    def test_scaled_attack_doubles_nested_iterations_and_restarts(self):
+        from manifold_defense.attacks.adaptive import BPDA
+        from manifold_defense.eval.sanity import scaled_attack
+
+        attack = BPDA(norm="linf", steps=7, restarts=2, range_restarts=3, eot=5)
+        doubled = scaled_attack(attack, 2)
+        assert (doubled.pgd.steps, doubled.pgd.restarts, doubled.range_restarts) == (14, 4, 6)
+        assert doubled.pgd.eot == 5 and doubled.pgd.random_start is True  # not an iteration count; bool untouched
+        assert (attack.pgd.steps, attack.pgd.restarts, attack.range_restarts) == (7, 2, 3)  # the original is kept
+
     def test_a_check_that_cannot_run_is_reported_not_raised(self, digits_classifier, batch, tmp_path):
         from manifold_defense.eval import write_report
 
