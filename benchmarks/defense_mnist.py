@@ -48,6 +48,11 @@ run resumes where it stopped; ``--fresh`` starts over), then the Carlini et al. 
 ``defense_mnist[_GENERATOR][_quick].json`` ({"n", "accuracy", "stderr", "sanity", ..., "missing_rows"}), a
 Markdown table and a bar chart — after every row, with the rows finished so far — and per row the evaluation's
 report, accuracy-vs-ε plot and example grid.
+
+Rows run in parallel processes (``--rows R --out other.json``, one core each) are joined with
+``--merge a.json b.json ...``: the outputs are rebuilt from those files' finished rows, refusing files of
+another classifier, generator or attack budget and a row finished in two files; ``merged_from`` lists each
+file's rows and provenance.
 """
 
 from __future__ import annotations
@@ -244,6 +249,9 @@ def main(argv=None) -> int:
                         "on a 128-d GAN) resumes from smaller steps; part of the row's fingerprint, like N")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="write the outputs from the finished rows of these earlier runs (run in parallel with "
+                        "--rows and --out) instead of evaluating")
     args = p.parse_args(argv)
     if args.quick:
         args.n = max(5, args.n // 5)
@@ -262,6 +270,13 @@ def main(argv=None) -> int:
     suffix = ("" if args.generator == "mnist-vae20" else "_" + args.generator.replace("mnist-", "")) + \
              ("_quick" if args.quick else "")
     out_json = Path(args.out) if args.out else Path(__file__).parent / "results" / f"defense_mnist{suffix}.json"
+    if args.merge:
+        try:
+            per_row, sources = merge_rows([Path(f) for f in args.merge], args)
+        except (OSError, ValueError, KeyError) as e:
+            p.error(f"--merge: {e}")
+        write_outputs(per_row, args, out_json, time.perf_counter(), sources=sources)
+        return 0
     work = out_json.with_suffix("")
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -279,8 +294,40 @@ def main(argv=None) -> int:
     return 0
 
 
-def write_outputs(per_row: dict, args, out_json: Path, t0: float) -> None:
-    """JSON, Markdown and PNG of the rows finished so far (``missing_rows``: the benchmark's other rows)."""
+def _run_config(args) -> dict:
+    return {"classifier": args.classifier, "generator": args.generator, "quick": args.quick,
+            "budget": dataclasses.asdict(AttackBudget.quick() if args.small_budget else AttackBudget())}
+
+
+def merge_rows(files: list[Path], args) -> tuple[dict, list[dict]]:
+    """The finished rows of earlier runs' JSONs as ``run_row`` results, and where each came from. Raises
+    ``ValueError`` for a file of another configuration (classifier, generator, quick, budget) than ``args``
+    or a row finished in two files."""
+    want, per_row, sources = _run_config(args), {}, []
+    for f in files:
+        d = json.loads(f.read_text())
+        got = {k: d["config"][k] for k in want}
+        if got != want:
+            raise ValueError(f"{f} was run with {got}, this merge is for {want}")
+        rows = [r for r in ROWS if r in d["accuracy"]]
+        if twice := [r for r in rows if r in per_row]:
+            raise ValueError(f"row(s) {twice} finished in {f} and in an earlier file: keep one")
+        for r in rows:
+            per_row[r] = {"n": d["n"][r], "accuracy": d["accuracy"][r], "stderr": d["stderr"][r], "ci95": d["ci95"][r],
+                          "extra_columns": d.get("extra_columns", {}).get(r, {}),
+                          "autoattack_full": d.get("autoattack_full", {}).get(r),
+                          "robustbench": d["robustbench"][r], "sanity": d["sanity"][r],
+                          "sanity_details": d["sanity_details"][r], "notes": d["projection_attacked"][r],
+                          "projection": d["projection"][r], **d["seconds"][r]}
+        sources.append({"file": str(f), "rows": rows, "provenance": d.get("provenance")})
+    if not per_row:
+        raise ValueError(f"no finished row in {[str(f) for f in files]}")
+    return per_row, sources
+
+
+def write_outputs(per_row: dict, args, out_json: Path, t0: float, sources: list[dict] | None = None) -> None:
+    """JSON, Markdown and PNG of the rows finished so far (``missing_rows``: the benchmark's other rows);
+    ``sources``: the files the rows were merged from (``merged_from``)."""
     missing = [r for r in ROWS if r not in per_row]
     per_row = {r: per_row[r] for r in ROWS if r in per_row}  # the table's order, whatever order the rows ran in
     result = {
@@ -297,14 +344,16 @@ def write_outputs(per_row: dict, args, out_json: Path, t0: float) -> None:
         "projection": {r: v["projection"] for r, v in per_row.items()},
         "seconds": {r: {k: v[k] for k in ("seconds", "attack_seconds", "sanity_seconds", "per_attack_seconds")}
                     for r, v in per_row.items()},
-        "config": {"classifier": args.classifier, "generator": args.generator, "quick": args.quick,
-                   "budget": dataclasses.asdict(AttackBudget.quick() if args.small_budget else AttackBudget()),
-                   "torch_threads": torch.get_num_threads()},
+        "config": _run_config(args) | {"torch_threads": torch.get_num_threads()},
     }
+    if sources is not None:
+        result["merged_from"] = sources
     if set(ROWS[:3]) <= set(per_row):
         result["targets"] = {k: bool(f(result["accuracy"], result["sanity"])) for k, f in TARGETS.items()}
     result["missing_rows"] = missing
-    result["total_seconds"] = time.perf_counter() - t0
+    # merged: the rows' own seconds (their runs overlapped in time), not this process's
+    result["total_seconds"] = (sum(v["seconds"] for v in per_row.values()) if sources is not None
+                               else time.perf_counter() - t0)
     title = f"MNIST classifier A behind {args.generator} projections"
     result["provenance"] = provenance(args)
     atomic_write_text(out_json, json.dumps(result, indent=2))

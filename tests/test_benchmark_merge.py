@@ -1,0 +1,84 @@
+"""``benchmarks/defense_mnist.py --merge``: rows run in parallel processes are joined without losing or
+mixing anything (the committed benchmark JSON, split by row, is the fixture)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+COMMITTED = BENCH / "results" / "defense_mnist.json"
+
+
+@pytest.fixture(scope="module")
+def defense_mnist():
+    sys.path.insert(0, str(BENCH))
+    try:
+        yield importlib.import_module("defense_mnist")
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def _only(d: dict, rows: list[str]) -> dict:
+    """``d`` as a run of just ``rows`` would have written it."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and set(v) <= set(d["accuracy"]) and k not in ("config", "provenance"):
+            out[k] = {r: x for r, x in v.items() if r in rows}
+        else:
+            out[k] = v
+    return out
+
+
+def _split(tmp_path: Path, parts: list[list[str]]) -> list[str]:
+    d = json.loads(COMMITTED.read_text())
+    files = []
+    for i, rows in enumerate(parts):
+        f = tmp_path / f"part{i}.json"
+        f.write_text(json.dumps(_only(d, rows)))
+        files.append(str(f))
+    return files
+
+
+def test_merge_rebuilds_every_row(defense_mnist, tmp_path):
+    committed = json.loads(COMMITTED.read_text())
+    rows = list(committed["accuracy"])
+    files = _split(tmp_path, [rows[:2], rows[2:]])
+    out = tmp_path / "merged.json"
+    assert defense_mnist.main(["--merge", *files, "--out", str(out)]) == 0
+    merged = json.loads(out.read_text())
+    for key in ("n", "accuracy", "stderr", "ci95", "sanity", "sanity_details", "robustbench", "projection",
+                "projection_attacked", "extra_columns", "autoattack_full", "seconds"):
+        assert merged[key] == committed[key], key
+    assert merged["missing_rows"] == committed["missing_rows"]
+    assert [s["rows"] for s in merged["merged_from"]] == [rows[:2], rows[2:]]
+    assert merged["total_seconds"] == pytest.approx(sum(v["seconds"] for v in committed["seconds"].values()))
+
+
+def test_merge_with_a_row_missing_says_so(defense_mnist, tmp_path):
+    rows = list(json.loads(COMMITTED.read_text())["accuracy"])
+    out = tmp_path / "merged.json"
+    assert defense_mnist.main(["--merge", *_split(tmp_path, [rows[:1], rows[2:]]), "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["missing_rows"] == [rows[1]]
+
+
+@pytest.mark.parametrize("case", ["same row twice", "other generator", "other budget"])
+def test_merge_refuses_rows_that_do_not_belong_together(defense_mnist, tmp_path, capsys, case):
+    rows = list(json.loads(COMMITTED.read_text())["accuracy"])
+    files = _split(tmp_path, [rows[:2], rows[1:]] if case == "same row twice" else [rows[:2], rows[2:]])
+    if case != "same row twice":
+        d = json.loads(Path(files[1]).read_text())
+        if case == "other generator":
+            d["config"]["generator"] = "mnist-wgan"
+        else:
+            d["config"]["budget"]["steps"] = d["config"]["budget"].get("steps", 0) + 1
+        Path(files[1]).write_text(json.dumps(d))
+    out = tmp_path / "merged.json"
+    with pytest.raises(SystemExit):
+        defense_mnist.main(["--merge", *files, "--out", str(out)])
+    assert "--merge" in capsys.readouterr().err
+    assert not out.exists()  # nothing half-written
