@@ -147,9 +147,12 @@ class BackwardPassDifferentiableApproximation(Attack):
         craft = self.crafting_model(model)
         self.surrogate_description = describe_projection(model, craft)
         pgd = self.pgd
-        deterministic = not (isinstance(craft, DefendedModel) and craft.projection.stochastic)
-        if deterministic and pgd.eot > 1:  # one draw is the expectation (e.g. the implicit gradient of a
-            pgd = _copy_with(pgd, eot=1)   # deterministic projection): more draws would repeat it, at their cost
+        # one draw is the expectation where the crafting model is known to be deterministic (a DefendedModel
+        # with a deterministic projection, e.g. its implicit gradient): more draws would repeat it, at their
+        # cost. Any other model may be randomised (a user's random-transform defense): it keeps its draws.
+        deterministic = isinstance(craft, DefendedModel) and not craft.projection.stochastic
+        if deterministic and pgd.eot > 1:
+            pgd = _copy_with(pgd, eot=1)
         extra = None
         if self.range_restarts and isinstance(model, DefendedModel):
             extra = range_starts(model.generator, model.classifier, x, y.to(x.device), epsilon, self.norm,

@@ -125,3 +125,25 @@ class TestImplicit:
             runs[eot] = (ImplicitPGD(steps=3, eot=eot)(defended, x, y, epsilon=0.3).adversarial, len(calls))
         assert runs[4][1] == runs[1][1]
         torch.testing.assert_close(runs[4][0], runs[1][0], rtol=0, atol=0)
+
+    def test_a_model_not_known_to_be_deterministic_keeps_its_eot_draws(self, digits_classifier, batch):
+        """A randomised model that is not a DefendedModel (here: Gaussian input noise) gets every EOT draw:
+        collapsing them would weaken the attack on exactly the models that need EOT."""
+        x, y = batch[0][:8], batch[1][:8]
+
+        class NoisyInput(torch.nn.Module):
+            def __init__(self, net):
+                super().__init__()
+                self.net, self.images = net, 0
+
+            def forward(self, v):
+                self.images += len(v)
+                return self.net(v + 1e-3 * torch.randn_like(v))  # random, too weak to flip a label
+
+        seen = {}
+        torch.manual_seed(0)
+        for eot in (1, 4):
+            model = NoisyInput(digits_classifier).eval()
+            BPDA(norm="linf", steps=3, eot=eot)(model, x, y, epsilon=1e-3)  # too small to break any: all run
+            seen[eot] = model.images
+        assert seen[4] >= seen[1] + 3 * 3 * len(x)  # 3 more draws of every sample at each of the 3 steps
