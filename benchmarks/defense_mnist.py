@@ -301,8 +301,8 @@ def _run_config(args) -> dict:
 
 def merge_rows(files: list[Path], args) -> tuple[dict, list[dict]]:
     """The finished rows of earlier runs' JSONs as ``run_row`` results, and where each came from. Raises
-    ``ValueError`` for a file of another configuration (classifier, generator, quick, budget) than ``args``
-    or a row finished in two files."""
+    ``ValueError`` for a file of another configuration (classifier, generator, quick, budget) than ``args``,
+    a row finished in two files or a row without one of the columns this script evaluates on it."""
     want, per_row, sources = _run_config(args), {}, []
     for f in files:
         d = json.loads(f.read_text())
@@ -312,7 +312,10 @@ def merge_rows(files: list[Path], args) -> tuple[dict, list[dict]]:
         rows = [r for r in ROWS if r in d["accuracy"]]
         if twice := [r for r in rows if r in per_row]:
             raise ValueError(f"row(s) {twice} finished in {f} and in an earlier file: keep one")
-        for r in rows:
+        for r in rows:  # a row of an older run, without a column added since, would report too high
+            if lacking := (set(ATTACK_COLUMNS) - set(d["accuracy"][r])) | \
+                    (set(EXTRA_COLUMNS.get(r, {})) - set(d.get("extra_columns", {}).get(r, {}))):
+                raise ValueError(f"{f}: row {r} lacks column(s) {sorted(lacking)} that this script evaluates")
             per_row[r] = {"n": d["n"][r], "accuracy": d["accuracy"][r], "stderr": d["stderr"][r], "ci95": d["ci95"][r],
                           "extra_columns": d.get("extra_columns", {}).get(r, {}),
                           "autoattack_full": d.get("autoattack_full", {}).get(r),

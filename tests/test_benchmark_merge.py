@@ -68,7 +68,7 @@ def test_merge_with_a_row_missing_says_so(defense_mnist, tmp_path):
     assert rows[1] in json.loads(out.read_text())["missing_rows"]
 
 
-@pytest.mark.parametrize("case", ["same row twice", "other generator", "other budget"])
+@pytest.mark.parametrize("case", ["same row twice", "other generator", "other budget", "a column missing"])
 def test_merge_refuses_rows_that_do_not_belong_together(defense_mnist, tmp_path, capsys, case):
     rows = list(json.loads(COMMITTED.read_text())["accuracy"])
     files = _split(tmp_path, [rows[:2], rows[1:]] if case == "same row twice" else [rows[:2], rows[2:]])
@@ -76,6 +76,9 @@ def test_merge_refuses_rows_that_do_not_belong_together(defense_mnist, tmp_path,
         d = json.loads(Path(files[1]).read_text())
         if case == "other generator":
             d["config"]["generator"] = "mnist-wgan"
+        elif case == "a column missing":  # an older run's row, before a stronger attack was added to it
+            row = next(r for r in d["accuracy"] if r in d.get("extra_columns", {}))
+            d["extra_columns"][row].popitem()
         else:
             d["config"]["budget"]["steps"] = d["config"]["budget"].get("steps", 0) + 1
         Path(files[1]).write_text(json.dumps(d))

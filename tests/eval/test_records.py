@@ -27,6 +27,18 @@ from manifold_defense.eval import (
 from manifold_defense.validation import InputError
 
 
+class _FirstPixelModel(nn.Module):
+    """Class 1 iff the first pixel is above 0.5: an attack's success is whatever it writes there."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(()))
+
+    def forward(self, x):
+        p = x.flatten(1)[:, 0] * self.w
+        return torch.stack([1 - p, p], 1)
+
+
 def _specs(steps: int = 5):
     return [AttackSpec("fgsm", FGSM(), [0.05, 0.1], "linf", iterative=False),
             AttackSpec("pgd_linf", LinfPGD(steps=steps), [0.1], "linf")]
@@ -408,15 +420,6 @@ class TestSanityCanFail:
     def test_a_one_sample_change_on_twenty_samples_counts_as_converged(self):
         # 2/20 robust at the budget, 1/20 at twice the steps: one sample, within the tolerance (float32 means
         # once made this 0.0500000007 > 0.05 and flagged it)
-        class PixelModel(nn.Module):  # class 1 iff the first pixel is above 0.5
-            def __init__(self):
-                super().__init__()
-                self.w = nn.Parameter(torch.ones(()))
-
-            def forward(self, x):
-                p = x.flatten(1)[:, 0] * self.w
-                return torch.stack([1 - p, p], 1)
-
         class BreaksMoreWithSteps(Attack):
             norm = "linf"
 
@@ -429,7 +432,7 @@ class TestSanityCanFail:
                 return adv
 
         x, y = torch.zeros(20, 1, 8, 8), torch.zeros(20, dtype=torch.long)
-        model = PixelModel()
+        model = _FirstPixelModel()
         ev = evaluate(model, x, y, [AttackSpec("flip", BreaksMoreWithSteps(1), [1.0], "linf")], batch_size=20,
                       progress=False)
         sanity_checks(ev, model, x, y, decision_subset=0, convergence_subset=20)
@@ -439,15 +442,6 @@ class TestSanityCanFail:
     def test_an_attack_that_more_restarts_still_improve_fails_the_convergence_check(self):
         # more steps change nothing, more restarts break 4 more of 20: unconverged (the dead-zone row's ℓ∞
         # attack was of this kind; a check that doubled iterations only passed it)
-        class PixelModel(nn.Module):  # class 1 iff the first pixel is above 0.5
-            def __init__(self):
-                super().__init__()
-                self.w = nn.Parameter(torch.ones(()))
-
-            def forward(self, x):
-                p = x.flatten(1)[:, 0] * self.w
-                return torch.stack([1 - p, p], 1)
-
         class BreaksMoreWithRestarts(Attack):
             norm = "linf"
 
@@ -460,7 +454,7 @@ class TestSanityCanFail:
                 return adv
 
         x, y = torch.zeros(20, 1, 8, 8), torch.zeros(20, dtype=torch.long)
-        model = PixelModel()
+        model = _FirstPixelModel()
         ev = evaluate(model, x, y, [AttackSpec("flip", BreaksMoreWithRestarts(10, 1), [1.0], "linf")],
                       batch_size=20, progress=False)
         sanity_checks(ev, model, x, y, decision_subset=0, convergence_subset=20)
