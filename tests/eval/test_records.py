@@ -39,6 +39,30 @@ class _FirstPixelModel(nn.Module):
         return torch.stack([1 - p, p], 1)
 
 
+class _FlipsFirstPixel(Attack):
+    """Sets the first pixel of the first ``breaks(steps, restarts)`` of 20 samples: an attack whose success
+    depends on its iterations and restarts exactly as a convergence test needs."""
+
+    norm = "linf"
+
+    def __init__(self, breaks, *, steps: int = 1, restarts: int = 1):
+        self.breaks, self.steps, self.restarts = breaks, steps, restarts
+
+    def run(self, model, x, y, epsilon):
+        adv = x.clone()
+        adv.flatten(1)[: self.breaks(self.steps, self.restarts), 0] = 1.0
+        return adv
+
+
+def _convergence_check(attack: Attack):
+    """``attack_converged`` on 20 zero images of class 0 behind :class:`_FirstPixelModel`."""
+    x, y = torch.zeros(20, 1, 8, 8), torch.zeros(20, dtype=torch.long)
+    model = _FirstPixelModel()
+    ev = evaluate(model, x, y, [AttackSpec("flip", attack, [1.0], "linf")], batch_size=20, progress=False)
+    sanity_checks(ev, model, x, y, decision_subset=0, convergence_subset=20)
+    return ev
+
+
 def _specs(steps: int = 5):
     return [AttackSpec("fgsm", FGSM(), [0.05, 0.1], "linf", iterative=False),
             AttackSpec("pgd_linf", LinfPGD(steps=steps), [0.1], "linf")]
@@ -420,44 +444,14 @@ class TestSanityCanFail:
     def test_a_one_sample_change_on_twenty_samples_counts_as_converged(self):
         # 2/20 robust at the budget, 1/20 at twice the steps: one sample, within the tolerance (float32 means
         # once made this 0.0500000007 > 0.05 and flagged it)
-        class BreaksMoreWithSteps(Attack):
-            norm = "linf"
-
-            def __init__(self, steps):
-                self.steps = steps
-
-            def run(self, model, x, y, epsilon):
-                adv = x.clone()
-                adv.flatten(1)[: 18 if self.steps == 1 else 19, 0] = 1.0
-                return adv
-
-        x, y = torch.zeros(20, 1, 8, 8), torch.zeros(20, dtype=torch.long)
-        model = _FirstPixelModel()
-        ev = evaluate(model, x, y, [AttackSpec("flip", BreaksMoreWithSteps(1), [1.0], "linf")], batch_size=20,
-                      progress=False)
-        sanity_checks(ev, model, x, y, decision_subset=0, convergence_subset=20)
+        ev = _convergence_check(_FlipsFirstPixel(lambda steps, restarts: 18 if steps == 1 else 19))
         assert ev.sanity["attack_converged"] is True, ev.sanity_details["attack_converged"]
         assert "10.0% at its budget, 5.0% at twice" in ev.sanity_details["attack_converged"]
 
     def test_an_attack_that_more_restarts_still_improve_fails_the_convergence_check(self):
         # more steps change nothing, more restarts break 4 more of 20: unconverged (the dead-zone row's ℓ∞
         # attack was of this kind; a check that doubled iterations only passed it)
-        class BreaksMoreWithRestarts(Attack):
-            norm = "linf"
-
-            def __init__(self, steps, restarts):
-                self.steps, self.restarts = steps, restarts
-
-            def run(self, model, x, y, epsilon):
-                adv = x.clone()
-                adv.flatten(1)[: 10 if self.restarts == 1 else 14, 0] = 1.0
-                return adv
-
-        x, y = torch.zeros(20, 1, 8, 8), torch.zeros(20, dtype=torch.long)
-        model = _FirstPixelModel()
-        ev = evaluate(model, x, y, [AttackSpec("flip", BreaksMoreWithRestarts(10, 1), [1.0], "linf")],
-                      batch_size=20, progress=False)
-        sanity_checks(ev, model, x, y, decision_subset=0, convergence_subset=20)
+        ev = _convergence_check(_FlipsFirstPixel(lambda steps, restarts: 10 if restarts == 1 else 14, steps=10))
         assert ev.sanity["attack_converged"] is False, ev.sanity_details["attack_converged"]
         assert "50.0% at its budget, 30.0% at twice its iterations and restarts" in ev.sanity_details["attack_converged"]
 
