@@ -12,6 +12,8 @@ from manifold_defense.attacks.adaptive import (
     ImplicitPGD,
     LatentReparam,
     LatentReparameterization,
+    RangeTarget,
+    RangeTargetAttack,
     UnrolledPGD,
     margin_loss,
 )
@@ -25,5 +27,5 @@ from manifold_defense.attacks.on_manifold import LatentPGD, OnManifoldPGD, Overp
 from manifold_defense.attacks.pixel import FGSM, L2PGD, FastGradientSignMethod, LinfPGD, ProjectedGradientDescent
 
 __all__ = ["BPDA", "BackwardPassDifferentiableApproximation", "ImplicitPGD", "LatentReparam", "LatentReparameterization",
-           "UnrolledPGD", "margin_loss", "HopSkipJump", "OverpoweredAttack", "LatentPGD", "OnManifoldPGD", "AutoAttack", "CarliniWagnerL2", "Attack", "AttackResult", "FirstSuccess", "TransferAttack", "perturbation_norm", "FGSM", "FastGradientSignMethod", "LinfPGD", "L2PGD",
+           "RangeTarget", "RangeTargetAttack", "UnrolledPGD", "margin_loss", "HopSkipJump", "OverpoweredAttack", "LatentPGD", "OnManifoldPGD", "AutoAttack", "CarliniWagnerL2", "Attack", "AttackResult", "FirstSuccess", "TransferAttack", "perturbation_norm", "FGSM", "FastGradientSignMethod", "LinfPGD", "L2PGD",
            "ProjectedGradientDescent", "ClassConditionalLatentPGD", "ClassConditionalOverpowered", "PerClassAttack"]

@@ -27,6 +27,7 @@ from manifold_defense.attacks import (
     LatentPGD,
     LatentReparameterization,
     OverpoweredAttack,
+    RangeTargetAttack,
     TransferAttack,
     UnrolledPGD,
 )
@@ -57,6 +58,7 @@ class AttackBudget:
     cw_steps: int = 100
     range_restarts: int = 3  # implicit PGD: restarts from the nearest other-class points of the range
     on_manifold_cc_steps: int = 40  # class-conditional latent PGD (Stutz et al. 2019: 40 iterations)
+    range_targets: int = 16  # range-target attack: other-class targets per sample (its restarts)
     #: with a surrogate projection (crafting on a cheaper one than the attacked model's), score every unbroken
     #: iterate on the attacked model every this many steps (and in between where the surrogate already fails)
     surrogate_check_every: int = 5
@@ -71,7 +73,7 @@ class AttackBudget:
         """Small budgets for smoke runs (results are not publishable)."""
         return cls(pgd_steps=10, eot=1, unroll_steps=10, latent_steps=50, on_manifold_steps=50, overpowered_steps=50,
                    on_manifold_cc_steps=20,
-                   autoattack_iter=10, autoattack_eot=1, cw_steps=30, range_restarts=1)
+                   autoattack_iter=10, autoattack_eot=1, cw_steps=30, range_restarts=1, range_targets=4)
 
     @classmethod
     def full(cls) -> "AttackBudget":
@@ -80,7 +82,7 @@ class AttackBudget:
         and state n)."""
         return cls(pgd_steps=100, eot=20, restarts=2, unroll_steps=40, latent_steps=200, latent_restarts=4,
                    on_manifold_steps=200, on_manifold_cc_steps=200, overpowered_steps=200, autoattack_iter=100, autoattack_eot=20, cw_steps=1000,
-                   range_restarts=8)
+                   range_restarts=8, range_targets=32)
 
     @classmethod
     def named(cls, name: str) -> "AttackBudget":
@@ -182,6 +184,10 @@ def _autoattack(rand: bool) -> Callable[[_Context], Attack]:
     return build
 
 
+def _range_target(c: _Context) -> Attack:
+    return RangeTargetAttack(c.generator, restarts=c.budget.range_targets, steps=c.budget.latent_steps)
+
+
 def _cw(c: _Context) -> Attack:
     return CarliniWagnerL2(steps=c.budget.cw_steps)
 
@@ -205,6 +211,9 @@ ATTACKS: dict[str, RegisteredAttack] = {a.name: a for a in [
                      _reparam),
     RegisteredAttack("latent_reparam_linf", "linf", (0.3,), True,
                      "latent reparameterisation (Athalye et al.), L-inf ball", _reparam),
+    RegisteredAttack("range_target_linf", "linf", (0.3,), True,
+                     "L-inf inputs that make another class's range point the projection's best fit, through the "
+                     "projection's own loss (dead zone too)", _range_target),
     RegisteredAttack("on_manifold", "on_manifold", (1.5,), True, "latent PGD, ‖G(z') − G(ẑ)‖₂ ≤ η", _on_manifold,
                      ("generator",)),
     RegisteredAttack("overpowered", "on_manifold", (1.5,), True,
