@@ -309,7 +309,9 @@ class RangeTargetAttack(Attack):
     under most ℓ∞ perturbations (its implicit derivative vanishes, BPDA's points elsewhere): this attack
     needs no gradient of the projection, and is where such a defense is attacked as Tramèr et al. (2020,
     "On Adaptive Attacks to Adversarial Example Defenses") ask — through the defense's own objective.
-    Success is scored on the attacked model; each sample keeps its first breaking input.
+    Success is scored on the attacked model; each sample keeps its first breaking input. On a smooth
+    (squared-error) projection :class:`ImplicitPGD` is the stronger attack; without a projection (``generator=``
+    given, any classifier) the projection is the identity and the targets' own class is the classifier's.
     """
 
     norm = "linf"
