@@ -108,6 +108,9 @@ EXTRA_COLUMNS = {"defended_dead_zone": {"pgd_linf_0.3_implicit_smooth_surrogate"
                                         "range_target_linf_0.3_full": ("range_target_linf", 0.3, "full")},
                  "defended_defense_gan": {"pgd_linf_0.3_implicit_full": ("pgd_linf_implicit", 0.3, "full")}}
 
+#: AttackBudget fields added after results were committed → the only attacks they budget (a file without the
+#: field merges only if none of its columns ran one of them)
+BUDGET_FIELDS_OF_NEW_ATTACKS = {"range_targets": {"range_target_linf"}, "on_manifold_cc_steps": {"on_manifold_cc"}}
 TARGETS = {
     "undefended clean >= 0.99": lambda a, s: a["undefended"]["clean"] >= 0.99,
     "defended_defense_gan clean >= 0.97": lambda a, s: a["defended_defense_gan"]["clean"] >= 0.97,
@@ -315,12 +318,19 @@ def merge_rows(files: list[Path], args) -> tuple[dict, list[dict]]:
     for f in files:
         d = json.loads(f.read_text())
         got = {k: d["config"][k] for k in want}
-        # a budget field added since the file was written budgets an attack the file never ran (its columns
-        # are checked below): compared on the file's own fields, which must all be today's and equal
-        want_here = want | {"budget": {k: v for k, v in want["budget"].items() if k in got["budget"]}}
+        # a budget field added since the file was written is accepted only if it budgets attacks none of the
+        # file's columns ran (a field that changed an existing attack would let a weaker run through)
+        rows = [r for r in ROWS if r in d["accuracy"]]
+        extra = d.get("extra_columns", {})
+        ran = {ATTACK_COLUMNS.get(c, (None,))[0] for r in rows for c in d["accuracy"][r]} | \
+              {spec[0] for r in rows for c, spec in EXTRA_COLUMNS.get(r, {}).items() if c in extra.get(r, {})}
+        absent = set(want["budget"]) - set(got["budget"])
+        new_only = BUDGET_FIELDS_OF_NEW_ATTACKS
+        if bad := sorted(k for k in absent if k not in new_only or new_only[k] & ran):
+            raise ValueError(f"{f} lacks attack budget field(s) {bad} that its attacks use: rerun it")
+        want_here = want | {"budget": {k: v for k, v in want["budget"].items() if k not in absent}}
         if got != want_here:
             raise ValueError(f"{f} was run with {got}, this merge is for {want}")
-        rows = [r for r in ROWS if r in d["accuracy"]]
         if twice := [r for r in rows if r in per_row]:
             raise ValueError(f"row(s) {twice} finished in {f} and in an earlier file: keep one")
         for r in rows:  # a row of an older run, without a column added since, would report too high

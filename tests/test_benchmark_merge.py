@@ -101,3 +101,18 @@ def test_merge_accepts_a_file_from_before_a_budget_field_existed(defense_mnist, 
     out = tmp_path / "merged.json"
     assert defense_mnist.main(["--merge", *files, "--out", str(out)]) == 0
     assert json.loads(out.read_text())["accuracy"] == json.loads(COMMITTED.read_text())["accuracy"]
+
+
+@pytest.mark.parametrize("field", ["pgd_steps", "range_targets"])
+def test_merge_refuses_a_file_without_a_budget_field_its_attacks_use(defense_mnist, tmp_path, capsys, field):
+    """pgd_steps budgets BPDA, which every row ran; range_targets budgets the dead-zone row's range-target column."""
+    rows = list(json.loads(COMMITTED.read_text())["accuracy"])
+    files = _split(tmp_path, [rows[:2], rows[2:]])  # the second part holds the dead-zone row
+    d = json.loads(Path(files[1]).read_text())
+    d["config"]["budget"].pop(field)
+    Path(files[1]).write_text(json.dumps(d))
+    out = tmp_path / "merged.json"
+    with pytest.raises(SystemExit):
+        defense_mnist.main(["--merge", *files, "--out", str(out)])
+    assert field in capsys.readouterr().err
+    assert not out.exists()
