@@ -40,7 +40,7 @@ from manifold_defense.validation import InputError, check_compatible
 
 __all__ = ["BPDA", "BackwardPassDifferentiableApproximation", "ImplicitPGD", "UnrolledPGD",
            "LatentReparameterization", "LatentReparam", "margin_loss", "crafting_model", "describe_projection",
-           "same_function", "range_starts"]
+           "same_function", "range_starts", "nearest_other_class"]
 
 
 def _copy_with(obj, **changes):
@@ -66,27 +66,37 @@ def crafting_model(model: nn.Module, projection: ProjectionConfig | None = None,
     return model.variant(projection=cfg, gradient=gradient)
 
 
-def range_starts(generator: nn.Module, classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float,
-                 norm: str, k: int, *, pool: int = 4000, seed: int = 0) -> torch.Tensor:
-    """``(n, k, …)`` starting points for an attack on a projection defense: per sample, the ``k`` images of the
-    generator's range nearest to ``x`` (ℓ2 distance; for ℓ∞ the squared part of the differences beyond ε)
-    that the classifier labels differently, each projected onto the ε-ball around ``x``. A projection defense
-    returns the nearest point of its range, so an input moved towards another class's part of the range is
-    where its answer flips; gradient steps from there finish the job. ``pool`` seeded prior samples."""
+def nearest_other_class(generator: nn.Module, classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, radius: float,
+                        norm: str, k: int, *, pool: int = 4000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(latents (n, k, d), images (n, k, …))``: per sample, the ``k`` of ``pool`` seeded prior samples that the
+    classifier labels other than ``y`` and that lie nearest to ``x`` (ℓ2 distance; for ℓ∞ the squared part of
+    the per-pixel differences beyond ``radius``)."""
     device = x.device
     with torch.no_grad():
-        z = generator.sample_latent(pool, torch.Generator().manual_seed(seed), device=torch.device("cpu"))
-        images = torch.cat([generator(c.to(device)) for c in z.split(500)])
+        z = generator.sample_latent(pool, torch.Generator().manual_seed(seed), device=torch.device("cpu")).to(device)
+        images = torch.cat([generator(c) for c in z.split(500)])
         labels = torch.cat([classifier(c).argmax(1) for c in images.split(500)])
         xf, cost = x.flatten(1), []
         for c in images.flatten(1).split(256):
             if norm == "l2":
                 cost.append(torch.cdist(xf, c))
             else:
-                cost.append((xf[:, None] - c[None]).abs().sub(epsilon).clamp_min(0).pow(2).sum(-1))
+                cost.append((xf[:, None] - c[None]).abs().sub(radius).clamp_min(0).pow(2).sum(-1))
         cost = torch.cat(cost, 1)
         cost = torch.where(labels[None] == y[:, None].to(labels.device), torch.full_like(cost, float("inf")), cost)
-        targets = images[cost.topk(min(k, pool), dim=1, largest=False).indices]  # (n, k, C, H, W)
+        idx = cost.topk(min(k, pool), dim=1, largest=False).indices
+        return z[idx], images[idx]
+
+
+def range_starts(generator: nn.Module, classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float,
+                 norm: str, k: int, *, pool: int = 4000, seed: int = 0) -> torch.Tensor:
+    """``(n, k, …)`` starting points for an attack on a projection defense: per sample, the ``k`` images of the
+    generator's range nearest to ``x`` that the classifier labels differently (:func:`nearest_other_class`,
+    radius ε), each projected onto the ε-ball around ``x``. A projection defense returns the nearest point of
+    its range, so an input moved towards another class's part of the range is where its answer flips;
+    gradient steps from there finish the job. ``pool`` seeded prior samples."""
+    _, targets = nearest_other_class(generator, classifier, x, y, epsilon, norm, k, pool=pool, seed=seed)
+    with torch.no_grad():
         xr = x[:, None].expand_as(targets)
         return (xr + project_to_ball((targets - xr).flatten(0, 1), epsilon, norm).view_as(targets)).clamp(0, 1)
 

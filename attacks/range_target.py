@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from manifold_defense.attacks.adaptive import nearest_other_class
 from manifold_defense.attacks.base import Attack, labels_of
 from manifold_defense.attacks.pixel import margin
 from manifold_defense.defended import DefendedModel
@@ -62,15 +63,8 @@ class RangeTargetAttack(Attack):
                  ) -> torch.Tensor:
         """``(n · restarts, latent)``: per sample, the other-label prior samples of least excess, refined."""
         k = min(self.restarts, self.pool)
-        with torch.no_grad():
-            z = gen.sample_latent(self.pool, torch.Generator().manual_seed(self.seed), device=torch.device("cpu"))
-            z = z.to(x.device, x.dtype)
-            images = torch.cat([gen(c) for c in z.split(500)])
-            labels = torch.cat([clf(c).argmax(1) for c in images.split(500)])
-            cost = torch.cat([(x.flatten(1)[:, None] - c.flatten(1)[None]).abs().sub(epsilon + tau).clamp_min(0)
-                              .pow(2).sum(-1) for c in images.split(256)], 1)
-            cost = cost.masked_fill(labels[None] == y[:, None], float("inf"))
-            start = z[cost.topk(k, dim=1, largest=False).indices].flatten(0, 1)
+        z, _ = nearest_other_class(gen, clf, x, y, epsilon + tau, "linf", k, pool=self.pool, seed=self.seed)
+        start = z.flatten(0, 1).to(x.dtype)
         x_rep, y_rep = x.repeat_interleave(k, 0), y.repeat_interleave(k, 0)
 
         def other_class(img: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
