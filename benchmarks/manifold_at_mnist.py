@@ -71,15 +71,21 @@ COLUMNS = ["clean", "pgd_l2_2.5", "pgd_l2_2.5_implicit", "latent_reparam_l2_2.5"
 JUDGES = {"standard_judge": "mnist-classifier-b", "robust_judge": "mnist-robust-l2"}
 
 
+def _weight(name: str, args) -> float | None:
+    """The on-manifold term's weight of ``combined`` (``--combined-weight``); None: the preset's own default."""
+    return args.combined_weight if name == "combined" else None
+
+
 def train(name: str, gen, cc_gen, train_split, test_split, args) -> tuple[torch.nn.Module, list[dict]]:
     cc = name in CONDITIONAL
     tag = (f"_cc{args.cc_eta:g}" if cc else "") + (f"_seed{args.seed}" if args.seed else "")  # seed 0: the older name
+    tag += f"_w{args.combined_weight:g}" if name == "combined" and args.combined_weight != 1.0 else ""
     path = data.cache_dir() / "benchmarks" / f"manifold_at_{name}_e{args.epochs}_s{args.train_steps}{tag}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     model = DefenseGANClassifier("A")
     objective = objective_preset(MODELS[name], cc_gen if cc else gen, epsilon=1.5,
-                                 eta=args.cc_eta if cc else 1.5, steps=args.train_steps)
+                                 eta=args.cc_eta if cc else 1.5, steps=args.train_steps, weight=_weight(name, args))
     hist = train_classifier(model, train_split.images, train_split.labels, epochs=args.epochs, seed=args.seed,
                             objective=objective, path=path, log_path=path.with_suffix(".jsonl"),
                             test=(test_split.images[:2000], test_split.labels[:2000]), progress=not args.quiet,
@@ -191,7 +197,7 @@ def timing_only(args) -> int:
             torch.manual_seed(args.seed)
             cc = name in CONDITIONAL
             objective = objective_preset(preset, cc_gen if cc else gen, epsilon=1.5, eta=args.cc_eta if cc else 1.5,
-                                         steps=args.train_steps)
+                                         steps=args.train_steps, weight=_weight(name, args))
             hist = train_classifier(DefenseGANClassifier("A"), tr.images, tr.labels, epochs=1, seed=args.seed,
                                     objective=objective, path=Path(tmp) / f"{name}.pt", progress=not args.quiet)
             seconds[name] = hist[0]["seconds"]
@@ -227,7 +233,13 @@ def main(argv=None) -> int:
     p.add_argument("--sweep-n", type=int, default=200, help="images of the η sweep")
     p.add_argument("--cc-eta", type=float, default=None,
                    help="fix on_manifold_cc's η (and stutz/combined training's) instead of choosing it by the sweep")
-    p.add_argument("--rows", nargs="+", choices=list(MODELS), default=list(MODELS), help="models to train and evaluate")
+    p.add_argument("--rows", nargs="+", choices=list(MODELS), default=list(MODELS),
+                   help="models to train and evaluate (standard always, unless --cc-eta is given: the sweep needs it)")
+    p.add_argument("--combined-weight", type=float, default=1.0,
+                   help="weight of combined's on-manifold loss (its own checkpoint when not 1)")
+    p.add_argument("--baseline", default=None,
+                   help="a JSON of this benchmark, same seed and configuration, whose pgd_at row the combined target "
+                        "compares with when pgd_at is not among --rows")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None)
@@ -257,7 +269,10 @@ def main(argv=None) -> int:
         p.error("--defended-n must be >= 0 (0: undefended rows only)")
     acc, se, agreement, histories, trained, n_rows = {}, {}, {}, {}, {}, {}
     sweep = convergence = None
-    rows = ["standard"] + [r for r in args.rows if r != "standard"]  # the sweep runs on standard
+    # the sweep runs on standard: it is trained first unless --cc-eta makes the sweep unnecessary
+    rows = (["standard"] if args.cc_eta is None or "standard" in args.rows else []) + [r for r in args.rows
+                                                                                        if r != "standard"]
+    baseline = load_baseline(args, p) if args.baseline else None
 
     def evaluate_row(name: str, model: torch.nn.Module, defended: bool) -> None:
         row = f"defended_{name}" if defended else name
@@ -279,7 +294,8 @@ def main(argv=None) -> int:
         agreement[row] = ev.judge_agreement()
         print(row, json.dumps({k: round(v, 4) for k, v in acc[row].items()}), flush=True)
         # the JSON after every row: a long run never leaves an older run's (possibly higher) figures on show
-        write_result(acc, se, agreement, histories, sweep, convergence, cc_gen, gen, args, out_json, t0, rows, n_rows)
+        write_result(acc, se, agreement, histories, sweep, convergence, cc_gen, gen, args, out_json, t0, rows, n_rows,
+                     baseline)
 
     # every model trained and evaluated undefended first (minutes each), then the defended rows (the
     # projection makes them the long part): a run stopped early has the cheap rows of every model
@@ -301,12 +317,26 @@ def main(argv=None) -> int:
         evaluate_row(name, trained[name], True)
     example_grid([(name, model, args.cc_eta) for name, model in trained.items()], cc_gen, judges, x, y,
                  out_json.with_name(out_json.stem + "_grid.png"), f"on_manifold_cc, latent L∞ η = {args.cc_eta:g}")
-    write_result(acc, se, agreement, histories, sweep, convergence, cc_gen, gen, args, out_json, t0, rows, n_rows)
+    write_result(acc, se, agreement, histories, sweep, convergence, cc_gen, gen, args, out_json, t0, rows, n_rows,
+                     baseline)
     return 0
 
 
+def load_baseline(args, p: argparse.ArgumentParser) -> dict:
+    """``--baseline``: another run's pgd_at row, refused unless it was trained and attacked as this run is."""
+    other = json.loads(Path(args.baseline).read_text())
+    cfg = other.get("config", {})
+    mine = {"seed": args.seed, "epochs": args.epochs, "train_steps": args.train_steps, "eval_pgd_steps": args.pgd_steps,
+            "cc_eta": args.cc_eta, "n": args.n}
+    theirs = {**{k: cfg.get(k) for k in mine}, "cc_eta": other.get("cc_eta"), "n": (other.get("n") or {}).get("pgd_at")}
+    if "pgd_at" not in other.get("accuracy", {}) or theirs != mine:
+        p.error(f"--baseline {args.baseline}: needs a pgd_at row trained and attacked as this run ({mine}); "
+                f"it has {theirs}")
+    return {"file": Path(args.baseline).name, "pgd_at": other["accuracy"]["pgd_at"], "stderr": other["stderr"]["pgd_at"]}
+
+
 def write_result(acc: dict, se: dict, agreement: dict, histories: dict, sweep, convergence, cc_gen, gen, args,
-                 out_json: Path, t0: float, rows: list[str], n_rows: dict[str, int]) -> None:
+                 out_json: Path, t0: float, rows: list[str], n_rows: dict[str, int], baseline: dict | None) -> None:
     """The JSON of the rows evaluated so far (``missing_rows``: the run's rows still to come) and its targets."""
     missing = [r for name in rows for r in (name, f"defended_{name}")[: 2 if args.defended_n else 1] if r not in acc]
     epoch_seconds = {k: statistics.median(h["seconds"] for h in v) for k, v in histories.items()}
@@ -320,13 +350,14 @@ def write_result(acc: dict, se: dict, agreement: dict, histories: dict, sweep, c
         targets |= {"stutz on_manifold_cc >= standard + 0.30":
                         acc["stutz"]["on_manifold_cc"] >= acc["standard"]["on_manifold_cc"] + 0.30,
                     "stutz clean >= standard - 0.005": acc["stutz"]["clean"] >= acc["standard"]["clean"] - 0.005}
-    if "combined" in acc and "pgd_at" in acc:
-        targets["combined pgd_l2_2.5 >= pgd_at - 0.02"] = acc["combined"]["pgd_l2_2.5"] >= acc["pgd_at"]["pgd_l2_2.5"] - 0.02
+    pgd_at = acc.get("pgd_at") or (baseline or {}).get("pgd_at")  # this run's, else the baseline run's
+    if "combined" in acc and pgd_at:
+        targets["combined pgd_l2_2.5 >= pgd_at - 0.02"] = acc["combined"]["pgd_l2_2.5"] >= pgd_at["pgd_l2_2.5"] - 0.02
     if "manifold_at" in acc and "pgd_at" in acc:
         targets["manifold_at pgd_l2_2.5 >= pgd_at - 0.02"] = acc["manifold_at"]["pgd_l2_2.5"] >= acc["pgd_at"]["pgd_l2_2.5"] - 0.02
     most_robust = max(acc, key=lambda r: acc[r]["worst_case"])
     result = {"n": n_rows, "accuracy": acc, "stderr": se, "judge_agreement": agreement, "missing_rows": missing,
-              "cc_eta": args.cc_eta,
+              "cc_eta": args.cc_eta, "baseline": baseline if "pgd_at" not in acc else None,
               "cc_budget_sweep": sweep, "most_robust_row": most_robust, "epoch_seconds": epoch_seconds,
               "epoch_time_vs_pgd_at": {k: v / epoch_seconds["pgd_at"] for k, v in epoch_seconds.items()}
               if "pgd_at" in epoch_seconds else None,
@@ -336,8 +367,9 @@ def write_result(acc: dict, se: dict, agreement: dict, histories: dict, sweep, c
                          "judges": JUDGES, "training_objectives": {
                              k: objective_preset(v, cc_gen if k in CONDITIONAL else gen, epsilon=1.5,
                                                  eta=args.cc_eta if k in CONDITIONAL else 1.5,
-                                                 steps=args.train_steps).config() for k, v in MODELS.items()},
-                         "seed": args.seed},
+                                                 steps=args.train_steps, weight=_weight(k, args)).config()
+                             for k, v in MODELS.items()},
+                         "seed": args.seed, "combined_weight": args.combined_weight},
               "total_seconds": time.perf_counter() - t0}
     out_json.parent.mkdir(parents=True, exist_ok=True)
     result["provenance"] = provenance(args)

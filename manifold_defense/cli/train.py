@@ -20,12 +20,12 @@ __all__ = ["add_parsers", "run_generator", "run_classifier", "PRESET_FLAGS"]
 #: the flags each adv-train preset uses (argparse dests); any other preset flag given is refused
 PRESET_FLAGS = {"standard": set(), "pgd_at": {"epsilon", "norm", "attack_steps"},
                 "stutz": {"generator", "eta", "attack_steps"},
-                "rmd": {"generator", "epsilon", "eta", "norm", "attack_steps"},
-                "combined": {"generator", "epsilon", "eta", "norm", "attack_steps"}}
+                "rmd": {"generator", "epsilon", "eta", "norm", "attack_steps", "loss_weight"},
+                "combined": {"generator", "epsilon", "eta", "norm", "attack_steps", "loss_weight"}}
 #: eta's default depends on the generator: 0.3 (latent ℓ∞, Stutz et al.) on a class-conditional one, else 1.5
 _PRESET_DEFAULTS = {"epsilon": 1.5, "norm": "l2", "attack_steps": 10}
 _FLAG_NAMES = {"generator": "--generator", "epsilon": "--epsilon", "eta": "--eta", "norm": "--norm",
-               "attack_steps": "--attack-steps"}
+               "attack_steps": "--attack-steps", "loss_weight": "--loss-weight"}
 
 
 def _common(t: argparse.ArgumentParser) -> None:
@@ -80,6 +80,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                                                                 "default: l2)")
             t.add_argument("--attack-steps", type=positive_int, default=None,
                            help="attack steps per batch (every adversarial preset; default: 10)")
+            t.add_argument("--loss-weight", type=positive_float, default=None,
+                           help="weight of the second loss term (rmd: overpowered consistency, default 1e-2; "
+                                "combined: on-manifold loss, default 1.0)")
         t.set_defaults(run=run_classifier)
 
 
@@ -163,7 +166,7 @@ def run_classifier(args: argparse.Namespace) -> int:
                 for p in gen.parameters():
                     p.requires_grad_(False)
             objective = objective_preset(preset, gen, epsilon=args.epsilon, eta=args.eta, norm=args.norm,
-                                         steps=args.attack_steps)
+                                         steps=args.attack_steps, weight=args.loss_weight)
             metadata.update({"preset": preset, "generator": args.generator})
         hist = train_classifier(model, train.images, train.labels, test=(test.images, test.labels),
                                 epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,

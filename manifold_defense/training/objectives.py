@@ -243,12 +243,16 @@ def default_eta(generator: nn.Module) -> float:
 
 
 def objective_preset(name: str, generator: nn.Module | None = None, *, epsilon: float = 1.5,
-                     eta: float | None = None, norm: str = "l2", steps: int = 10) -> TrainingObjective:
+                     eta: float | None = None, norm: str = "l2", steps: int = 10,
+                     weight: float | None = None) -> TrainingObjective:
     """'standard'; 'pgd_at' (Madry, ``norm``, ε); 'stutz' (on-manifold latent PGD, η: the latent ℓ∞ budget of
     Stutz et al. 2019 on a class-conditional generator, the image ℓ2 one on an unconditional generator;
     default :func:`default_eta`);
     'rmd' (Madry ℓ2 ε = 1.5 plus the overpowered consistency term, weight 1e-2, as in Ilyas et al. 2017);
-    'combined' (Madry, ``norm``, ε, plus 'stutz'). ``steps``: attack steps per batch."""
+    'combined' (Madry, ``norm``, ε, plus 'stutz' weighted 1.0). ``steps``: attack steps per batch. ``weight``: the
+    second term's weight of 'rmd' (consistency) and 'combined' (on-manifold loss); the other presets have none."""
+    if weight is not None and name not in ("rmd", "combined"):
+        raise InputError(f"preset {name!r} has no second loss term to weight; weight= applies to 'rmd' and 'combined'")
     if name == "standard":
         return StandardObjective()
     if name == "pgd_at":
@@ -261,8 +265,10 @@ def objective_preset(name: str, generator: nn.Module | None = None, *, epsilon: 
         return OnManifoldObjective(generator, eta=eta, attack="latent_pgd", steps=steps)
     if name == "combined":
         return CombinedObjective(MadryObjective(norm=norm, epsilon=epsilon, steps=steps),
-                                 OnManifoldObjective(generator, eta=eta, attack="latent_pgd", steps=steps))
+                                 OnManifoldObjective(generator, eta=eta, attack="latent_pgd", steps=steps),
+                                 weight=1.0 if weight is None else weight)
     if name == "rmd":
         return RobustManifoldObjective(generator, norm=norm, epsilon=epsilon, steps=steps,
-                                       eta=default_eta(generator) if eta is None else eta, weight=1e-2)
+                                       eta=default_eta(generator) if eta is None else eta,
+                                       weight=1e-2 if weight is None else weight)
     raise InputError(f"unknown training preset {name!r}; choose from {', '.join(PRESETS)}")

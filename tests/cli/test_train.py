@@ -27,9 +27,9 @@ class TestSmoke:
     def test_combined_preset_on_a_class_conditional_generator(self, digits_class_vaes, tmp_path):
         out = tmp_path / "combined.pt"
         assert main(["adv-train", "--preset", "combined", "--generator", "digits-class-vaes", "--epochs", "1",
-                     "--attack-steps", "2", "--out", str(out)]) == 0
+                     "--attack-steps", "2", "--loss-weight", "0.5", "--out", str(out)]) == 0
         config = load_model(out).metadata["config"]
-        assert config["objective"] == "combined" and config["off"]["epsilon"] == 1.5
+        assert config["objective"] == "combined" and config["off"]["epsilon"] == 1.5 and config["weight"] == 0.5
         assert config["on"]["class_conditional"] and config["on"]["eta"] == 0.3  # Stutz et al.'s latent budget
 
 
@@ -41,6 +41,8 @@ class TestException:
         (["train-classifier", "--arch", "a"], "--arch a does not fit --dataset digits"),
         (["adv-train", "--preset", "standard", "--epsilon", "2"], "--epsilon is not used by --preset standard"),
         (["adv-train", "--preset", "pgd_at", "--eta", "1"], "--eta is not used by --preset pgd_at"),
+        (["adv-train", "--preset", "stutz", "--loss-weight", "0.5", "--generator", "digits-class-vaes"],
+         "--loss-weight is not used by --preset stutz"),
         (["adv-train", "--preset", "stutz", "--norm", "linf", "--generator", "digits-vae"],
          "--norm is not used by --preset stutz"),
         (["adv-train", "--preset", "stutz"], "--preset stutz needs --generator"),

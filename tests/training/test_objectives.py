@@ -98,6 +98,10 @@ class TestException:
             objective_preset("combined")
         with pytest.raises(InputError, match="unknown training preset"):
             objective_preset("trades")
+        with pytest.raises(InputError, match="no second loss term"):
+            objective_preset("stutz", digits_vae, weight=0.5)
+        with pytest.raises(InputError, match="weight"):
+            objective_preset("combined", digits_vae, weight=-1.0)
         obj = RobustManifoldObjective(digits_vae, eta=1.0)
         big = DefenseGANClassifier("A")
         with pytest.raises(InputError, match="shape mismatch"):
@@ -120,6 +124,11 @@ class TestException:
         assert objective_preset("combined", digits_class_vaes).config()["on"]["eta"] == 0.3
         assert objective_preset("stutz", digits_vae).config()["eta"] == 1.5
         assert objective_preset("rmd", digits_vae).config()["eta"] == 1.5
+        # the second term's weight: the published defaults unless given, and part of the config either way
+        assert objective_preset("combined", digits_class_vaes).config()["weight"] == 1.0
+        assert objective_preset("combined", digits_class_vaes, weight=0.5).config()["weight"] == 0.5
+        assert objective_preset("rmd", digits_vae).config()["weight"] == 1e-2
+        assert objective_preset("rmd", digits_vae, weight=0.1).config()["weight"] == 0.1
         other = copy.deepcopy(digits_vae)
         with torch.no_grad():
             next(other.parameters()).add_(0.01)
