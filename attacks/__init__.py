@@ -23,8 +23,8 @@ from manifold_defense.attacks.class_conditional import (
 )
 from manifold_defense.attacks.on_manifold import LatentPGD, OnManifoldPGD, OverpoweredAttack
 from manifold_defense.attacks.pixel import FGSM, L2PGD, FastGradientSignMethod, LinfPGD, ProjectedGradientDescent
-from manifold_defense.attacks.range_target import RangeTarget, RangeTargetAttack
+from manifold_defense.attacks.range_target import RangeTarget, RangeTargetAttack, RangeTargetPGD
 
 __all__ = ["BPDA", "BackwardPassDifferentiableApproximation", "ImplicitPGD", "LatentReparam", "LatentReparameterization",
-           "RangeTarget", "RangeTargetAttack", "UnrolledPGD", "margin_loss", "HopSkipJump", "OverpoweredAttack", "LatentPGD", "OnManifoldPGD", "AutoAttack", "CarliniWagnerL2", "Attack", "AttackResult", "FirstSuccess", "TransferAttack", "perturbation_norm", "FGSM", "FastGradientSignMethod", "LinfPGD", "L2PGD",
+           "RangeTarget", "RangeTargetAttack", "RangeTargetPGD", "UnrolledPGD", "margin_loss", "HopSkipJump", "OverpoweredAttack", "LatentPGD", "OnManifoldPGD", "AutoAttack", "CarliniWagnerL2", "Attack", "AttackResult", "FirstSuccess", "TransferAttack", "perturbation_norm", "FGSM", "FastGradientSignMethod", "LinfPGD", "L2PGD",
            "ProjectedGradientDescent", "ClassConditionalLatentPGD", "ClassConditionalOverpowered", "PerClassAttack"]

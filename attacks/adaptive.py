@@ -154,8 +154,10 @@ class BackwardPassDifferentiableApproximation(Attack):
         """The model whose gradients the attack follows (see :func:`crafting_model`)."""
         return crafting_model(model, self.projection, gradient="bpda", stochastic=self.eot > 1)
 
-    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float) -> torch.Tensor:
-        """PGD on the crafting model's gradients; success checked on ``model`` (see the module docstring)."""
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float, *,
+            extra_starts: torch.Tensor | None = None) -> torch.Tensor:
+        """PGD on the crafting model's gradients; success checked on ``model`` (see the module docstring).
+        ``extra_starts`` ``(n, K, …)``: more restarts from these points of the ε-ball (after the range restarts)."""
         craft = self.crafting_model(model)
         self.surrogate_description = describe_projection(model, craft)
         pgd = self.pgd
@@ -169,6 +171,8 @@ class BackwardPassDifferentiableApproximation(Attack):
         if self.range_restarts and isinstance(model, DefendedModel):
             extra = range_starts(model.generator, model.classifier, x, y.to(x.device), epsilon, self.norm,
                                  self.range_restarts, pool=self.range_pool, seed=self.pgd.seed)
+        if extra_starts is not None:
+            extra = extra_starts if extra is None else torch.cat([extra, extra_starts.to(extra)], 1)
         adv = pgd.run(craft, x, y, epsilon, scorer=None if same_function(model, craft) else model, extra_starts=extra)
         self._reached, pgd._reached = pgd._reached, None  # the search's verdicts on the attacked model
         return adv

@@ -11,14 +11,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from manifold_defense.attacks.adaptive import nearest_other_class
+from manifold_defense.attacks.adaptive import ImplicitPGD, nearest_other_class
 from manifold_defense.attacks.base import Attack, labels_of
 from manifold_defense.attacks.pixel import margin
-from manifold_defense.defended import DefendedModel
+from manifold_defense.defended import DefendedModel, ProjectionConfig
 from manifold_defense.inversion import descend
 from manifold_defense.validation import InputError, check_compatible
 
-__all__ = ["RangeTargetAttack", "RangeTarget"]
+__all__ = ["RangeTargetAttack", "RangeTarget", "RangeTargetPGD"]
 
 
 class RangeTargetAttack(Attack):
@@ -81,6 +81,20 @@ class RangeTargetAttack(Attack):
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float) -> torch.Tensor:
         """Targets, then ``rounds`` of per-pixel inputs scored on ``model``; a sample's first breaking input."""
+        adv, broken, last, _ = self.search(model, x, y, epsilon)
+        # per sample: its first breaking input (lowest target index), else the last round's first target
+        n = len(x)
+        any_hit = broken.any(1)
+        pick = torch.where(any_hit, broken.float().argmax(1), torch.zeros_like(any_hit, dtype=torch.long))
+        rows = torch.arange(n, device=x.device)
+        out = torch.where(any_hit.view(n, *([1] * (x.dim() - 1))), adv[rows, pick], last[rows, pick])
+        self._reached = any_hit
+        return out
+
+    def search(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per (sample, target), shapes ``(n, restarts, …)``: the first input that broke ``model``, whether one did,
+        the last round's input, and ``model``'s margin there (``inf`` where the sample was broken before it)."""
         defended = isinstance(model, DefendedModel)
         if not defended and self.generator is None:
             raise InputError("RangeTargetAttack needs a generator: attack a DefendedModel or pass generator=")
@@ -98,9 +112,9 @@ class RangeTargetAttack(Attack):
             return (r.abs() - tau).clamp_min(0).pow(2)
 
         def answer(inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            """The attacked model's labels and the range point its projection chose (the input itself without one)."""
-            labels = labels_of(model(inputs))
-            return labels, model.last_projection.x.to(x.dtype) if defended else inputs
+            """The attacked model's logits and the range point its projection chose (the input itself without one)."""
+            logits = model(inputs)
+            return logits, model.last_projection.x.to(x.dtype) if defended else inputs
 
         with torch.no_grad():
             anchors = [answer(x)[1][:, None].expand(shape)]  # the true class's fit to x
@@ -108,6 +122,7 @@ class RangeTargetAttack(Attack):
         lift = (n, k) + (1,) * (x.dim() - 1)
         adv = x[:, None].expand(shape).clone()  # per (sample, target): its first breaking input
         broken = torch.zeros(n, k, dtype=torch.bool, device=x.device)
+        margins = torch.full((n, k), float("inf"), device=x.device)
         with torch.no_grad():
             target_img = gen(targets).view(shape)
             lo, hi = (x - epsilon).clamp(0, 1)[:, None], (x + epsilon).clamp(0, 1)[:, None]
@@ -121,12 +136,14 @@ class RangeTargetAttack(Attack):
                 todo = (~broken.any(1)).nonzero().squeeze(1)  # samples not broken yet: all their targets
                 if todo.numel() == 0:
                     break
-                preds, fits = [], []
+                logits, fits = [], []
                 for c in best[todo].flatten(0, 1).split(self.batch_size):
-                    label, fit = answer(c)
-                    preds.append(label)
+                    out, fit = answer(c)
+                    logits.append(out)
                     fits.append(fit)
-                hit = torch.cat(preds).view(len(todo), k) != y[todo, None]
+                logits, y_rep = torch.cat(logits), y[todo].repeat_interleave(k)
+                hit = labels_of(logits).view(len(todo), k) != y[todo, None]
+                margins[todo] = margin(logits.float(), y_rep).view(len(todo), k)
                 fit = torch.cat(fits).view(len(todo), *shape[1:])
                 adv[todo] = torch.where(hit.view(len(todo), *lift[1:]), best[todo], adv[todo])
                 broken[todo] = hit
@@ -137,12 +154,53 @@ class RangeTargetAttack(Attack):
                 nxt[todo] = ((w * fit).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp_min(1)).expand_as(fit)
                 anchors.append(nxt)
                 last = best
-        # per sample: its first breaking input (lowest target index), else the last round's first target
-        any_hit = broken.any(1)
-        pick = torch.where(any_hit, broken.float().argmax(1), torch.zeros_like(any_hit, dtype=torch.long))
-        rows = torch.arange(n, device=x.device)
-        out = torch.where(any_hit.view(n, *lift[2:]), adv[rows, pick], last[rows, pick])
-        self._reached = any_hit
+        margins[broken.any(1)] = float("inf")  # broken samples' margins are no longer of use
+        return adv, broken, last, margins
+
+
+class RangeTargetPGD(Attack):
+    """:class:`RangeTargetAttack`, then :class:`ImplicitPGD` (margin loss) on the samples it left unbroken, started
+    also from its ``target_starts`` inputs of lowest margin on the attacked model (besides PGD's own random and
+    range restarts).
+
+    One attack as strong as the two together. On a defense where each breaks inputs the other misses (a dead-zone
+    projection: the range targets go through its own loss, PGD follows a smooth ``projection``'s gradient), the
+    strongest *single* attack is what Carlini et al. (2019, "On Evaluating Adversarial Robustness") double to
+    see whether more budget still helps: doubling this one doubles both parts (targets, latent steps, PGD steps,
+    restarts, and ``target_starts``). ``projection``: the (surrogate) projection PGD differentiates (default:
+    the attacked model's own); success is always scored on the attacked model.
+    """
+
+    norm = "linf"
+
+    def __init__(self, generator: nn.Module | None = None, *, targets: int = 16, latent_steps: int = 100,
+                 rounds: int = 3, steps: int = 100, restarts: int = 2, range_restarts: int = 8, target_starts: int = 8,
+                 projection: ProjectionConfig | None = None, check_every: int = 1, seed: int = 0) -> None:
+        if target_starts < 0:
+            raise InputError(f"target_starts must be >= 0, got {target_starts}")
+        self.range_target = RangeTargetAttack(generator, restarts=targets, steps=latent_steps, rounds=rounds, seed=seed)
+        self.pgd = ImplicitPGD(norm="linf", steps=steps, restarts=restarts, projection=projection, loss="margin",
+                               range_restarts=range_restarts, check_every=check_every, seed=seed)
+        self.target_starts = target_starts
+        self.surrogate_description = ""
+
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float) -> torch.Tensor:
+        """Range targets first; PGD on what they left, from their closest calls too."""
+        adv, broken, last, margins = self.range_target.search(model, x, y, epsilon)
+        n, y = len(x), y.to(x.device)
+        rows, hit = torch.arange(n, device=x.device), broken.any(1)
+        out, reached = adv[rows, broken.float().argmax(1)].clone(), hit.clone()
+        todo = (~hit).nonzero().squeeze(1)
+        if todo.numel():
+            k = min(self.target_starts, margins.shape[1])
+            order = margins[todo].argsort(1)[:, :k]
+            starts = last[todo][torch.arange(len(todo), device=x.device)[:, None], order] if k else None
+            out[todo] = self.pgd.run(model, x[todo], y[todo], epsilon, extra_starts=starts).to(out)
+            reached[todo] = self.pgd._reached.to(reached.device)
+            self.pgd._reached = None
+        self.surrogate_description = (f"{self.range_target.surrogate_description}; then implicit PGD from "
+                                      f"{self.target_starts} of their inputs on {self.pgd.surrogate_description}")
+        self._reached = reached
         return out
 
 

@@ -28,6 +28,7 @@ from manifold_defense.attacks import (
     LatentReparameterization,
     OverpoweredAttack,
     RangeTargetAttack,
+    RangeTargetPGD,
     TransferAttack,
     UnrolledPGD,
 )
@@ -188,6 +189,13 @@ def _range_target(c: _Context) -> Attack:
     return RangeTargetAttack(c.generator, restarts=c.budget.range_targets, steps=c.budget.latent_steps)
 
 
+def _range_target_pgd(c: _Context) -> Attack:
+    b = c.budget  # PGD starts from as many of the targets' inputs as it has range restarts
+    return RangeTargetPGD(c.generator, targets=b.range_targets, latent_steps=b.latent_steps, steps=b.pgd_steps,
+                          restarts=b.restarts, range_restarts=b.range_restarts, target_starts=b.range_restarts,
+                          projection=c.surrogate, check_every=_check_every(c))
+
+
 def _cw(c: _Context) -> Attack:
     return CarliniWagnerL2(steps=c.budget.cw_steps)
 
@@ -214,6 +222,9 @@ ATTACKS: dict[str, RegisteredAttack] = {a.name: a for a in [
     RegisteredAttack("range_target_linf", "linf", (0.3,), True,
                      "L-inf inputs that make another class's range point the projection's best fit, through the "
                      "projection's own loss (dead zone too)", _range_target),
+    RegisteredAttack("range_target_pgd_linf", "linf", (0.3,), True,
+                     "range_target_linf, then implicit L-inf PGD (margin loss) from its closest inputs on the samples "
+                     "it left: one attack as strong as both", _range_target_pgd),
     RegisteredAttack("on_manifold", "on_manifold", (1.5,), True, "latent PGD, ‖G(z') − G(ẑ)‖₂ ≤ η", _on_manifold,
                      ("generator",)),
     RegisteredAttack("overpowered", "on_manifold", (1.5,), True,

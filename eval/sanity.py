@@ -57,7 +57,7 @@ def gradient_agreement(model: nn.Module, attacked: nn.Module, x: torch.Tensor, y
     return torch.where(denom > 0, (pc * mc).sum(1) / denom.clamp_min(1e-30), torch.zeros_like(denom))
 
 
-_SCALED = ("steps", "n_iter", "restarts", "range_restarts")
+_SCALED = ("steps", "n_iter", "restarts", "range_restarts", "target_starts")
 
 
 def scaled_attack(attack: Attack, factor: int) -> Attack:

@@ -1,5 +1,7 @@
 """The registry of named attacks: every entry attacks, budgets are honoured, unknown names are errors."""
 
+from dataclasses import replace
+
 import pytest
 
 from manifold_defense.defended import DefendedModel, ProjectionConfig
@@ -64,4 +66,7 @@ def test_budgets_reach_the_attacks(digits_vae):
     assert (op.steps, op.rounds) == (11, 1)
     lr = build_attack("latent_reparam_linf", generator=digits_vae, budget=b).attack
     assert (lr.steps, lr.restarts, lr.norm) == (13, 3, "linf")
+    rtp = build_attack("range_target_pgd_linf", generator=digits_vae, budget=replace(b, range_restarts=5)).attack
+    assert (rtp.range_target.restarts, rtp.range_target.steps, rtp.pgd.pgd.steps, rtp.pgd.pgd.restarts,
+            rtp.pgd.range_restarts, rtp.target_starts) == (b.range_targets, 13, 7, 2, 5, 5)
     assert build_attack("pgd_linf", budget=b, label="mine").name == "mine"
