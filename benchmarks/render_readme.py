@@ -210,6 +210,12 @@ def manifold_at_mnist(d: dict) -> str:
          f"{cfg.get('eval_pgd_steps', '?')} PGD steps; `defended_*`: the same classifier behind the projection "
          "(— : attack not run on that model)."),
         accuracy_table(d["accuracy"], d["n"])]
+        + ([f"`combined`: on-manifold loss weight {cfg.get('combined_weight', 1.0):g}."] if "combined" in d["accuracy"]
+           else [])
+        + ([f"`pgd_at` of the combined target from `{b['file']}` (same seed and configuration): `pgd_l2_2.5` "
+            f"{num(b['pgd_at']['pgd_l2_2.5'], 3)}; targets: "
+            + "; ".join(f"{k}: {'met' if v else '**missed**'}" for k, v in d.get("targets", {}).items()) + "."]
+           if (b := d.get("baseline")) else [])
         + ([f"Not in this run yet (shown once evaluated): {', '.join(f'`{r}`' for r in d['missing_rows'])}."]
            if d.get("missing_rows") else []))
 

@@ -82,7 +82,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                            help="attack steps per batch (every adversarial preset; default: 10)")
             t.add_argument("--loss-weight", type=positive_float, default=None,
                            help="weight of the second loss term (rmd: overpowered consistency, default 1e-2; "
-                                "combined: on-manifold loss, default 1.0)")
+                                "combined: on-manifold loss, default 0.5)")
         t.set_defaults(run=run_classifier)
 
 

@@ -125,8 +125,8 @@ class TestException:
         assert objective_preset("stutz", digits_vae).config()["eta"] == 1.5
         assert objective_preset("rmd", digits_vae).config()["eta"] == 1.5
         # the second term's weight: the published defaults unless given, and part of the config either way
-        assert objective_preset("combined", digits_class_vaes).config()["weight"] == 1.0
-        assert objective_preset("combined", digits_class_vaes, weight=0.5).config()["weight"] == 0.5
+        assert objective_preset("combined", digits_class_vaes).config()["weight"] == 0.5
+        assert objective_preset("combined", digits_class_vaes, weight=1.0).config()["weight"] == 1.0
         assert objective_preset("rmd", digits_vae).config()["weight"] == 1e-2
         assert objective_preset("rmd", digits_vae, weight=0.1).config()["weight"] == 0.1
         other = copy.deepcopy(digits_vae)
