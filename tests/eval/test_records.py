@@ -446,28 +446,14 @@ class TestSanityCanFail:
         # once made this 0.0500000007 > 0.05 and flagged it)
         ev = _convergence_check(_FlipsFirstPixel(lambda steps, restarts: 18 if steps == 1 else 19))
         assert ev.sanity["attack_converged"] is True, ev.sanity_details["attack_converged"]
-        assert "10.0% at its budget (recorded), 5.0% at twice" in ev.sanity_details["attack_converged"]
+        assert "10.0% at its budget, 5.0% at twice" in ev.sanity_details["attack_converged"]
 
     def test_an_attack_that_more_restarts_still_improve_fails_the_convergence_check(self):
         # more steps change nothing, more restarts break 4 more of 20: unconverged (the dead-zone row's ℓ∞
         # attack was of this kind; a check that doubled iterations only passed it)
         ev = _convergence_check(_FlipsFirstPixel(lambda steps, restarts: 10 if restarts == 1 else 14, steps=10))
         assert ev.sanity["attack_converged"] is False, ev.sanity_details["attack_converged"]
-        assert "50.0% at its budget (recorded), 30.0% at twice its iterations and restarts" in ev.sanity_details["attack_converged"]
-
-    def test_the_budget_figure_is_the_evaluations_own_record(self):
-        # the check reads the attack at its budget from the records (what the report shows) and runs only the
-        # doubled attack: one call in the evaluation, one in the check
-        calls = []
-
-        def breaks(steps, restarts):
-            calls.append(steps)
-            return 10 if steps == 1 else 11
-
-        ev = _convergence_check(_FlipsFirstPixel(breaks))
-        assert calls == [1, 2], calls
-        assert ev.sanity["attack_converged"] is True
-        assert "50.0% at its budget (recorded), 45.0% at twice" in ev.sanity_details["attack_converged"]
+        assert "50.0% at its budget, 30.0% at twice its iterations and restarts" in ev.sanity_details["attack_converged"]
 
     def test_scaled_attack_doubles_nested_iterations_and_restarts(self):
         from manifold_defense.attacks.adaptive import BPDA
