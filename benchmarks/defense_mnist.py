@@ -110,7 +110,8 @@ EXTRA_COLUMNS = {"defended_dead_zone": {"pgd_linf_0.3_implicit_smooth_surrogate"
 
 #: AttackBudget fields added after results were committed → the only attacks they budget (a file without the
 #: field merges only if none of its columns ran one of them)
-BUDGET_FIELDS_OF_NEW_ATTACKS = {"range_targets": {"range_target_linf"}, "on_manifold_cc_steps": {"on_manifold_cc"}}
+BUDGET_FIELDS_OF_NEW_ATTACKS = {"range_targets": {"range_target_linf", "range_target_pgd_linf"},
+                                "on_manifold_cc_steps": {"on_manifold_cc"}}
 TARGETS = {
     "undefended clean >= 0.99": lambda a, s: a["undefended"]["clean"] >= 0.99,
     "defended_defense_gan clean >= 0.97": lambda a, s: a["defended_defense_gan"]["clean"] >= 0.97,
