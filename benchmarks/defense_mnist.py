@@ -40,6 +40,9 @@ Columns (robust accuracy; a sample counts only if it is correct and the attack f
 - ``range_target_linf_0.3_full`` (dead-zone row only, listed under the table) — :class:`RangeTargetAttack` at
   ``AttackBudget.full()`` (32 other-class targets per sample): inputs that make another class's range point the
   dead-zone projection's best fit, chosen through that projection's own loss (no gradient of it);
+- ``range_target_pgd_linf_0.3_full`` (dead-zone row only, listed under the table) — :class:`RangeTargetPGD` at
+  ``AttackBudget.full()``: the range targets, then the smooth-surrogate implicit ℓ∞ PGD on the images they left,
+  started also from their 8 closest calls — the two as one attack, which the convergence check doubles whole;
 - ``worst_linf_0.3``, ``worst_l2_3.8`` — per sample, robust only if every attack of that threat model
   and ε failed.
 
@@ -105,7 +108,11 @@ EXTRA_COLUMNS = {"defended_dead_zone": {"pgd_linf_0.3_implicit_smooth_surrogate"
                                         # even that failed the convergence check (50.0 % → 43.8 % of 32 images at
                                         # twice its iterations and restarts): the range-target attack goes through
                                         # the dead-zone projection's own loss, no gradient of it (no surrogate)
-                                        "range_target_linf_0.3_full": ("range_target_linf", 0.3, "full")},
+                                        "range_target_linf_0.3_full": ("range_target_linf", 0.3, "full"),
+                                        # the two as one attack (range targets, then smooth-surrogate implicit PGD
+                                        # from their closest calls): the convergence check doubles its strongest
+                                        # single attack, which can now be as strong as both
+                                        "range_target_pgd_linf_0.3_full": ("range_target_pgd_linf", 0.3, "full")},
                  "defended_defense_gan": {"pgd_linf_0.3_implicit_full": ("pgd_linf_implicit", 0.3, "full")}}
 
 #: AttackBudget fields added after results were committed → the only attacks they budget (a file without the
