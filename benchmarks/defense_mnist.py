@@ -44,7 +44,7 @@ Columns (robust accuracy; a sample counts only if it is correct and the attack f
   ``AttackBudget.full()``: the range targets, then the smooth-surrogate implicit ℓ∞ PGD on the images they left,
   started also from their 8 closest calls — the two as one attack, which the convergence check doubles whole;
 - ``worst_linf_0.3``, ``worst_l2_3.8`` — per sample, robust only if every attack of that threat model
-  and ε failed.
+  and ε failed, the sanity checks' attacks included (the convergence check's reruns, HopSkipJump).
 
     python benchmarks/defense_mnist.py [--quick] [--generator mnist-wgan] [--n 500] [--rows ...] [--row-n ROW=N ...]
         [--row-batch-size ROW=B ...]

@@ -91,6 +91,9 @@ class Evaluation:
     specs: list[AttackSpec] = field(default_factory=list, repr=False)
     #: (attack, ε) → judge → sample → whether that independent judge gives the adversarial input the true label
     agreement: dict[tuple[str, float], dict[str, dict[int, bool]]] = field(default_factory=dict)
+    #: (threat, ε) → sample → broken by an attack a sanity check ran (the convergence check's reruns, the
+    #: decision-based attack): adversarial inputs as real as the evaluation's own, so the worst case counts them
+    check_broken: dict[tuple[str, float], dict[int, bool]] = field(default_factory=dict)
 
     def _table(self, key: tuple[str, float] | None, attempts: int) -> dict[int, bool]:
         if attempts > 1:
@@ -108,12 +111,15 @@ class Evaluation:
 
     def worst_case_samples(self, *, attempts: int = 1) -> dict[tuple[str, float], list[bool]]:
         """Per threat model and ε, per sample: robust only if every attack of that threat at that ε *or any
-        smaller ε* failed (an adversarial input within ε' ≤ ε of x is one within ε too)."""
+        smaller ε* failed (an adversarial input within ε' ≤ ε of x is one within ε too), the sanity checks'
+        attacks included (:attr:`check_broken`)."""
         out = {}
         for threat in sorted(set(self.threats.values())):
             for eps in sorted({e for (a, e) in self.robust if self.threats[a] == threat}):
                 keys = [k for k in self.robust if self.threats[k[0]] == threat and k[1] <= eps]
-                out[(threat, eps)] = [all(self._table(k, attempts)[i] for k in keys) for i in self.indices]
+                checks = [v for (t, e), v in self.check_broken.items() if t == threat and e <= eps]
+                out[(threat, eps)] = [all(self._table(k, attempts)[i] for k in keys)
+                                      and not any(c.get(i, False) for c in checks) for i in self.indices]
         return out
 
     def worst_case(self, *, attempts: int = 1) -> dict[tuple[str, float], tuple[float, float, int]]:
@@ -161,6 +167,9 @@ class Evaluation:
              "attack_seconds": {k: round(v, 2) for k, v in self.seconds.items()}, "run": self.run}
         if self.agreement:
             d["judge_agreement"] = self.judge_agreement()
+        if self.check_broken:  # counted in worst_case above; listed so a reader sees where those breaks came from
+            d["broken_by_sanity_checks"] = {f"{t}@{e:g}": sorted(i for i, b in v.items() if b)
+                                            for (t, e), v in sorted(self.check_broken.items())}
         if self.attempts > 1:
             d["n_attempts"] = {
                 "clean": self._entry(list((self.clean_all or self.clean).values())),

@@ -45,12 +45,12 @@ class _FlipsFirstPixel(Attack):
 
     norm = "linf"
 
-    def __init__(self, breaks, *, steps: int = 1, restarts: int = 1):
-        self.breaks, self.steps, self.restarts = breaks, steps, restarts
+    def __init__(self, breaks, *, steps: int = 1, restarts: int = 1, value: float = 1.0):
+        self.breaks, self.steps, self.restarts, self.value = breaks, steps, restarts, value
 
     def run(self, model, x, y, epsilon):
         adv = x.clone()
-        adv.flatten(1)[: self.breaks(self.steps, self.restarts), 0] = 1.0
+        adv.flatten(1)[: self.breaks(self.steps, self.restarts), 0] = self.value
         return adv
 
 
@@ -454,6 +454,31 @@ class TestSanityCanFail:
         ev = _convergence_check(_FlipsFirstPixel(lambda steps, restarts: 10 if restarts == 1 else 14, steps=10))
         assert ev.sanity["attack_converged"] is False, ev.sanity_details["attack_converged"]
         assert "50.0% at its budget, 30.0% at twice its iterations and restarts" in ev.sanity_details["attack_converged"]
+
+    def test_samples_the_convergence_check_breaks_count_in_the_worst_case(self):
+        # the check's rerun at twice the restarts breaks 4 samples the evaluation left robust: its adversarial
+        # inputs are real, so the worst case must not report those samples robust (it once did: .31 reported on
+        # the dead-zone row while the check's rerun had broken three more of its 32 images)
+        x, y = torch.zeros(20, 1, 8, 8), torch.zeros(20, dtype=torch.long)
+        model = _FirstPixelModel()
+        attack = _FlipsFirstPixel(lambda steps, restarts: 10 if restarts == 1 else 14, steps=10, value=0.9)
+        ev = evaluate(model, x, y, [AttackSpec("flip", attack, [0.9], "linf")], batch_size=20, progress=False)
+        assert ev.worst_case()[("linf", 0.9)][0] == pytest.approx(0.5)
+        sanity_checks(ev, model, x, y, decision_subset=0, convergence_subset=20)
+        assert ev.accuracy(("flip", 0.9))[0] == pytest.approx(0.5)  # the attack's own column is its own
+        assert ev.worst_case()[("linf", 0.9)][0] == pytest.approx(0.3)
+        assert "4 more sample(s) broken by these reruns" in ev.sanity_details["attack_converged"]
+        assert ev.to_dict()["broken_by_sanity_checks"]["linf@0.9"] == list(range(14))
+
+    def test_samples_the_decision_based_attack_breaks_count_in_the_worst_case(self):
+        x, y = torch.zeros(20, 1, 8, 8), torch.zeros(20, dtype=torch.long)
+        model = _FirstPixelModel()
+        none = _FlipsFirstPixel(lambda steps, restarts: 0)
+        ev = evaluate(model, x, y, [AttackSpec("none", none, [0.9], "linf")], batch_size=20, progress=False)
+        sanity_checks(ev, model, x, y, decision_subset=20, convergence_subset=0,
+                      decision_attack=_FlipsFirstPixel(lambda steps, restarts: 5, value=0.9))
+        assert ev.sanity["decision_based_not_stronger"] is False
+        assert ev.worst_case()[("linf", 0.9)][0] == pytest.approx(0.75)
 
     def test_scaled_attack_doubles_nested_iterations_and_restarts(self):
         from manifold_defense.attacks.adaptive import BPDA
