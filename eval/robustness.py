@@ -91,8 +91,9 @@ class Evaluation:
     specs: list[AttackSpec] = field(default_factory=list, repr=False)
     #: (attack, ε) → judge → sample → whether that independent judge gives the adversarial input the true label
     agreement: dict[tuple[str, float], dict[str, dict[int, bool]]] = field(default_factory=dict)
-    #: (threat, ε) → sample → broken by an attack a sanity check ran (the convergence check's reruns, the
-    #: decision-based attack): adversarial inputs as real as the evaluation's own, so the worst case counts them
+    #: (threat, ε) → sample → broken by an attack run beside the columns (a sanity check's: the convergence
+    #: reruns, the decision-based attack; or one run on a subset): adversarial inputs as real as the evaluation's
+    #: own, so the worst case counts them
     check_broken: dict[tuple[str, float], dict[int, bool]] = field(default_factory=dict)
 
     def _table(self, key: tuple[str, float] | None, attempts: int) -> dict[int, bool]:
