@@ -141,11 +141,11 @@ def sanity_checks(ev: Evaluation, model: nn.Module | None = None, x: torch.Tenso
     device = next(model.parameters()).device
 
     def large_eps() -> tuple[bool, str]:
-        xs, ys = x[:subset], y[:subset]
-        res = LinfPGD(steps=20, rel_stepsize=0.1)(model, xs.to(device), ys.to(device), epsilon=1.0)
+        idx = ev.indices[:subset]  # the evaluation's own samples (positions in x), as the other checks use
+        res = LinfPGD(steps=20, rel_stepsize=0.1)(model, x[idx].to(device), y[idx].to(device), epsilon=1.0)
         left = res.robust_accuracy
-        _count_breaks(ev, "linf", 1.0, ev.indices[:subset], res.success)
-        return left <= 0.05, f"L-inf PGD eps=1 leaves {left:.1%} of {len(xs)}"
+        _count_breaks(ev, "linf", 1.0, idx, res.success)
+        return left <= 0.05, f"L-inf PGD eps=1 leaves {left:.1%} of {len(idx)}"
 
     def informative() -> tuple[bool, str]:
         from manifold_defense.attacks.adaptive import BPDA, ImplicitPGD, crafting_model
