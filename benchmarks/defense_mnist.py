@@ -178,9 +178,7 @@ def run_row(row: str, clf, gen, x, y, args, out: Path) -> dict:
         key = ("autoattack_linf_0.3_full", 0.3)
         without = ev.worst_case_samples()[("linf", 0.3)][:m]
         # what it breaks on its subset is broken: the row's worst case counts it (as it counts the checks' finds)
-        found = ev.check_broken.setdefault(("linf", 0.3), {})
-        for i in range(m):
-            found[ev.indices[i]] = found.get(ev.indices[i], False) or not ev_full.robust[key][i]
+        ev.add_breaks("linf", 0.3, ev.indices[:m], [not ev_full.robust[key][i] for i in range(m)])
         full = {"n": m, "accuracy": ev_full.accuracy(key)[0], "stderr": ev_full.accuracy(key)[1],
                 "ci95": list(ev_full.interval(key)), "budget": "AttackBudget.full(): 100 APGD iterations, EOT 20",
                 "worst_linf_0.3_on_subset_with_it": sum(ev.worst_case_samples()[("linf", 0.3)][:m]) / m,

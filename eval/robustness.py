@@ -123,6 +123,18 @@ class Evaluation:
                                       and not any(c.get(i, False) for c in checks) for i in self.indices]
         return out
 
+    def add_breaks(self, threat: str, eps: float, idx: Sequence[int], broken: Sequence[bool]) -> int:
+        """Count samples an attack beside the columns broke (:attr:`check_broken`) in the worst case at ``eps``
+        and above; returns how many the worst case had left robust."""
+        before = self.worst_case_samples().get((threat, float(eps)))
+        table = self.check_broken.setdefault((threat, float(eps)), {})
+        for i, b in zip(idx, broken):
+            table[i] = table.get(i, False) or bool(b)
+        if before is None:
+            return 0
+        pos = {i: k for k, i in enumerate(self.indices)}
+        return sum(before[pos[i]] and table[i] for i in idx)
+
     def worst_case(self, *, attempts: int = 1) -> dict[tuple[str, float], tuple[float, float, int]]:
         """Per threat model and ε: (accuracy, SE, n) of the per-sample worst case."""
         return {k: _summary(v) for k, v in self.worst_case_samples(attempts=attempts).items()}

@@ -60,20 +60,6 @@ def gradient_agreement(model: nn.Module, attacked: nn.Module, x: torch.Tensor, y
 _SCALED = ("steps", "n_iter", "restarts", "range_restarts", "target_starts")
 
 
-def _count_breaks(ev: Evaluation, threat: str, eps: float, idx: Sequence[int], success: torch.Tensor) -> int:
-    """Add a check's successes to ``ev.check_broken`` (its adversarial inputs count in the worst case: a check
-    that finds one the evaluation missed must not leave that sample robust); returns how many samples the
-    worst case had left robust that this check broke."""
-    before = ev.worst_case_samples().get((threat, eps))
-    table = ev.check_broken.setdefault((threat, float(eps)), {})
-    for i, s in zip(idx, success.cpu().tolist()):
-        table[i] = table.get(i, False) or bool(s)
-    if before is None:
-        return 0
-    pos = {i: k for k, i in enumerate(ev.indices)}
-    return sum(before[pos[i]] and table[i] for i in idx)
-
-
 def scaled_attack(attack: Attack, factor: int) -> Attack:
     """A copy of ``attack`` with ``factor`` × its iterations and restarts (``steps``, ``n_iter``, ``restarts``,
     ``range_restarts``; nested attacks' too). More iterations alone miss an attack whose restarts are what
@@ -144,7 +130,7 @@ def sanity_checks(ev: Evaluation, model: nn.Module | None = None, x: torch.Tenso
         idx = ev.indices[:subset]  # the evaluation's own samples (positions in x), as the other checks use
         res = LinfPGD(steps=20, rel_stepsize=0.1)(model, x[idx].to(device), y[idx].to(device), epsilon=1.0)
         left = res.robust_accuracy
-        _count_breaks(ev, "linf", 1.0, idx, res.success)
+        ev.add_breaks("linf", 1.0, idx, res.success.tolist())
         return left <= 0.05, f"L-inf PGD eps=1 leaves {left:.1%} of {len(idx)}"
 
     def informative() -> tuple[bool, str]:
@@ -186,7 +172,7 @@ def sanity_checks(ev: Evaluation, model: nn.Module | None = None, x: torch.Tenso
             double_res = scaled_attack(spec.attack, 2)(model, xs, ys, epsilon=eps)
             base, double = base_res.robust_accuracy, double_res.robust_accuracy
             ok = ok and abs(round(double * len(idx)) - round(base * len(idx))) <= limit
-            found = _count_breaks(ev, threat, eps, idx, base_res.success | double_res.success)
+            found = ev.add_breaks(threat, eps, idx, (base_res.success | double_res.success).tolist())
             parts.append(f"{threat}: {spec.name} eps={eps:g} on {len(idx)} samples, robust accuracy {base:.1%} at its "
                          f"budget, {double:.1%} at twice its iterations and restarts"
                          + (f" ({found} more sample(s) broken by these reruns, counted in the worst case)" if found
@@ -205,7 +191,7 @@ def sanity_checks(ev: Evaluation, model: nn.Module | None = None, x: torch.Tenso
         hsj = [ev.clean[i] and not bool(b) for i, b in zip(idx, res.success.tolist())]
         keys = [k for k in ev.robust if ev.threats[k[0]] == threat and k[1] == eps]
         wb = [all(ev.robust[k][i] for k in keys) for i in idx]
-        _count_breaks(ev, threat, eps, idx, res.success)
+        ev.add_breaks(threat, eps, idx, res.success.tolist())
         a_hsj, a_wb = sum(hsj) / len(idx), sum(wb) / len(idx)
         return a_hsj >= a_wb - 1.0 / len(idx) - 1e-12, (
             f"{type(attack).__name__} {threat} eps={eps:g} on {len(idx)} samples: robust accuracy {a_hsj:.1%} vs "
