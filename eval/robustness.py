@@ -91,9 +91,7 @@ class Evaluation:
     specs: list[AttackSpec] = field(default_factory=list, repr=False)
     #: (attack, ε) → judge → sample → whether that independent judge gives the adversarial input the true label
     agreement: dict[tuple[str, float], dict[str, dict[int, bool]]] = field(default_factory=dict)
-    #: (threat, ε) → sample → broken by an attack run beside the columns (a sanity check's: the convergence
-    #: reruns, the decision-based attack; or one run on a subset): adversarial inputs as real as the evaluation's
-    #: own, so the worst case counts them
+    #: (threat, ε) → sample → broken by an attack beside the columns (sanity checks, a subset's): counted as broken
     check_broken: dict[tuple[str, float], dict[int, bool]] = field(default_factory=dict)
 
     def _table(self, key: tuple[str, float] | None, attempts: int) -> dict[int, bool]:
@@ -126,14 +124,10 @@ class Evaluation:
     def add_breaks(self, threat: str, eps: float, idx: Sequence[int], broken: Sequence[bool]) -> int:
         """Count samples an attack beside the columns broke (:attr:`check_broken`) in the worst case at ``eps``
         and above; returns how many the worst case had left robust."""
-        before = self.worst_case_samples().get((threat, float(eps)))
+        before = dict(zip(self.indices, self.worst_case_samples().get((threat, float(eps)), [])))
         table = self.check_broken.setdefault((threat, float(eps)), {})
-        for i, b in zip(idx, broken):
-            table[i] = table.get(i, False) or bool(b)
-        if before is None:
-            return 0
-        pos = {i: k for k, i in enumerate(self.indices)}
-        return sum(before[pos[i]] and table[i] for i in idx)
+        table.update({i: table.get(i, False) or bool(b) for i, b in zip(idx, broken)})
+        return sum(before.get(i, False) and table[i] for i in idx)
 
     def worst_case(self, *, attempts: int = 1) -> dict[tuple[str, float], tuple[float, float, int]]:
         """Per threat model and ε: (accuracy, SE, n) of the per-sample worst case."""
@@ -180,7 +174,7 @@ class Evaluation:
              "attack_seconds": {k: round(v, 2) for k, v in self.seconds.items()}, "run": self.run}
         if self.agreement:
             d["judge_agreement"] = self.judge_agreement()
-        if self.check_broken:  # counted in worst_case above; listed so a reader sees where those breaks came from
+        if self.check_broken:  # counted in worst_case; listed so a reader sees where those breaks came from
             d["broken_by_sanity_checks"] = {f"{t}@{e:g}": sorted(i for i, b in v.items() if b)
                                             for (t, e), v in sorted(self.check_broken.items())}
         if self.attempts > 1:
