@@ -50,7 +50,8 @@ Columns (robust accuracy; a sample counts only if it is correct and the attack f
         [--row-batch-size ROW=B ...]
 
 Every row is evaluated with :func:`manifold_defense.eval.evaluate` (records appended per batch: a killed
-run resumes where it stopped; ``--fresh`` starts over), then the Carlini et al. sanity checks. Writes
+run resumes where it stopped; ``--fresh`` starts over), then the Carlini et al. sanity checks (their attacks
+recorded in ``<row>/sanity``, resumable as well). Writes
 ``defense_mnist[_GENERATOR][_quick].json`` ({"n", "accuracy", "stderr", "sanity", ..., "missing_rows"}), a
 Markdown table and a bar chart — after every row, with the rows finished so far — and per row the evaluation's
 report, accuracy-vs-ε plot and example grid.
@@ -166,15 +167,21 @@ def run_row(row: str, clf, gen, x, y, args, out: Path) -> dict:
     ev = evaluate(model, x[:n], y[:n], specs, batch_size=batch_size, out_dir=row_dir, progress=not args.quiet,
                   dataset="mnist")
     t_attack = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    sanity_checks(ev, model, x[:n], y[:n], decision_subset=decision_subset)
-    t_sanity = time.perf_counter() - t1
-    full = None
+    ev_full, m = None, min(args.aa_subset, n)
     if row == "defended_default" and args.aa_subset > 0:  # AutoAttack at its published budget, on a subset
-        m = min(args.aa_subset, n)
+        # before the checks, whose results live only in this process: a run killed in these hours (a 128-d
+        # GAN) resumes from their records and does not lose an hour of checks
         spec = build_attack("autoattack_rand_linf", [0.3], budget=AttackBudget.full(), label="autoattack_linf_0.3_full")
         ev_full = evaluate(model, x[:m], y[:m], [spec], batch_size=batch_size, out_dir=row_dir / "autoattack_full",
                            progress=not args.quiet, dataset="mnist")
+    t1 = time.perf_counter()
+    # the checks' attacks are recorded in the row folder, batch by batch: hours behind Defense-GAN's projection on
+    # a 128-d GAN, they resume like the columns
+    sanity_checks(ev, model, x[:n], y[:n], decision_subset=decision_subset, out_dir=row_dir / "sanity",
+                  batch_size=batch_size)
+    t_sanity = time.perf_counter() - t1
+    full = None
+    if ev_full is not None:
         key = ("autoattack_linf_0.3_full", 0.3)
         without = ev.worst_case_samples()[("linf", 0.3)][:m]
         # what it breaks on its subset is broken: the row's worst case counts it (as it counts the checks' finds)

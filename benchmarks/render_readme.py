@@ -364,6 +364,7 @@ def render(results_dir: Path | str = RESULTS) -> dict[str, str]:
         data = json.loads(path.read_text(encoding="utf-8"))
         fn = (RENDERERS.get(path.stem) or RENDERERS.get(path.stem.removesuffix("_quick"))
               or (gan_training if path.stem.startswith("gan_training_") else None)
+              or (defense_mnist if path.stem.startswith("defense_mnist_") else None)  # another generator
               or (manifold_at_mnist if path.stem.startswith("manifold_at_mnist_seed") else generic))  # another seed
         blocks[path.stem] = fn(data).rstrip("\n") + "\n\n" + source(path.stem, data)
     return blocks

@@ -257,20 +257,10 @@ def _predictions(model: nn.Module, x: torch.Tensor, attempts: int) -> torch.Tens
 
 
 def evaluate(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    attacks: Sequence[AttackSpec],
-    *,
-    batch_size: int = 100,
-    out_dir: str | os.PathLike | None = None,
-    start: int = 0,
-    stop: int | None = None,
-    progress: bool = True,
-    examples: int = 8,
-    attempts: int = 1,
-    dataset: str | None = None,
-    judges: Mapping[str, nn.Module] | None = None,
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequence[AttackSpec], *, batch_size: int = 100,
+    out_dir: str | os.PathLike | None = None, start: int = 0, stop: int | None = None, progress: bool = True,
+    examples: int = 8, attempts: int = 1, dataset: str | None = None, judges: Mapping[str, nn.Module] | None = None,
+    distributed: bool = True,
 ) -> Evaluation:
     """Run every attack at every ε on samples ``start … stop`` of ``(x, y)``, batch by batch.
 
@@ -281,7 +271,8 @@ def evaluate(
     clean and adversarial input that many times (a sample of a randomised defense is broken in N attempts if
     any draw misclassifies it); both numbers are reported. Under ``torchrun`` (``out_dir`` required) rank
     ``r`` attacks every ``world``-th batch into ``out_dir/shard-r-of-W`` and every rank returns the evaluation
-    of all shards, checked for complete coverage. The first ``examples`` images of the first batch are kept
+    of all shards, checked for complete coverage (``distributed=False``: this process alone, e.g. rank 0's sanity
+    checks). The first ``examples`` images of the first batch are kept
     for the report's image grid. ``judges`` (name → classifier, never the attacked one nor trained on these
     examples) label every adversarial input: their agreement with the true label shows whether an
     on-manifold attack kept the label (:meth:`Evaluation.judge_agreement`).
@@ -306,7 +297,7 @@ def evaluate(
     if start % batch_size:
         raise InputError(f"start ({start}) must be a multiple of batch_size ({batch_size}): a shard must attack the "
                          "same batches as an unsharded run")
-    world, rank = _world()
+    world, rank = _world() if distributed else (1, 0)
     if world > 1 and out_dir is None:
         raise InputError("a distributed evaluation needs out_dir (each rank writes its shard there)")
     run = {"model": model_fingerprint(model), "data": {"digest": tensor_digest(x, y), "n": len(x), "dataset": dataset},

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -16,7 +18,7 @@ from torch import nn
 from manifold_defense.attacks.adapters import HopSkipJump
 from manifold_defense.attacks.base import Attack
 from manifold_defense.attacks.pixel import LinfPGD
-from manifold_defense.eval.robustness import AttackSpec, Evaluation
+from manifold_defense.eval.robustness import AttackSpec, Evaluation, evaluate
 
 __all__ = ["sanity_checks", "gradient_agreement", "scaled_attack"]
 
@@ -76,7 +78,8 @@ def scaled_attack(attack: Attack, factor: int) -> Attack:
 def sanity_checks(ev: Evaluation, model: nn.Module | None = None, x: torch.Tensor | None = None,
                   y: torch.Tensor | None = None, *, attacks: Sequence[AttackSpec] | None = None, subset: int = 32,
                   tol: float | None = None, decision_subset: int = 16, decision_attack: Attack | None = None,
-                  gradient_subset: int = 8, directions: int = 32, convergence_subset: int = 32) -> Evaluation:
+                  gradient_subset: int = 8, directions: int = 32, convergence_subset: int = 32,
+                  out_dir: str | os.PathLike | None = None, batch_size: int | None = None) -> Evaluation:
     """Fill ``ev.sanity`` (True / False / None = could not run) and ``ev.sanity_details``.
 
     - ``monotone_in_epsilon``: robust accuracy non-increasing in ε, per attack (tolerance one sample).
@@ -97,6 +100,10 @@ def sanity_checks(ev: Evaluation, model: nn.Module | None = None, x: torch.Tenso
     Every sample a check's own attack breaks (ε = 1 PGD, the convergence reruns, the decision-based attack)
     goes to ``ev.check_broken`` and counts in :meth:`Evaluation.worst_case` at that ε and above: an adversarial
     input a check found is as real as the evaluation's own.
+
+    The checks' attacks run through :func:`~manifold_defense.eval.evaluate` in batches of ``batch_size`` (default:
+    the whole subset); with ``out_dir`` each finished batch is recorded under ``out_dir/<check>``, so a killed run
+    resumes its checks (hours behind a costly projection) from their records, fingerprint-checked like any.
     """
     n = len(ev.indices)
     tol = 1.0 / max(n, 1) if tol is None else tol
@@ -124,13 +131,19 @@ def sanity_checks(ev: Evaluation, model: nn.Module | None = None, x: torch.Tenso
     _check(ev, "iterative_beats_single_step", iterative)
     if model is None or x is None or y is None:
         return ev
-    device = next(model.parameters()).device
+
+    def run(attack: Attack, name: str, check: str, threat: str, eps: float, idx: list[int]) -> tuple[float, list[bool]]:
+        """(robust accuracy, per-sample breaks) of a check's own attack on the samples ``idx``."""
+        spec = AttackSpec(name=name, attack=attack, epsilons=[eps], threat=threat)
+        res = evaluate(model, x[idx], y[idx], [spec], batch_size=batch_size or len(idx), examples=0, progress=False,
+                       out_dir=None if out_dir is None else Path(out_dir) / check, distributed=False)  # this rank's own
+        key = (name, float(eps))
+        return res.accuracy(key)[0], [not res.robust[key][i] for i in res.indices]  # positions in idx
 
     def large_eps() -> tuple[bool, str]:
         idx = ev.indices[:subset]  # the evaluation's own samples (positions in x), as the other checks use
-        res = LinfPGD(steps=20, rel_stepsize=0.1)(model, x[idx].to(device), y[idx].to(device), epsilon=1.0)
-        left = res.robust_accuracy
-        ev.add_breaks("linf", 1.0, idx, res.success.tolist())
+        left, broken = run(LinfPGD(steps=20, rel_stepsize=0.1), "pgd_linf_1", "large_epsilon_breaks_all", "linf", 1.0, idx)
+        ev.add_breaks("linf", 1.0, idx, broken)
         return left <= 0.05, f"L-inf PGD eps=1 leaves {left:.1%} of {len(idx)}"
 
     def informative() -> tuple[bool, str]:
@@ -159,7 +172,6 @@ def sanity_checks(ev: Evaluation, model: nn.Module | None = None, x: torch.Tenso
         if not pool:
             raise ValueError("no iterative ℓ∞/ℓ2 attack was evaluated")
         idx = ev.indices[:convergence_subset]
-        xs, ys = x[idx].to(device), y[idx].to(device)
         # one point or one sample, compared in samples: robust accuracies are float32 means, whose difference
         # 0.1 − 0.05 exceeds 0.05 (a one-sample change on 20 samples would be flagged)
         limit = max(0.01 * len(idx), 1.0) + 1e-9
@@ -168,11 +180,11 @@ def sanity_checks(ev: Evaluation, model: nn.Module | None = None, x: torch.Tenso
             rivals = [s for s in pool if s.threat == threat]
             spec = min(rivals, key=lambda s: ev.accuracy((s.name, float(max(s.epsilons))))[0])
             eps = float(max(spec.epsilons))
-            base_res = spec.attack(model, xs, ys, epsilon=eps)
-            double_res = scaled_attack(spec.attack, 2)(model, xs, ys, epsilon=eps)
-            base, double = base_res.robust_accuracy, double_res.robust_accuracy
+            base, base_broken = run(spec.attack, f"{spec.name}_x1", "attack_converged", threat, eps, idx)
+            double, double_broken = run(scaled_attack(spec.attack, 2), f"{spec.name}_x2", "attack_converged", threat,
+                                        eps, idx)
             ok = ok and abs(round(double * len(idx)) - round(base * len(idx))) <= limit
-            found = ev.add_breaks(threat, eps, idx, (base_res.success | double_res.success).tolist())
+            found = ev.add_breaks(threat, eps, idx, [a or b for a, b in zip(base_broken, double_broken)])
             parts.append(f"{threat}: {spec.name} eps={eps:g} on {len(idx)} samples, robust accuracy {base:.1%} at its "
                          f"budget, {double:.1%} at twice its iterations and restarts"
                          + (f" ({found} more sample(s) broken by these reruns, counted in the worst case)" if found
@@ -187,11 +199,11 @@ def sanity_checks(ev: Evaluation, model: nn.Module | None = None, x: torch.Tenso
         eps = max(e for (t, e) in worst if t == threat)
         idx = ev.indices[:decision_subset]
         attack = decision_attack or HopSkipJump(norm=threat)
-        res = attack(model, x[idx].to(device), y[idx].to(device), epsilon=eps)
-        hsj = [ev.clean[i] and not bool(b) for i, b in zip(idx, res.success.tolist())]
+        _, broken = run(attack, type(attack).__name__, "decision_based_not_stronger", threat, eps, idx)
+        hsj = [ev.clean[i] and not b for i, b in zip(idx, broken)]
         keys = [k for k in ev.robust if ev.threats[k[0]] == threat and k[1] == eps]
         wb = [all(ev.robust[k][i] for k in keys) for i in idx]
-        ev.add_breaks(threat, eps, idx, res.success.tolist())
+        ev.add_breaks(threat, eps, idx, broken)
         a_hsj, a_wb = sum(hsj) / len(idx), sum(wb) / len(idx)
         return a_hsj >= a_wb - 1.0 / len(idx) - 1e-12, (
             f"{type(attack).__name__} {threat} eps={eps:g} on {len(idx)} samples: robust accuracy {a_hsj:.1%} vs "

@@ -132,7 +132,9 @@ def run(args: argparse.Namespace) -> int:
         ev = evaluate(model, x, y, specs, batch_size=args.batch_size, out_dir=out, start=args.start, stop=args.stop,
                       progress=not args.quiet and rank == 0, attempts=args.attempts, dataset=dataset, judges=judges)
         if rank == 0:
-            sanity_checks(ev, model, x, y, decision_subset=args.decision_subset)
+            # the checks' own attacks are recorded too (per shard start): a killed run resumes them
+            sanity_checks(ev, model, x, y, decision_subset=args.decision_subset, batch_size=args.batch_size,
+                          out_dir=out / "sanity" / f"from_{args.start}")
             paths = write_report(ev, out, title=f"{args.classifier} / {args.projection} projection")
             print((out / "report.md").read_text())
             print(f"wrote {', '.join(str(p) for p in paths.values())} ({time.perf_counter() - t0:.0f} s)")

@@ -480,6 +480,26 @@ class TestSanityCanFail:
         assert ev.sanity["decision_based_not_stronger"] is False
         assert ev.worst_case()[("linf", 0.9)][0] == pytest.approx(0.75)
 
+    def test_checks_resume_from_their_records(self, tmp_path):
+        # behind a costly projection the checks' reruns take hours: with out_dir a rerun of the checks (a killed
+        # run resumed) reads their records instead of attacking again, with the same verdicts and breaks
+        x, y = torch.zeros(20, 1, 8, 8), torch.zeros(20, dtype=torch.long)
+        model, calls = _FirstPixelModel(), []
+        attack = _FlipsFirstPixel(lambda steps, restarts: calls.append(restarts) or (5 if restarts == 1 else 7),
+                                  steps=10, value=0.9)
+        verdicts = []
+        for _ in range(2):
+            ev = evaluate(model, x, y, [AttackSpec("flip", attack, [0.9], "linf")], batch_size=20, progress=False)
+            calls.clear()
+            sanity_checks(ev, model, x, y, decision_subset=0, convergence_subset=20, out_dir=tmp_path / "checks",
+                          batch_size=10)
+            verdicts.append((dict(ev.sanity_details), ev.worst_case()[("linf", 0.9)][0], list(calls)))
+        assert verdicts[0][2] == [1, 1, 2, 2]  # first time: base and doubled rerun, two batches each
+        assert verdicts[1][2] == []  # resumed: no attack ran
+        assert verdicts[0][:2] == verdicts[1][:2]
+        assert verdicts[1][1] == pytest.approx(0.3)  # per batch of 10, 7 broken: the records' breaks still count
+        assert (tmp_path / "checks" / "attack_converged" / "records.jsonl").is_file()
+
     def test_scaled_attack_doubles_nested_iterations_and_restarts(self):
         from manifold_defense.attacks.adaptive import BPDA
         from manifold_defense.eval.sanity import scaled_attack
