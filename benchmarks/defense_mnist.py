@@ -169,11 +169,9 @@ def run_row(row: str, clf, gen, x, y, args, out: Path) -> dict:
     t_attack = time.perf_counter() - t0
     ev_full, m = None, min(args.aa_subset, n)
     if row == "defended_default" and args.aa_subset > 0:  # AutoAttack at its published budget, on a subset
-        # before the checks, whose results live only in this process: a run killed in these hours (a 128-d
-        # GAN) resumes from their records and does not lose an hour of checks
         spec = build_attack("autoattack_rand_linf", [0.3], budget=AttackBudget.full(), label="autoattack_linf_0.3_full")
-        ev_full = evaluate(model, x[:m], y[:m], [spec], batch_size=batch_size, out_dir=row_dir / "autoattack_full",
-                           progress=not args.quiet, dataset="mnist")
+        ev_full = evaluate(model, x[:m], y[:m], [spec], batch_size=args.aa_batch_size or batch_size,
+                           out_dir=row_dir / "autoattack_full", progress=not args.quiet, dataset="mnist")
     t1 = time.perf_counter()
     # the checks' attacks are recorded in the row folder, batch by batch: hours behind Defense-GAN's projection on
     # a 128-d GAN, they resume like the columns
@@ -269,6 +267,9 @@ def main(argv=None) -> int:
     p.add_argument("--fresh", action="store_true", help="discard records of an earlier run")
     p.add_argument("--aa-subset", type=int, default=50,
                    help="images of the defended_default row attacked by AutoAttack at its full published budget")
+    p.add_argument("--aa-batch-size", type=int, default=None,
+                   help="batch size of that subset (default: the row's): its records land per batch (~1 h per 10 "
+                        "images on mnist-sngan-inv); part of its records' fingerprint")
     p.add_argument("--row-n", nargs="+", default=[], metavar="ROW=N",
                    help="images of a row instead of its default (e.g. defended_default=100 on a slower generator); "
                         "a row's images are part of its records' fingerprint: another N needs --fresh or --out")
@@ -293,6 +294,8 @@ def main(argv=None) -> int:
             p.error(f"{name}: unknown row or value outside 1..{limit or 'inf'}"
                     f"{' (--n, after --quick)' if limit else ''}: {bad}")
         setattr(args, flag, parsed)
+    if args.aa_batch_size is not None and args.aa_batch_size < 1:
+        p.error(f"--aa-batch-size must be >= 1, got {args.aa_batch_size}")
     if args.threads:
         torch.set_num_threads(args.threads)
     suffix = ("" if args.generator == "mnist-vae20" else "_" + args.generator.replace("mnist-", "")) + \
