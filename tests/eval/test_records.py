@@ -500,6 +500,18 @@ class TestSanityCanFail:
         assert verdicts[1][1] == pytest.approx(0.3)  # per batch of 10, 7 broken: the records' breaks still count
         assert (tmp_path / "checks" / "attack_converged" / "records.jsonl").is_file()
 
+    def test_check_records_of_another_model_are_refused_not_reused(self, tmp_path):
+        # a check folder left by another model must not vouch for this one: the check cannot run, and says so
+        x, y = torch.zeros(20, 1, 8, 8), torch.zeros(20, dtype=torch.long)
+        attack = _FlipsFirstPixel(lambda steps, restarts: 5 if restarts == 1 else 7, steps=10, value=0.9)
+        for scale, expect in ((1.0, False), (2.0, None)):
+            model = _FirstPixelModel()
+            model.w.data.fill_(scale)
+            ev = evaluate(model, x, y, [AttackSpec("flip", attack, [0.9], "linf")], batch_size=20, progress=False)
+            sanity_checks(ev, model, x, y, decision_subset=0, convergence_subset=20, out_dir=tmp_path)
+            assert ev.sanity["attack_converged"] is expect, ev.sanity_details["attack_converged"]
+        assert "RecordError" in ev.sanity_details["attack_converged"]
+
     def test_scaled_attack_doubles_nested_iterations_and_restarts(self):
         from manifold_defense.attacks.adaptive import BPDA
         from manifold_defense.eval.sanity import scaled_attack
