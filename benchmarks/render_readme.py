@@ -344,6 +344,18 @@ def gan_training(d: dict) -> str:
                "FGSM 0.3"], rows)])
 
 
+def gradient_agreement(d: dict) -> str:
+    steps = d["steps"]
+    rows = [[f"`{g}`", mode] + [pm(c["agreement"], c["se"], 2) for c in cells]
+            for g, modes in d["generators"].items() for mode, cells in modes.items()]
+    return "\n\n".join([
+        (f"Agreement ± 1.96·SE (Carlini et al. 2019's gradient check: ~1 exact, ~0 useless) of each attack gradient with "
+         f"central finite differences of the defended model's loss, classifier A behind each generator's default "
+         f"projection, n = {d['n']} MNIST test images × {d['directions']} random directions, at finite-difference "
+         "step h (ℓ2); the sanity check `gradients_informative` uses h = 0.05 on 8 images."),
+        table(["generator", "gradient"] + [f"h = {h:g}" for h in steps], rows, left=2)])
+
+
 def generic(d: dict) -> str:
     """Files without a renderer of their own: their top-level numbers."""
     rows = [[f"`{k}`", num(v)] for k, v in sorted(d.items()) if isinstance(v, (int, float)) and not isinstance(v, bool)]
@@ -353,7 +365,8 @@ def generic(d: dict) -> str:
 RENDERERS = {"projection_speed": projection_speed, "cs_mnist": cs_mnist, "defense_mnist": defense_mnist,
              "manifold_at_mnist": manifold_at_mnist, "manifold_at_mnist_timing": manifold_at_mnist_timing,
              "guided_mnist": guided_mnist, "random_relu": random_relu, "attack_efficiency": attack_efficiency,
-             "batch_invariance": batch_invariance, "generator_quality": generator_quality}
+             "batch_invariance": batch_invariance, "generator_quality": generator_quality,
+             "gradient_agreement": gradient_agreement}
 
 
 # ---------------------------------------------------------------------------------------------- README
