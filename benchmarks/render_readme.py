@@ -349,9 +349,9 @@ def gradient_agreement(d: dict) -> str:
     rows = [[f"`{g}`", mode] + [pm(c["agreement"], c["se"], 2) for c in cells]
             for g, modes in d["generators"].items() for mode, cells in modes.items()]
     return "\n\n".join([
-        (f"Agreement ± 1.96·SE (Carlini et al. 2019's gradient check: ~1 exact, ~0 useless) of each attack gradient with "
-         f"central finite differences of the defended model's loss, classifier A behind each generator's default "
-         f"projection, n = {d['n']} MNIST test images × {d['directions']} random directions, at finite-difference "
+        ("Agreement ± 1.96·SE (Carlini et al. 2019's gradient check: ~1 exact, ~0 useless) of each attack "
+         "gradient with central finite differences of the defended model's loss, classifier A behind each "
+         f"generator's default projection, n = {d['n']} MNIST test images × {d['directions']} random directions, at finite-difference "
          "step h (ℓ2); the sanity check `gradients_informative` uses h = 0.05 on 8 images."),
         table(["generator", "gradient"] + [f"h = {h:g}" for h in steps], rows, left=2)])
 
