@@ -351,8 +351,8 @@ def gradient_agreement(d: dict) -> str:
     return "\n\n".join([
         ("Agreement ± 1.96·SE (Carlini et al. 2019's gradient check: ~1 exact, ~0 useless) of each attack "
          "gradient with central finite differences of the defended model's loss, classifier A behind each "
-         f"generator's default projection, n = {d['n']} MNIST test images × {d['directions']} random directions, at finite-difference "
-         "step h (ℓ2); the sanity check `gradients_informative` uses h = 0.05 on 8 images."),
+         f"generator's default projection, n = {d['n']} MNIST test images × {d['directions']} random directions, "
+         "at finite-difference step h (ℓ2); the sanity check `gradients_informative` uses h = 0.05 on 8 images."),
         table(["generator", "gradient"] + [f"h = {h:g}" for h in steps], rows, left=2)])
 
 
