@@ -32,31 +32,37 @@ def _check(ev: Evaluation, name: str, fn: Callable[[], tuple[bool, str]]) -> Non
         ev.sanity[name], ev.sanity_details[name] = bool(ok), detail
 
 
-def gradient_agreement(model: nn.Module, attacked: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
-                       directions: int = 32, h: float = 0.05, seed: int = 0) -> torch.Tensor:
+def gradient_agreement(model: nn.Module | Sequence[nn.Module], attacked: nn.Module, x: torch.Tensor,
+                       y: torch.Tensor, *, directions: int = 32, h: float = 0.05, seed: int = 0) -> torch.Tensor:
     """Per sample, the correlation between the attack's directional derivatives ``∇ₓ L(model) · u`` and
     central finite differences of the *attacked* model's loss, ``(L(x + h u) − L(x − h u)) / 2h``, over
     ``directions`` random unit directions ``u`` (SPSA-like zeroth-order estimates, no gradient of
     ``attacked`` needed). For random ``u`` this estimates the cosine between the attack's gradient and the
-    true one: ~1 for an exact gradient, ~0 for a useless one (a zero gradient gives 0)."""
+    true one: ~1 for an exact gradient, ~0 for a useless one (a zero gradient gives 0). A sequence of
+    models (several attacks' gradients) shares the finite differences, the costly part, and gives
+    ``(len(model), n)``."""
     device = next(attacked.parameters()).device
     x, y = x.to(device), y.to(device)
     gen = torch.Generator().manual_seed(seed)
     n, d = len(x), x[0].numel()
     u = torch.randn(n, directions, d, generator=gen, dtype=x.dtype).to(device)
     u = u / u.norm(dim=2, keepdim=True)
+    models = [model] if isinstance(model, nn.Module) else list(model)
+    grads = []
     with torch.enable_grad():
-        xg = x.detach().clone().requires_grad_(True)
-        (g,) = torch.autograd.grad(F.cross_entropy(model(xg), y, reduction="sum"), xg)
-    predicted = torch.einsum("nd,nkd->nk", g.flatten(1), u)
+        for m in models:
+            xg = x.detach().clone().requires_grad_(True)
+            grads.append(torch.autograd.grad(F.cross_entropy(m(xg), y, reduction="sum"), xg)[0].flatten(1))
+    predicted = torch.einsum("mnd,nkd->mnk", torch.stack(grads), u)
     xs = x.flatten(1)[:, None, None] + h * torch.stack([u, -u], 2)  # (n, k, 2, d)
     xs = xs.clamp(0, 1).view(-1, *x.shape[1:])
     with torch.no_grad():
         loss = F.cross_entropy(attacked(xs), y.repeat_interleave(2 * directions), reduction="none").view(n, directions, 2)
     measured = (loss[..., 0] - loss[..., 1]) / (2 * h)
-    pc, mc = predicted - predicted.mean(1, keepdim=True), measured - measured.mean(1, keepdim=True)
-    denom = pc.norm(dim=1) * mc.norm(dim=1)
-    return torch.where(denom > 0, (pc * mc).sum(1) / denom.clamp_min(1e-30), torch.zeros_like(denom))
+    pc, mc = predicted - predicted.mean(2, keepdim=True), measured - measured.mean(1, keepdim=True)
+    denom = pc.norm(dim=2) * mc.norm(dim=1)
+    corr = torch.where(denom > 0, (pc * mc).sum(2) / denom.clamp_min(1e-30), torch.zeros_like(denom))
+    return corr[0] if isinstance(model, nn.Module) else corr
 
 
 _SCALED = ("steps", "n_iter", "restarts", "range_restarts", "target_starts")
@@ -155,9 +161,9 @@ def sanity_checks(ev: Evaluation, model: nn.Module | None = None, x: torch.Tenso
         modes += [m for m, cls in (("bpda", BPDA), ("implicit", ImplicitPGD)) if hasattr(model, "gradient")
                   and any(type(s.attack) is cls for s in attacks) and m not in modes]
         parts, ok = [], False
-        for mode in modes:
-            grad_model = crafting_model(model, gradient=mode) if hasattr(model, "gradient") else model
-            corr = gradient_agreement(grad_model, model, x[idx], y[idx], directions=directions)
+        grad_models = [crafting_model(model, gradient=m) if hasattr(model, "gradient") else model for m in modes]
+        agreement = gradient_agreement(grad_models, model, x[idx], y[idx], directions=directions)  # one FD pass
+        for mode, corr in zip(modes, agreement):
             m, se = float(corr.mean()), float(corr.std() / math.sqrt(len(corr))) if len(corr) > 1 else 0.0
             parts.append(f"{mode} {m:.2f} ± {se:.2f}")
             ok = ok or (m >= 0.1 and m > 2 * se)  # one informative gradient among the attacks' suffices

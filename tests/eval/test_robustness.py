@@ -51,6 +51,22 @@ class TestSanityChecks:
         assert "clean → projected" in ev.examples  # the model has project(): projections are shown too
         assert "**FAIL**" in write_report(ev, tmp_path)["markdown"].read_text()
 
+    def test_gradient_agreement_exact_and_shared(self, digits_classifier, digits_test):
+        """The model's own gradient agrees with its finite differences (~1; below where [0, 1] clips the
+        step), another model's does not; several gradient models share one finite-difference pass and give
+        the rows of separate calls."""
+        import torch
+
+        from manifold_defense.eval import gradient_agreement
+
+        x, y = digits_test.images[:8], digits_test.labels[:8]
+        other = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(x[0].numel(), 10))
+        torch.manual_seed(0)
+        both = gradient_agreement([digits_classifier, other], digits_classifier, x, y, h=1e-3)
+        assert both.shape == (2, 8) and both[0].mean() > 0.9 and both[1].mean().abs() < 0.5
+        for row, m in zip(both, [digits_classifier, other]):
+            assert torch.allclose(row, gradient_agreement(m, digits_classifier, x, y, h=1e-3), atol=1e-5)
+
     def test_failed_check_is_flagged(self, digits_classifier, digits_test):
         from manifold_defense.eval.robustness import Evaluation
 
