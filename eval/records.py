@@ -32,7 +32,7 @@ from manifold_defense.utils import state_digest, tensor_digest
 from manifold_defense.validation import InputError
 
 __all__ = ["RecordError", "IncompleteEvaluation", "RecordStore", "state_digest", "tensor_digest", "model_fingerprint",
-           "attack_fingerprint", "read_records", "merge_records", "FORMAT"]
+           "attack_fingerprint", "read_records", "merge_records", "record_status", "FORMAT"]
 
 FORMAT = "manifold-defense-records/2"
 
@@ -255,3 +255,47 @@ def coverage_gaps(records: Iterable[dict], indices: Sequence[int], jobs: Iterabl
         if missing:
             gaps["clean" if key == ("clean",) else f"{key[0]}@{key[1]:g}"] = missing
     return gaps
+
+
+def record_status(folder: str | os.PathLike) -> dict[str, Any]:
+    """What an evaluation folder holds, for watching a long or sharded run: per column (``clean``, then each
+    ``attack@ε``) the samples recorded, how many of them the column found correct (clean, in every attempt) or
+    broken (an attack, in any attempt, among the samples recorded correct), its seconds, and the samples still
+    missing out of the run's ``n``. An attack that
+    has not finished a batch yet has no column: the folder does not know which attacks a run will add.
+
+    Counts only: a column with missing samples is not a robust accuracy, so none is computed here
+    (:func:`~manifold_defense.eval.evaluate` on the same folder reports the numbers once nothing is missing).
+    """
+    folder = Path(folder)
+    meta = folder / "run.json"
+    if not meta.is_file():
+        raise RecordError(f"{folder} has no run.json: not an evaluation folder of this library")
+    run = json.loads(meta.read_text())
+    n = (run.get("data") or {}).get("n")
+    records = read_records(folder / "records.jsonl")
+    correct = {i: bool(c) for r in records if r["kind"] == "clean"
+               for i, c in zip(r["indices"], r.get("correct_all", r["correct"]))}
+    columns: dict[str, dict[str, Any]] = {}
+    for r in records:
+        name = "clean" if r["kind"] == "clean" else f"{r['attack']}@{float(r['epsilon']):g}"
+        if r["kind"] == "clean":
+            hits = sum(correct[i] for i in r["indices"])
+        else:  # an attack's success on a sample the model already got wrong is no break
+            broken = r.get("broken_any", r["broken"])
+            hits = sum(bool(b) and correct.get(i, False) for i, b in zip(r["indices"], broken))
+        col = columns.setdefault(name, {"column": name, "recorded": set(), "hits": 0, "seconds": 0.0, "batches": 0})
+        col["recorded"].update(r["indices"])
+        col["hits"] += hits
+        col["seconds"] += float(r.get("seconds", 0.0))
+        col["batches"] += 1
+    rows = []
+    for col in columns.values():
+        done = col.pop("recorded")
+        hits = col.pop("hits")
+        missing = sorted(set(range(n)) - done) if n is not None else []
+        rows.append({"column": col["column"], "recorded": len(done),
+                     "correct" if col["column"] == "clean" else "broken": hits, "seconds": col["seconds"],
+                     "batches": col["batches"], "missing": _ranges(missing) if missing else ""})
+    return {"folder": str(folder), "n": n, "batch_size": run.get("batch_size"), "attempts": run.get("attempts"),
+            "columns": rows}  # no "complete": the folder does not know which attacks are still to start

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from manifold_defense.cli import demo, evaluate, generate, recover, train, zoo
+from manifold_defense.cli import demo, evaluate, generate, records, recover, train, zoo
 from manifold_defense.cli.common import Parser
 
 __all__ = ["main", "build_parser"]
@@ -26,6 +26,7 @@ def build_parser() -> Parser:
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=Parser)
     demo.add_parser(sub)
     evaluate.add_parser(sub)
+    records.add_parser(sub)
     zoo.add_parser(sub)
     recover.add_parser(sub)
     generate.add_parser(sub)
