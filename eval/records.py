@@ -261,8 +261,8 @@ def record_status(folder: str | os.PathLike) -> dict[str, Any]:
     """What an evaluation folder holds, for watching a long or sharded run: per column (``clean``, then each
     ``attack@ε``) the samples recorded, how many of them the column found correct (clean, in every attempt) or
     broken (an attack, in any attempt, among the samples recorded correct), its seconds, and the samples still
-    missing out of the run's ``n``. An attack that
-    has not finished a batch yet has no column: the folder does not know which attacks a run will add.
+    missing out of the run's ``n``. An attack that has not finished a batch yet has no column: the folder does
+    not know which attacks a run will add.
 
     Counts only: a column with missing samples is not a robust accuracy, so none is computed here
     (:func:`~manifold_defense.eval.evaluate` on the same folder reports the numbers once nothing is missing).
