@@ -47,7 +47,7 @@ Columns (robust accuracy; a sample counts only if it is correct and the attack f
   and ε failed, the sanity checks' attacks included (the convergence check's reruns, HopSkipJump).
 
     python benchmarks/defense_mnist.py [--quick] [--generator mnist-wgan] [--n 500] [--rows ...] [--row-n ROW=N ...]
-        [--row-batch-size ROW=B ...]
+        [--row-batch-size ROW=B ...] [--shard START:STOP [--columns COLUMN ...]]
 
 Every row is evaluated with :func:`manifold_defense.eval.evaluate` (records appended per batch: a killed
 run resumes where it stopped; ``--fresh`` starts over), then the Carlini et al. sanity checks (their attacks
@@ -59,7 +59,8 @@ report, accuracy-vs-ε plot and example grid.
 Rows run in parallel processes (``--rows R --out other.json``, one core each) are joined with
 ``--merge a.json b.json ...``: the outputs are rebuilt from those files' finished rows, refusing files of
 another classifier, generator or attack budget and a row finished in two files; ``merged_from`` lists each
-file's rows and provenance.
+file's rows and provenance. Batches of one row run in parallel (``--shard START:STOP``, optionally ``--columns``:
+records only) are joined with ``manifold-defense records merge``; a run on the merged folder attacks what is left.
 """
 
 from __future__ import annotations
@@ -163,6 +164,11 @@ def run_row(row: str, clf, gen, x, y, args, out: Path) -> dict:
     row_dir = out / row
     if args.fresh and row_dir.exists():
         shutil.rmtree(row_dir)
+    if args.shard:  # records only: a shard's accuracies would be of some samples and columns
+        chosen = [next(s for s in specs if s.name == c) for c in args.columns] if args.columns else specs
+        evaluate(model, x[:n], y[:n], chosen, batch_size=batch_size, out_dir=row_dir, start=args.shard[0],
+                 stop=args.shard[1], progress=not args.quiet, dataset="mnist")
+        return {}
     t0 = time.perf_counter()  # the record store refuses a folder of another configuration (fingerprints)
     ev = evaluate(model, x[:n], y[:n], specs, batch_size=batch_size, out_dir=row_dir, progress=not args.quiet,
                   dataset="mnist")
@@ -278,6 +284,12 @@ def main(argv=None) -> int:
                         "on a 128-d GAN) resumes from smaller steps; part of the row's fingerprint, like N")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--shard", default=None, metavar="START:STOP",
+                   help="attack only samples START…STOP of each row (START a multiple of its batch size) into the "
+                        "--out folder and stop (no checks, no outputs); join shard folders with `manifold-defense "
+                        "records merge`, then run without --shard on the merged folder")
+    p.add_argument("--columns", nargs="+", default=None, metavar="COLUMN",
+                   help="with --shard: only these attack columns, in this order")
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                    help="write the outputs from the finished rows of these earlier runs (run in parallel with "
                         "--rows and --out) instead of evaluating")
@@ -296,6 +308,19 @@ def main(argv=None) -> int:
         setattr(args, flag, parsed)
     if args.aa_batch_size is not None and args.aa_batch_size < 1:
         p.error(f"--aa-batch-size must be >= 1, got {args.aa_batch_size}")
+    if args.columns and not args.shard:
+        p.error("--columns needs --shard: a run that reports evaluates every column")
+    for row in args.rows:
+        if unknown := [c for c in args.columns or [] if c not in {**ATTACK_COLUMNS, **EXTRA_COLUMNS.get(row, {})}]:
+            p.error(f"--columns: row {row} has no column(s) {unknown}")
+    if args.shard:
+        try:
+            args.shard = tuple(int(v) for v in args.shard.split(":"))
+            start, stop = args.shard
+        except ValueError:
+            p.error(f"--shard takes START:STOP, got {args.shard}")
+        if not 0 <= start < stop or any(start % args.row_batch_size.get(r, args.batch_size) for r in args.rows):
+            p.error(f"--shard {start}:{stop}: need 0 <= START < STOP, START a multiple of each row's batch size")
     if args.threads:
         torch.set_num_threads(args.threads)
     suffix = ("" if args.generator == "mnist-vae20" else "_" + args.generator.replace("mnist-", "")) + \
@@ -319,6 +344,9 @@ def main(argv=None) -> int:
     for row in args.rows:
         print(f"\n== {row}", flush=True)
         per_row[row] = run_row(row, clf, gen, x, y, args, work)
+        if args.shard:
+            print(f"recorded samples {args.shard[0]}…{args.shard[1]} in {work / row}", flush=True)
+            continue
         print(json.dumps({k: round(v, 4) for k, v in per_row[row]["accuracy"].items()}), flush=True)
         # the outputs after every row: a long run never leaves an older run's (possibly higher) figures on show
         write_outputs(per_row, args, out_json, t0)

@@ -1,5 +1,6 @@
 """``benchmarks/defense_mnist.py --merge``: rows run in parallel processes are joined without losing or
-mixing anything (the committed benchmark JSON, split by row, is the fixture)."""
+mixing anything (the committed benchmark JSON, split by row, is the fixture); ``--shard``: batches of a row run in
+parallel record only their samples and columns, and report nothing."""
 
 from __future__ import annotations
 
@@ -116,3 +117,47 @@ def test_merge_refuses_a_file_without_a_budget_field_its_attacks_use(defense_mni
         defense_mnist.main(["--merge", *files, "--out", str(out)])
     assert field in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.fixture
+def on_digits(defense_mnist, monkeypatch, digits_classifier, digits_vae, digits_test):
+    """The script on the embedded digits: its zoo and data calls get the digits classifier, VAE and test set."""
+    models = {"mnist-classifier-a": digits_classifier, "mnist-vae20": digits_vae}
+    monkeypatch.setattr(defense_mnist.zoo, "get", lambda name, **kw: models[name])
+    monkeypatch.setattr(defense_mnist.data, "load", lambda *a, **kw: digits_test)
+    return defense_mnist
+
+
+def test_shard_records_only_its_batches_and_columns(on_digits, tmp_path):
+    from manifold_defense.eval.records import read_records
+
+    out = tmp_path / "shard.json"
+    cols = ["pgd_linf_0.3_bpda_eot", "fgsm_linf_0.3_transfer"]
+    argv = ["--rows", "undefended", "--n", "12", "--batch-size", "4", "--small-budget", "--quiet", "--shard", "4:8",
+            "--columns", *cols, "--out", str(out)]
+    assert on_digits.main(argv) == 0
+    records = read_records(tmp_path / "shard" / "undefended" / "records.jsonl")
+    assert {r["start"] for r in records} == {4}
+    assert [r["kind"] for r in records].count("clean") == 1
+    assert [r["attack"] for r in records if r["kind"] == "attack"] == cols
+    assert all(r["indices"] == [4, 5, 6, 7] for r in records)
+    # the FGSM transfer attack breaks some of the undefended classifier's correct digits at ε = 0.3
+    assert any(any(r["broken"]) for r in records if r["kind"] == "attack")
+    assert not out.exists() and not out.with_suffix(".md").exists()  # a shard reports nothing
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--columns", "fgsm_linf_0.3_transfer"], "--columns needs --shard"),
+    (["--shard", "0:100", "--columns", "pgd_linf_9_bpda"], "has no column"),
+    (["--rows", "undefended", "--shard", "0:100", "--columns", "pgd_linf_0.3_implicit_full"], "has no column"),
+    (["--shard", "4"], "START:STOP"),
+    (["--shard", "8:4"], "0 <= START < STOP"),
+    (["--shard", "10:20", "--row-batch-size", "defended_default=20"], "multiple of each row's batch size"),
+])
+def test_shard_refuses_bad_arguments(defense_mnist, tmp_path, capsys, argv, message):
+    out = tmp_path / "shard.json"
+    with pytest.raises(SystemExit):
+        defense_mnist.main([*argv, "--out", str(out)])
+    assert message in capsys.readouterr().err
+    assert not out.with_suffix("").exists()  # refused before any folder is made
+
