@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from manifold_defense.attacks.adaptive import crafting_model, describe_projection
-from manifold_defense.attacks.base import Attack
+from manifold_defense.attacks.base import Attack, Crafted
 from manifold_defense.defended import DefendedModel, ProjectionConfig
 from manifold_defense.attacks.pixel import project_to_ball
 from manifold_defense.validation import InputError
@@ -86,14 +86,12 @@ class AutoAttack(Attack):
         self.norm, self.version, self.attacks = norm, version, attacks
         self.n_iter, self.eot_iter, self.seed, self.batch_size = n_iter, eot_iter, seed, batch_size
         self.projection, self.stochastic = projection, stochastic
-        self.surrogate_description = ""
 
-    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float) -> torch.Tensor:
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float) -> Crafted:
         from pyautoattack import AutoAttack as _AutoAttack
 
         logging.getLogger("auto-attack").setLevel(logging.WARNING)
         craft = crafting_model(model, self.projection, gradient="bpda", stochastic=self.stochastic)
-        self.surrogate_description = describe_projection(model, craft)
         # pyautoattack decides which samples are still robust (whom to attack next, whom to skip) from no-grad
         # forward passes; those must be the attacked model's, or a sample the surrogate happens to misclassify
         # is never attacked. Gradients (grad-enabled passes) come from the crafting model.
@@ -111,7 +109,8 @@ class AutoAttack(Attack):
             out = aa.run_standard_evaluation(x, y.to(x.device), batch_size=self.batch_size)
         adv = out[0] if isinstance(out, tuple) else out  # pyautoattack returns (x_adv, y_adv)
         # pyautoattack may overshoot ε by float rounding; project back so the reported norm is honest.
-        return (x + project_to_ball(adv - x, epsilon, self.norm)).clamp(0, 1)
+        return Crafted((x + project_to_ball(adv - x, epsilon, self.norm)).clamp(0, 1),
+                       crafted_on=describe_projection(model, craft))
 
 
 class HopSkipJump(Attack):

@@ -16,7 +16,7 @@ Sense of Security", ICML 2018).
 Crafting may use a cheaper *surrogate* projection than the attacked model's (``projection=``). Success is
 always checked on the attacked model itself, but a weaker surrogate makes a weaker attack — and a weaker
 attack reports robustness that is too high; use one to save time only, and report it
-(``surrogate_description`` says which projection was attacked; evaluation records carry it). Every
+(the result's ``crafted_on`` says which projection was attacked; evaluation records carry it). Every
 attack keeps, per sample, the first iterate the attacked model misclassifies. On a model that is not a
 :class:`~manifold_defense.defended.DefendedModel`, :class:`BPDA`, :class:`ImplicitPGD` and
 :class:`UnrolledPGD` are plain PGD.
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from manifold_defense.attacks.base import Attack, FirstSuccess, on_rows
+from manifold_defense.attacks.base import Attack, Crafted, FirstSuccess, on_rows
 from manifold_defense.attacks.pixel import ProjectedGradientDescent, margin, project_to_ball
 from manifold_defense.defended import DefendedModel, ProjectionConfig
 from manifold_defense.inversion import descend
@@ -148,18 +148,16 @@ class BackwardPassDifferentiableApproximation(Attack):
                                             check_every=check_every)
         self.norm, self.eot, self.projection = norm, eot, projection
         self.range_restarts, self.range_pool = range_restarts, range_pool
-        self.surrogate_description = ""
 
     def crafting_model(self, model: nn.Module) -> nn.Module:
         """The model whose gradients the attack follows (see :func:`crafting_model`)."""
         return crafting_model(model, self.projection, gradient="bpda", stochastic=self.eot > 1)
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float, *,
-            extra_starts: torch.Tensor | None = None) -> torch.Tensor:
+            extra_starts: torch.Tensor | None = None) -> Crafted:
         """PGD on the crafting model's gradients; success checked on ``model`` (see the module docstring).
         ``extra_starts`` ``(n, K, …)``: more restarts from these points of the ε-ball (after the range restarts)."""
         craft = self.crafting_model(model)
-        self.surrogate_description = describe_projection(model, craft)
         pgd = self.pgd
         # one draw is the expectation where the crafting model is known to be deterministic (a DefendedModel
         # with a deterministic projection, e.g. its implicit gradient): more draws would repeat it, at their
@@ -173,9 +171,9 @@ class BackwardPassDifferentiableApproximation(Attack):
                                  self.range_restarts, pool=self.range_pool, seed=self.pgd.seed)
         if extra_starts is not None:
             extra = extra_starts if extra is None else torch.cat([extra, extra_starts.to(extra)], 1)
-        adv = pgd.run(craft, x, y, epsilon, scorer=None if same_function(model, craft) else model, extra_starts=extra)
-        self._reached, pgd._reached = pgd._reached, None  # the search's verdicts on the attacked model
-        return adv
+        found = pgd.run(craft, x, y, epsilon, scorer=None if same_function(model, craft) else model, extra_starts=extra)
+        found.crafted_on = describe_projection(model, craft)
+        return found
 
 
 class ImplicitPGD(BackwardPassDifferentiableApproximation):
@@ -237,7 +235,6 @@ class LatentReparameterization(Attack):
         self.generator, self.norm, self.steps, self.lr = generator, norm, steps, lr
         self.restarts, self.rounds, self.penalty, self.kappa = restarts, rounds, penalty, kappa
         self.slack, self.init_scale, self.projection, self.seed = slack, init_scale, projection, seed
-        self.surrogate_description = ""
 
     def _parts(self, model: nn.Module) -> tuple[nn.Module, nn.Module, ProjectionConfig]:
         if isinstance(model, DefendedModel):
@@ -254,11 +251,11 @@ class LatentReparameterization(Attack):
             return torch.relu(d.flatten(1).norm(dim=1) - r).pow(2)
         return torch.relu(d.abs() - r).pow(2).flatten(1).sum(1)
 
-    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float) -> torch.Tensor:
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float) -> Crafted:
         """Search the latent space near the projection; a sample's first input the attacked model misclassifies
-        is kept (checked on ``model`` where the classifier at ``G(z)`` is already fooled)."""
+        is kept (checked on ``model`` where the classifier at ``G(z)`` is already fooled); a sample's restarts
+        stop once one of them broke it."""
         generator, classifier, cfg = self._parts(model)
-        self.surrogate_description = f"latent search started at the projection ({cfg.steps} steps, {cfg.restarts} restarts)"
         n, R = len(x), self.restarts
         y = y.to(x.device)
         z_hat = cfg.project(generator, x).z
@@ -271,7 +268,8 @@ class LatentReparameterization(Attack):
         def adversarial(img: torch.Tensor, zz: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
             return (x_rep[rows] + project_to_ball(img - x_rep[rows], epsilon, self.norm)).clamp(0, 1)
 
-        check = FirstSuccess(model, y_rep, prefilter=True, transform=adversarial, check_every=self.check_every)
+        check = FirstSuccess(model, y_rep, prefilter=True, transform=adversarial, check_every=self.check_every,
+                             groups=torch.arange(n * R, device=x.device) // R)
 
         def margin(img: torch.Tensor, zz: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
             logits = classifier(img)
@@ -292,7 +290,8 @@ class LatentReparameterization(Attack):
             res = descend(z[todo], generator, sub(margin), penalties=[sub(excess)], steps=self.steps, lr=self.lr,
                           step_rule="adam", until=sub(check), desc="latent-reparam")
             z[todo] = res.variables.detach()
-            broken[todo] = res.reached
+            broken[todo] = check.hit_rows[todo]
+            broken |= check.broken_groups.repeat_interleave(R)  # a sample broken by one restart needs no more rounds
         with torch.no_grad():
             img = generator(z)
             adv = adversarial(img, z, torch.arange(n * R, device=x.device))
@@ -300,9 +299,11 @@ class LatentReparameterization(Attack):
             inside = self._excess(img - x_rep, epsilon / self.slack) == 0
         # Per sample: a restart that broke the attacked model; else the one inside the ball with the lowest margin.
         big = m.abs().max() + 1
-        score = torch.where(broken, -2 * big, m + (~inside).to(m.dtype) * big)
+        hits = check.hit_rows
+        score = torch.where(hits, -2 * big, m + (~inside).to(m.dtype) * big)
         _, idx = pick_best(score, n, R)
-        return adv[idx]
+        return Crafted(adv[idx], crafted_on=f"latent search started at the projection ({cfg.steps} steps, "
+                                            f"{cfg.restarts} restarts)")
 
 
 BPDA = BackwardPassDifferentiableApproximation

@@ -10,20 +10,51 @@ from torch import nn
 
 from manifold_defense.validation import InputError, check_images, check_labels
 
-__all__ = ["Attack", "AttackResult", "TransferAttack", "perturbation_norm", "predict_labels", "labels_of", "FirstSuccess",
-           "on_rows", "is_deterministic"]
+__all__ = ["Attack", "AttackResult", "Crafted", "TransferAttack", "perturbation_norm", "predict_labels", "labels_of",
+           "FirstSuccess", "on_rows", "is_deterministic"]
+
+
+@dataclass
+class Crafted:
+    """What :meth:`Attack.run` returns: everything the search found, so nothing travels in attributes.
+
+    ``adversarial``: the inputs. ``reference``: the centre of the ε-ball where it is not ``x`` (on the manifold,
+    the projection ``G(ẑ(x))``). ``norms``: per-sample budget norms where the budget is not an image norm (a
+    latent ball). ``reached``: per sample, whether the search itself saw the *attacked* model misclassify exactly
+    the input returned (kept on a deterministic model even if a re-evaluation in another batch shape rounds the
+    other way). ``crafted_on``: which model or projection the search differentiated, for reports.
+    """
+
+    adversarial: torch.Tensor
+    reference: torch.Tensor | None = None
+    norms: torch.Tensor | None = None
+    reached: torch.Tensor | None = None
+    crafted_on: str = ""
+
+
+def as_crafted(out: "Crafted | torch.Tensor | tuple") -> Crafted:
+    """A :class:`Crafted` from what ``run`` returned: itself, adversarial inputs alone, or the tuple
+    ``(adversarial, reference[, norms])`` of attacks written before :class:`Crafted`."""
+    if isinstance(out, Crafted):
+        return out
+    if isinstance(out, torch.Tensor):
+        return Crafted(out)
+    if isinstance(out, tuple) and 1 <= len(out) <= 3:
+        return Crafted(*out)
+    raise TypeError(f"Attack.run must return a Crafted, a tensor or (adversarial, reference[, norms]), got {type(out)}")
 
 
 @dataclass
 class AttackResult:
-    """Adversarial inputs, per-sample success (the model's prediction differs from the label) and the
-    perturbation norm actually used, in the attack's norm."""
+    """Adversarial inputs, per-sample success (the model's prediction differs from the label), the
+    perturbation norm actually used, in the attack's norm, and which model the search crafted on."""
 
     adversarial: torch.Tensor
     success: torch.Tensor
     norms: torch.Tensor
     epsilon: float
     norm: str
+    crafted_on: str = ""
 
     @property
     def success_rate(self) -> float:
@@ -67,18 +98,27 @@ class FirstSuccess:
     with ``check_every`` = k > 1 (for a scorer far costlier than the crafting model, e.g. Defense-GAN's
     projection behind a fast surrogate) checks every row only every k-th call and, in between, the rows the
     cheap logits (recorded by the objective) already get wrong. Success is never judged on a surrogate.
-    :attr:`hit_rows` holds every row the scorer found misclassified.
+    :attr:`hit_rows` holds every row the scorer found misclassified. ``groups`` (row → sample, for restarts
+    carried in the batch): once one row of a sample is misclassified, its other rows stop too (they are
+    returned as met, so the engine stops spending on them, but they are not in :attr:`hit_rows`, and they
+    are never scored): a broken sample costs nothing more.
     """
 
     def __init__(self, scorer: nn.Module, labels: torch.Tensor, *, reuse: bool = False, prefilter: bool = False,
                  transform: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                 check_every: int = 1) -> None:
+                 check_every: int = 1, groups: torch.Tensor | None = None) -> None:
         if check_every < 1:
             raise InputError(f"check_every must be >= 1, got {check_every}")
+        if groups is not None and groups.shape != labels.shape:
+            raise InputError(f"groups must give one sample per row ({tuple(labels.shape)}), got {tuple(groups.shape)}")
         self.scorer, self.labels, self.reuse, self.prefilter = scorer, labels, reuse, prefilter
         self.transform, self.check_every, self.calls = transform, check_every, 0
         self.logits: torch.Tensor | None = None
         self.hit_rows = torch.zeros(len(labels), dtype=torch.bool, device=labels.device)
+        self.groups = None if groups is None else groups.to(labels.device)
+        self.broken_groups = (None if groups is None else
+                              torch.zeros(int(groups.max()) + 1 if len(groups) else 0, dtype=torch.bool,
+                                          device=labels.device))
 
     def record(self, logits: torch.Tensor) -> None:
         """Keep the objective's logits of the rows just evaluated."""
@@ -87,19 +127,24 @@ class FirstSuccess:
     def __call__(self, x: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         y = self.labels[rows]
         self.calls += 1
+        settled = (torch.zeros(len(rows), dtype=torch.bool, device=y.device) if self.groups is None
+                   else self.broken_groups[self.groups[rows]])  # another row of the sample broke it already
         if self.reuse:
-            hit = labels_of(self.logits[: len(rows)]) != y
+            hit = (labels_of(self.logits[: len(rows)]) != y) & ~settled
         else:
-            candidate = torch.ones(len(rows), dtype=torch.bool, device=y.device)
+            candidate = ~settled
             if self.prefilter and self.logits is not None and self.calls % self.check_every != 0:
-                candidate = labels_of(self.logits[: len(rows)]) != y
+                candidate &= labels_of(self.logits[: len(rows)]) != y
             hit = torch.zeros_like(candidate)
             if bool(candidate.any()):
                 inputs = x if self.transform is None else self.transform(x, v, rows)
                 with torch.no_grad():
                     hit[candidate] = labels_of(self.scorer(inputs[candidate])) != y[candidate]
         self.hit_rows[rows[hit]] = True
-        return hit
+        if self.groups is None:
+            return hit
+        self.broken_groups[self.groups[rows[hit]]] = True
+        return hit | settled
 
 
 def is_deterministic(model: nn.Module) -> bool:
@@ -117,9 +162,8 @@ def on_rows(subset: torch.Tensor) -> Callable:
 
 
 class Attack:
-    """Base class. Subclasses set ``norm`` and implement ``run(model, x, y, epsilon) → adversarial`` (or
-    ``(adversarial, reference)`` when the ε-ball is centred elsewhere than ``x``, as on the manifold, or
-    ``(adversarial, reference, norms)`` when the budget is not an image norm, e.g. a latent-space ball).
+    """Base class. Subclasses set ``norm`` and implement ``run(model, x, y, epsilon) →`` :class:`Crafted` (or
+    the adversarial inputs alone). Attacks are stateless: what a search found comes back in its result.
 
     ``attack(model, x, y, epsilon=ε)`` validates the inputs, runs the attack, checks that every
     perturbation is within ε (an attack that overshoots is a bug, so it raises), and reports success
@@ -135,10 +179,9 @@ class Attack:
     #: made before the change are refused rather than mixed with new ones
     revision: int = 0
 
-    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float
-            ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """The attack itself on validated inputs: adversarial inputs (or, on the manifold, ``(adversarial,
-        reference)``); :meth:`__call__` checks the budget and scores them."""
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float) -> Crafted | torch.Tensor:
+        """The attack itself on validated inputs (:class:`Crafted`); :meth:`__call__` checks the budget and
+        scores them."""
         raise NotImplementedError
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: float) -> AttackResult:
@@ -149,16 +192,16 @@ class Attack:
         was_training = model.training
         model.eval()
         try:
-            out = self.run(model, x.detach(), y, float(epsilon))
+            found = as_crafted(self.run(model, x.detach(), y, float(epsilon)))
         finally:
             model.train(was_training)
         # On-manifold attacks measure ε around a reference point (the projection G(ẑ(x))), not x; a latent-space
-        # budget is measured by the attack itself, in latent space (a third element: the per-sample norms).
-        out = out if isinstance(out, tuple) else (out, x)
-        adv, ref = out[0].detach(), out[1].detach()
+        # budget is measured by the attack itself, in latent space (its per-sample norms).
+        adv = found.adversarial.detach()
+        ref = x if found.reference is None else found.reference.detach()
         if not bool(torch.isfinite(adv).all()):
             raise AssertionError(f"{type(self).__name__} produced non-finite adversarial inputs")
-        norms = out[2].detach() if len(out) == 3 else perturbation_norm(adv - ref, self.norm)
+        norms = found.norms.detach() if found.norms is not None else perturbation_norm(adv - ref, self.norm)
         tol = 1e-5 * max(1.0, epsilon)
         if bool((norms > epsilon + tol).any()) or float(adv.min()) < -1e-6 or float(adv.max()) > 1 + 1e-6:
             raise AssertionError(f"{type(self).__name__} produced a perturbation of {self.norm} norm "
@@ -167,12 +210,10 @@ class Attack:
         # The search's own verdict on the attacked model, for the very inputs returned: a deterministic model
         # that misclassified them once is broken even if a re-evaluation in another batch shape rounds the
         # other way (logits differ by ~1e-6 across batch shapes).
-        reached = getattr(self, "_reached", None)
-        self._reached = None
-        if reached is not None and is_deterministic(model):
-            success = success | reached.to(success.device)
+        if found.reached is not None and is_deterministic(model):
+            success = success | found.reached.to(success.device)
         return AttackResult(adversarial=adv, success=success.cpu(), norms=norms.cpu(), epsilon=float(epsilon),
-                            norm=self.norm)
+                            norm=self.norm, crafted_on=found.crafted_on)
 
     def sweep(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilons: Sequence[float]
               ) -> dict[float, AttackResult]:
@@ -211,5 +252,5 @@ class TransferAttack(Attack):
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float) -> torch.Tensor:
         self.source.eval()
-        out = self.attack.run(self.source, x, y, epsilon)
-        return out[0] if isinstance(out, tuple) else out
+        return Crafted(as_crafted(self.attack.run(self.source, x, y, epsilon)).adversarial,
+                       crafted_on="the undefended source classifier (transfer)")

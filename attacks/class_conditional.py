@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from manifold_defense.attacks.base import Attack
+from manifold_defense.attacks.base import Attack, Crafted, as_crafted
 from manifold_defense.attacks.on_manifold import LatentPGD, OverpoweredAttack
 from manifold_defense.defended import ProjectionConfig
 from manifold_defense.generators.class_conditional import class_groups
@@ -59,25 +59,23 @@ class PerClassAttack(Attack):
         probe = self.attack_class(generator.condition(0), **options)  # validates the options once
         self.norm = probe.norm
 
-    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float) -> tuple[torch.Tensor, ...]:
-        """The per-class attack on each class's rows; ``(adversarial, reference[, norms])`` in the batch's order."""
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float) -> Crafted:
+        """The per-class attack on each class's rows, put back in the batch's order."""
         num = getattr(model, "num_classes", None)
         if num is not None and num != self.generator.num_classes:
             raise InputError(f"the model has {num} classes but the generator {self.generator.num_classes}")
-        parts: list[torch.Tensor | None] = [None, None, None]
+        parts: dict[str, torch.Tensor] = {}
         reached = torch.zeros(len(x), dtype=torch.bool, device=x.device)
         for c, rows in class_groups(y.to(x.device), self.generator.num_classes):
             attack = self.attack_class(self.generator.condition(c), **self.options)
-            out = attack.run(model, x[rows], y[rows], epsilon)
-            for k, value in enumerate(out):
-                if parts[k] is None:
-                    parts[k] = value.new_empty(len(x), *value.shape[1:])
-                parts[k][rows] = value.detach()
-            hit = getattr(attack, "_reached", None)  # the search's own verdicts on the attacked model
-            if hit is not None:
-                reached[rows] = hit.to(x.device)
-        self._reached = reached
-        return tuple(p for p in parts if p is not None)
+            found = as_crafted(attack.run(model, x[rows], y[rows], epsilon))
+            for name in ("adversarial", "reference", "norms"):
+                value = getattr(found, name)
+                if value is not None:
+                    parts.setdefault(name, value.new_empty(len(x), *value.shape[1:]))[rows] = value.detach()
+            if found.reached is not None:  # the search's own verdicts on the attacked model
+                reached[rows] = found.reached.to(x.device)
+        return Crafted(parts["adversarial"], parts.get("reference"), parts.get("norms"), reached)
 
 
 class ClassConditionalLatentPGD(PerClassAttack):
@@ -90,7 +88,7 @@ class ClassConditionalLatentPGD(PerClassAttack):
     def __init__(self, generator: nn.Module, *, steps: int = 40, budget: str = "latent_linf", **options: Any) -> None:
         super().__init__(generator, steps=steps, budget=budget, **options)
 
-    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float) -> tuple[torch.Tensor, ...]:
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float) -> Crafted:
         """As :meth:`PerClassAttack.run`; a budget η ≤ 0 is refused (no latent ball to search)."""
         if not epsilon > 0:
             raise InputError(f"the on-manifold budget η must be > 0, got {epsilon}")

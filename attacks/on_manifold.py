@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from manifold_defense.attacks.base import Attack, FirstSuccess, on_rows
+from manifold_defense.attacks.base import Attack, Crafted, FirstSuccess, on_rows
 from manifold_defense.defended import DefendedModel, ProjectionConfig
 from manifold_defense.inversion import descend
 from manifold_defense.utils import state_digest
@@ -90,7 +90,7 @@ class LatentPGD(Attack):
     def _project(self, x: torch.Tensor) -> torch.Tensor:
         return self.projection.project(self.generator, x).z
 
-    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float) -> tuple[torch.Tensor, ...]:
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float) -> Crafted:
         """Latent PGD from the projection; each sample keeps its first ``G(z')`` the attacked model misclassifies."""
         classifier = _differentiable_classifier(model, self.generator)
         y = y.to(x.device)
@@ -117,10 +117,8 @@ class LatentPGD(Attack):
                     project=project, until=check, keep="last", desc="latent-pgd").variables
         with torch.no_grad():
             adv = self.generator(z)
-        self._reached = check.hit_rows.clone()  # these rows' iterates are the ones the attacked model misclassified
-        if box:
-            return adv.clamp(0, 1), x0, (z - z0).abs().amax(1)
-        return adv.clamp(0, 1), x0
+        reached = check.hit_rows.clone()  # these rows' iterates are the ones the attacked model misclassified
+        return Crafted(adv.clamp(0, 1), x0, (z - z0).abs().amax(1) if box else None, reached)
 
 
 class OverpoweredAttack(Attack):
@@ -146,8 +144,7 @@ class OverpoweredAttack(Attack):
         self.multiplier, self.cap, self.init_scale, self.seed = multiplier, cap, init_scale, seed
         self.projection = projection or ProjectionConfig(steps=200, restarts=4)
 
-    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float
-            ) -> tuple[torch.Tensor, torch.Tensor]:
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float) -> Crafted:
         """Search the pair; a sample keeps its first pair within η whose ``G(z2)`` the attacked model misclassifies."""
         classifier = _differentiable_classifier(model, self.generator)
         y = y.to(x.device)
@@ -194,7 +191,7 @@ class OverpoweredAttack(Attack):
         z2 = pull_back(g, pair[:, 0], pair[:, 1], ref, epsilon)
         with torch.no_grad():
             adv = g(z2)
-        return adv.clamp(0, 1), ref.clamp(0, 1)
+        return Crafted(adv.clamp(0, 1), ref.clamp(0, 1))
 
 
 OnManifoldPGD = LatentPGD

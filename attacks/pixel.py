@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from manifold_defense.attacks.base import Attack, FirstSuccess
+from manifold_defense.attacks.base import Attack, Crafted, FirstSuccess
 from manifold_defense.inversion import ball_projection, descend, project_lp_ball
 from manifold_defense.inversion.constraints import NORMS
 from manifold_defense.inversion.engine import StepRule, get_step_rule
@@ -102,10 +102,11 @@ class ProjectedGradientDescent(Attack):
         return d * (epsilon * r).view(-1, *([1] * (x.dim() - 1)))
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float, *,
-            scorer: nn.Module | None = None, extra_starts: torch.Tensor | None = None) -> torch.Tensor:
+            scorer: nn.Module | None = None, extra_starts: torch.Tensor | None = None) -> Crafted:
         """PGD on ``model``'s gradients; ``scorer`` is the attacked model when ``model`` is only the one the
         gradients come from (a BPDA, implicit or surrogate variant): success is then checked on ``scorer``.
-        ``extra_starts`` ``(n, K, …)``: more restarts from these points (inside the ε-ball around ``x``)."""
+        ``extra_starts`` ``(n, K, …)``: more restarts from these points (inside the ε-ball around ``x``).
+        A sample's restarts all stop as soon as one of them breaks it."""
         n = x.shape[0]
         gen = torch.Generator().manual_seed(self.seed)
         xr = x.repeat(self.restarts, *([1] * (x.dim() - 1)))  # restart-major: row = restart * n + sample
@@ -119,7 +120,8 @@ class ProjectedGradientDescent(Attack):
         # With a separate scorer every unbroken iterate is scored on it (with check_every = k > 1: every k-th
         # step, and in between where the crafting model's own logits already say "misclassified").
         check = FirstSuccess(scorer if scorer is not None else model, yr, reuse=scorer is None,
-                             prefilter=scorer is not None, check_every=self.check_every)
+                             prefilter=scorer is not None, check_every=self.check_every,
+                             groups=torch.arange(len(yr), device=yr.device) % n)
 
         def loss(images: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
             logits = model(images)
@@ -131,14 +133,17 @@ class ProjectedGradientDescent(Attack):
         res = descend(start, _identity, loss, steps=self.steps, lr=self.rel_stepsize * epsilon,
                       step_rule=self.get_step_rule(), project=ball_projection(xr, epsilon, self.norm), until=check,
                       eot=self.eot, desc="pgd")
+        hits = check.hit_rows  # these rows' kept iterates are the ones the scorer misclassified
         if r == 1:
-            self._reached = res.reached.clone()  # these rows' iterates are the ones the scorer misclassified
-            return res.variables
-        score = torch.where(res.reached, torch.full_like(res.objective, -torch.inf), res.objective)
-        pick = score.view(r, n).argmin(0)  # a restart that broke the sample, else the one with the highest loss
+            return Crafted(res.variables, reached=hits.clone())
+        # a restart that broke the sample, else the one with the highest loss (rows a sibling's success stopped
+        # are neither: their objective is not the loss of a finished search, so they never win)
+        stopped = res.reached & ~hits
+        score = torch.where(hits, torch.full_like(res.objective, -torch.inf),
+                            torch.where(stopped, torch.full_like(res.objective, torch.inf), res.objective))
+        pick = score.view(r, n).argmin(0)
         cols = torch.arange(n, device=x.device)
-        self._reached = res.reached.view(r, n)[pick, cols]
-        return res.variables.view(r, n, *x.shape[1:])[pick, cols]
+        return Crafted(res.variables.view(r, n, *x.shape[1:])[pick, cols], reached=hits.view(r, n)[pick, cols])
 
 
 class LinfPGD(ProjectedGradientDescent):

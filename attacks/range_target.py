@@ -11,11 +11,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from manifold_defense.attacks.adaptive import ImplicitPGD, nearest_other_class
-from manifold_defense.attacks.base import Attack, labels_of
+from manifold_defense.attacks.adaptive import ImplicitPGD, describe_projection, nearest_other_class
+from manifold_defense.attacks.base import Attack, Crafted, labels_of
 from manifold_defense.attacks.pixel import margin
 from manifold_defense.defended import DefendedModel, ProjectionConfig
-from manifold_defense.inversion import descend
+from manifold_defense.inversion import descend, projection_residual
 from manifold_defense.validation import InputError, check_compatible
 
 __all__ = ["RangeTargetAttack", "RangeTarget", "RangeTargetPGD"]
@@ -57,7 +57,6 @@ class RangeTargetAttack(Attack):
         self.generator = generator
         self.restarts, self.steps, self.rounds, self.weight, self.lr = restarts, steps, rounds, weight, lr
         self.pool, self.kappa, self.grid, self.batch_size, self.seed = pool, kappa, grid, batch_size, seed
-        self.surrogate_description = ""
 
     def _targets(self, gen: nn.Module, clf: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float, tau: float
                  ) -> torch.Tensor:
@@ -79,7 +78,7 @@ class RangeTargetAttack(Attack):
                       desc="range-targets")
         return res.variables.detach()
 
-    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float) -> torch.Tensor:
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float) -> Crafted:
         """Targets, then ``rounds`` of per-pixel inputs scored on ``model``; a sample's first breaking input."""
         adv, broken, last, _ = self.search(model, x, y, epsilon)
         # per sample: its first breaking input (lowest target index), else the last round's first target
@@ -88,8 +87,15 @@ class RangeTargetAttack(Attack):
         pick = torch.where(any_hit, broken.float().argmax(1), torch.zeros_like(any_hit, dtype=torch.long))
         rows = torch.arange(n, device=x.device)
         out = torch.where(any_hit.view(n, *([1] * (x.dim() - 1))), adv[rows, pick], last[rows, pick])
-        self._reached = any_hit
-        return out
+        return Crafted(out, reached=any_hit, crafted_on=self.describe(model))
+
+    def describe(self, model: nn.Module) -> str:
+        """What the search went through, for reports."""
+        k = min(self.restarts, self.pool)
+        if isinstance(model, DefendedModel):
+            return (f"the attacked model's own projection loss (dead_zone={float(model.projection.dead_zone)}): {k} "
+                    f"range targets per sample, {self.rounds} rounds, no gradient of the projection")
+        return f"no projection (the identity): {k} range targets per sample, {self.rounds} rounds"
 
     def search(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -102,22 +108,21 @@ class RangeTargetAttack(Attack):
             check_compatible(self.generator, model)
         gen, clf = (model.generator, model.classifier) if defended else (self.generator, model)
         tau, n, k = float(model.projection.dead_zone) if defended else 0.0, len(x), min(self.restarts, self.pool)
-        self.surrogate_description = (f"the attacked model's own projection loss (dead_zone={tau}): {k} range targets "
-                                      f"per sample, {self.rounds} rounds, no gradient of the projection" if defended else
-                                      f"no projection (the identity): {k} range targets per sample, {self.rounds} rounds")
         y = y.to(x.device)
         shape = (n, k, *x.shape[1:])
 
         def rho(r: torch.Tensor) -> torch.Tensor:
-            return (r.abs() - tau).clamp_min(0).pow(2)
+            return projection_residual(r, tau)
 
         def answer(inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             """The attacked model's logits and the range point its projection chose (the input itself without one)."""
-            logits = model(inputs)
-            return logits, model.last_projection.x.to(x.dtype) if defended else inputs
+            if not defended:
+                return model(inputs), inputs
+            logits, projected = model.classify(inputs)
+            return logits, projected.x.to(x.dtype)
 
-        with torch.no_grad():
-            anchors = [answer(x)[1][:, None].expand(shape)]  # the true class's fit to x
+        with torch.no_grad():  # the true class's fit to x (its projection, paid once per evaluation with a cache)
+            anchors = [(model.project(x).x.to(x.dtype) if defended else x)[:, None].expand(shape)]
         targets = self._targets(gen, clf, x, y, epsilon, tau)
         lift = (n, k) + (1,) * (x.dim() - 1)
         adv = x[:, None].expand(shape).clone()  # per (sample, target): its first breaking input
@@ -182,26 +187,24 @@ class RangeTargetPGD(Attack):
         self.pgd = ImplicitPGD(norm="linf", steps=steps, restarts=restarts, projection=projection, loss="margin",
                                range_restarts=range_restarts, check_every=check_every, seed=seed)
         self.target_starts = target_starts
-        self.surrogate_description = ""
 
-    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float) -> torch.Tensor:
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float) -> Crafted:
         """Range targets first; PGD on what they left, from their closest calls too."""
         adv, broken, last, margins = self.range_target.search(model, x, y, epsilon)
         n, y = len(x), y.to(x.device)
         rows, hit = torch.arange(n, device=x.device), broken.any(1)
         out, reached = adv[rows, broken.float().argmax(1)].clone(), hit.clone()
         todo = (~hit).nonzero().squeeze(1)
+        pgd_on = describe_projection(model, self.pgd.crafting_model(model))
         if todo.numel():
             k = min(self.target_starts, margins.shape[1])
             order = margins[todo].argsort(1)[:, :k]
             starts = last[todo][torch.arange(len(todo), device=x.device)[:, None], order] if k else None
-            out[todo] = self.pgd.run(model, x[todo], y[todo], epsilon, extra_starts=starts).to(out)
-            reached[todo] = self.pgd._reached.to(reached.device)
-            self.pgd._reached = None
-        self.surrogate_description = (f"{self.range_target.surrogate_description}; then implicit PGD from "
-                                      f"{self.target_starts} of their inputs on {self.pgd.surrogate_description}")
-        self._reached = reached
-        return out
+            found = self.pgd.run(model, x[todo], y[todo], epsilon, extra_starts=starts)
+            out[todo] = found.adversarial.to(out)
+            reached[todo] = found.reached.to(reached.device)
+        return Crafted(out, reached=reached, crafted_on=f"{self.range_target.describe(model)}; then implicit PGD from "
+                                                        f"{self.target_starts} of their inputs on {pgd_on}")
 
 
 RangeTarget = RangeTargetAttack

@@ -159,7 +159,8 @@ def example_grid(rows: list[tuple[str, torch.nn.Module, float]], cc_gen, judges:
     fig, axes = plt.subplots(len(rows) + 1, 10, figsize=(10, 1.15 * (len(rows) + 1)))
     ref = None
     for r, (label, model, eta) in enumerate(rows, start=1):
-        adv, ref, _ = build_attack("on_manifold_cc", [eta], generator=cc_gen).attack.run(model, xs, ys, eta)
+        found = build_attack("on_manifold_cc", [eta], generator=cc_gen).attack.run(model, xs, ys, eta)
+        adv, ref = found.adversarial, found.reference
         with torch.inference_mode():
             pred, judge = model(adv).argmax(1), judges["robust_judge"](adv).argmax(1)
         for c in range(10):

@@ -33,7 +33,7 @@ from manifold_defense.attacks import (
     UnrolledPGD,
 )
 from manifold_defense.defended import ProjectionConfig
-from manifold_defense.eval.robustness import AttackSpec
+from manifold_defense.eval.spec import AttackSpec
 from manifold_defense.validation import InputError
 
 __all__ = ["ATTACKS", "RegisteredAttack", "AttackBudget", "build_attack", "parse_attack"]

@@ -29,7 +29,16 @@ def write_report(ev: Evaluation, out_dir: str | os.PathLike, *, title: str = "ro
     atomic_write_text(out / "report.json", json.dumps(d, indent=2))
     attempts = f"; N-attempt ({ev.attempts} draws) in the last column" if ev.attempts > 1 else ""
     head = "| attack | ε | accuracy | N-attempt |" if ev.attempts > 1 else "| attack | ε | accuracy |"
-    lines = [f"# {title}", "", f"n = {d['n']}; accuracy [95 % Wilson interval]{attempts}", "", head,
+    suite = ev.suite or {"name": "custom"}
+    if suite.get("name") == "custom":
+        about = ("**Attacks chosen by hand, not a suite: the worst case covers only these attacks** (a suite — "
+                 "`standard`, `rand`, `columns` — runs the strongest attacks we have, to convergence).")
+    else:
+        about = (f"Suite `{suite['name']}` v{suite.get('version')}"
+                 + (" (survivor cascade: each attack's accuracy is after it and every earlier one of its threat "
+                    "model)" if suite.get("cascade") else " (every attack on every sample)")
+                 + f", escalation up to {suite.get('escalation_rounds')} doublings.")
+    lines = [f"# {title}", "", about, "", f"n = {d['n']}; accuracy [95 % Wilson interval]{attempts}", "", head,
              "|---|---|---|---|" if ev.attempts > 1 else "|---|---|---|"]
 
     def row(label: str, eps: str, key, worst: bool = False) -> str:
@@ -50,6 +59,13 @@ def write_report(ev: Evaluation, out_dir: str | os.PathLike, *, title: str = "ro
     lines.append(row("clean", "–", None))
     lines += [row(a, f"{e:g}", (a, e)) for (a, e) in sorted(ev.robust)]
     lines += [row(f"**worst {t}**", f"{e:g}", (t, e), worst=True) for (t, e) in ev.worst_case()]
+    if ev.stages:
+        lines += ["", "## What each attack added", "",
+                  "Per threat model and ε, in run order: samples attacked, samples it broke that no earlier attack had, "
+                  "samples left, seconds (escalation rounds: ×2, ×4 … the iterations, fresh restarts, on the survivors).",
+                  "", "| attack | threat | ε | attacked | new breaks | left | seconds |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {s['attack']} | {s['threat']} | {s['epsilon']:g} | {s['attacked']} | {s['broken']} | {s['left']} | "
+                  f"{s['seconds']:.0f} |" for s in ev.stages]
     lines += ["", "## Sanity checks", ""]
     lines += [f"- {_VERDICT[ok]} {k}: {ev.sanity_details.get(k, '')}" for k, ok in ev.sanity.items()]
     if ev.notes:

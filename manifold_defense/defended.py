@@ -16,13 +16,13 @@ white-box attacks in its paper — for comparison only.
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
 
+from manifold_defense.cache import active_cache, count_projection
 from manifold_defense.inversion import InversionResult, csgm, dead_zone_loss
 from manifold_defense.operators import Identity
 from manifold_defense.implicit import implicit_projection
@@ -161,16 +161,61 @@ class ProjectionConfig:
         return kw
 
 
-    def project(self, generator: nn.Module, x: torch.Tensor, *, call: int = 0,
-                differentiable: bool = False) -> InversionResult:
+    def project(self, generator: nn.Module, x: torch.Tensor, *, call: int = 0, differentiable: bool = False,
+                cache: str = "read") -> InversionResult:
         """Project ``x`` onto ``generator``'s range with these settings (the inversion core, identity operator).
 
         Each input's random restarts are keyed by its own content (and ``call`` in stochastic mode), so its
-        projection does not depend on what else is in the batch."""
+        projection does not depend on what else is in the batch. Inside ``with ProjectionCache():``
+        (:mod:`manifold_defense.cache`) a deterministic projection is kept per input row: ``cache='read'``
+        returns rows projected before (exact inputs only) and projects the rest, ``'store'`` always projects
+        (a cold answer, e.g. the one an attack is scored on) and keeps the result, ``'off'`` neither."""
+        if cache not in ("read", "store", "off"):
+            raise InputError(f"cache must be 'read', 'store' or 'off', got {cache!r}")
+        store = active_cache() if cache != "off" and not self.stochastic and not differentiable else None
+        if store is None:
+            return self._project(generator, x, call, differentiable)
+        keys = store.keys(store.scope(generator, self.as_dict()), x)
+        held = store.lookup(keys, x) if cache == "read" else [None] * len(x)
+        todo = [i for i, h in enumerate(held) if h is None]
+        res = self._project(generator, x[todo], call, False) if todo else None
+        if res is not None:
+            store.store([keys[i] for i in todo], x[todo], _cached_fields(res))
+            if len(todo) == len(x):
+                return res
+        return _assemble(x, held, todo, res)
+
+    def _project(self, generator: nn.Module, x: torch.Tensor, call: int, differentiable: bool) -> InversionResult:
+        count_projection(self.as_dict(), len(x))
         kw = self.csgm_kwargs(generator, call)
         keys = content_keys(x, kw["seed"])
         return csgm(generator, x, Identity(tuple(generator.output_shape)), differentiable=differentiable,
                     sample_keys=keys, **kw)
+
+
+_CACHED = ("z", "x", "loss", "objective", "restart", "diverged")
+
+
+def _cached_fields(res: InversionResult) -> dict[str, torch.Tensor]:
+    return {k: getattr(res, k) for k in _CACHED}
+
+
+def _assemble(x: torch.Tensor, held: list, todo: list[int], res: InversionResult | None) -> InversionResult:
+    """A projection of every row of ``x`` from cached rows (``held``) and the rows ``todo`` just projected
+    (``res``): cached rows cost no generator evaluations and have no history."""
+    n, pos = len(x), {i: j for j, i in enumerate(todo)}
+    fields = {k: torch.stack([getattr(res, k)[pos[i]] if i in pos else held[i][k] for i in range(n)])
+              for k in _CACHED}
+    steps = 0 if res is None else res.history.shape[0]
+    history = torch.full((steps, n), float("nan"), dtype=fields["loss"].dtype, device=fields["loss"].device)
+    evals = torch.zeros(n, dtype=fields["loss"].dtype, device=fields["loss"].device)
+    if res is not None:
+        idx = torch.tensor(todo, device=history.device)
+        history[:, idx] = res.history
+        evals[idx] = res.generator_evals.to(evals.dtype)
+    return InversionResult(z=fields["z"], x=fields["x"], loss=fields["loss"], objective=fields["objective"],
+                           history=history, generator_evals=evals, restart=fields["restart"],
+                           diverged=fields["diverged"], info={"cached_rows": n - len(todo)})
 
 
 class DefendedModel(nn.Module):
@@ -201,28 +246,32 @@ class DefendedModel(nn.Module):
         self.gradient = gradient
         self.input_shape = tuple(classifier.input_shape)
         self.num_classes = getattr(classifier, "num_classes", None)
-        self._calls = itertools.count()
+        self._calls = 0  # stochastic projections draw anew per call (an int: the model pickles, e.g. to workers)
         for p in generator.parameters():
             p.requires_grad_(False)
-        self.last_projection: InversionResult | None = None
 
     def project(self, x: torch.Tensor) -> InversionResult:
         """Project ``x`` onto the generator's range; ``result.x`` is ``G(ẑ)``, ``result.loss`` the per-sample
         residual ``‖G(ẑ) − x‖² / n`` (``result.objective`` adds the prior term if λ > 0)."""
-        return self._project(x, differentiable=False)
+        return self._project(x, differentiable=False, cache="read")
 
-    def _project(self, x: torch.Tensor, *, differentiable: bool) -> InversionResult:
+    def _project(self, x: torch.Tensor, *, differentiable: bool, cache: str = "store") -> InversionResult:
         check_images(x, self.input_shape)
         # The projection takes gradient steps in z even when the caller runs under inference_mode/no_grad.
         with torch.inference_mode(False), torch.enable_grad():
             target = x if differentiable else x.detach().clone()
-            return self.projection.project(self.generator, target, call=next(self._calls),
-                                           differentiable=differentiable)
+            self._calls += 1
+            return self.projection.project(self.generator, target, call=self._calls - 1,
+                                           differentiable=differentiable, cache=cache)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classify(x)[0]
+
+    def classify(self, x: torch.Tensor) -> tuple[torch.Tensor, InversionResult]:
+        """``(logits, projection)``: the forward pass and the projection it classified (the range point each
+        input was mapped to), returned together rather than left behind in an attribute."""
         unrolled = self.gradient == "unrolled" and x.requires_grad and torch.is_grad_enabled()
         res = self._project(x, differentiable=unrolled)
-        self.last_projection = res
         x_proj = res.x.to(x.dtype)
         if x.requires_grad and not unrolled:
             if self.gradient == "bpda":
@@ -233,7 +282,7 @@ class DefendedModel(nn.Module):
                                              prior_weight=cfg.prior_weight)
             else:
                 x_proj = x_proj + 0 * x  # connected to x with exactly zero gradient (what a naive attack sees)
-        return rows_at_least(self.classifier, x_proj, self.projection.min_rows)
+        return rows_at_least(self.classifier, x_proj, self.projection.min_rows), res
 
     def variant(self, *, projection: ProjectionConfig | None = None, gradient: str | None = None) -> "DefendedModel":
         """The same classifier and generator behind another projection or gradient mode (a surrogate for

@@ -25,6 +25,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from manifold_defense.inversion.terms import projection_residual
+
 __all__ = ["implicit_projection", "projection_jacobian"]
 
 _DAMPING = 1e-6  # relative to trace(H)/k
@@ -55,9 +57,7 @@ def _jacobian_and_hessian(generator: nn.Module, z: torch.Tensor, x: torch.Tensor
     def gradient_and_image(zi: torch.Tensor, xi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         def objective(zj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             image = generator(zj[None]).flatten()
-            r = image - xi.flatten()
-            data = torch.relu(r.abs() - dead_zone).pow(2) if dead_zone > 0 else r.pow(2)
-            return data.mean() + prior * zj.pow(2).sum(), image
+            return projection_residual(image - xi.flatten(), dead_zone).mean() + prior * zj.pow(2).sum(), image
 
         return torch.func.grad(objective, has_aux=True)(zi)
 

@@ -36,14 +36,21 @@ from manifold_defense.inversion.engine import (
 from manifold_defense.inversion.ilo import ilo
 from manifold_defense.inversion.result import DivergenceWarning, InversionResult
 from manifold_defense.inversion.subgradient import subgradient
-from manifold_defense.inversion.terms import DataTerm, LatentPrior, TotalVariation, dead_zone_loss, total_variation
+from manifold_defense.inversion.terms import (
+    DataTerm,
+    LatentPrior,
+    TotalVariation,
+    dead_zone_loss,
+    projection_residual,
+    total_variation,
+)
 from manifold_defense.operators import Operator
 from manifold_defense.validation import InputError
 
 __all__ = ["InversionResult", "invert", "METHODS", "csgm", "ilo", "subgradient", "dip", "fit_dip_prior",
            "DIPWeightPrior", "descend", "Descent", "StepRule", "Adam", "Momentum", "GradientDescent", "SignStep",
            "NormalizedStep", "get_step_rule", "DataTerm", "LatentPrior", "TotalVariation", "total_variation",
-           "dead_zone_loss", "project_l1_ball", "project_lp_ball", "ball_projection", "DivergenceWarning"]
+           "dead_zone_loss", "projection_residual", "project_l1_ball", "project_lp_ball", "ball_projection", "DivergenceWarning"]
 
 #: inversion methods by name
 METHODS = {"csgm": csgm, "ilo": ilo, "subgradient": subgradient, "dip": dip}

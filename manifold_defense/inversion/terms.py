@@ -14,7 +14,7 @@ from torch import nn
 
 from manifold_defense.validation import InputError
 
-__all__ = ["LossFn", "per_sample_loss", "dead_zone_loss", "total_variation", "DataTerm", "LatentPrior",
+__all__ = ["LossFn", "per_sample_loss", "projection_residual", "dead_zone_loss", "total_variation", "DataTerm", "LatentPrior",
            "TotalVariation", "negative_cross_entropy", "QUADRATIC_SCALE"]
 
 #: ``loss(A(x), y) → (N,)``: a per-sample loss between predicted and observed measurements.
@@ -39,15 +39,23 @@ def per_sample_loss(loss: str | LossFn) -> LossFn:
     raise InputError(f"unknown loss {loss!r}; use 'mse', 'sum', 'sse' or a callable (pred, y) -> per-sample loss")
 
 
+def projection_residual(r: torch.Tensor, dead_zone: float = 0.0) -> torch.Tensor:
+    """Per entry, the projection's loss ρ of a residual ``r = G(z) − x``: ``r²``, or with a dead zone τ > 0
+    ``max(|r| − τ, 0)²`` (ILO, Daras et al. 2021). The one definition the projection (through
+    :func:`dead_zone_loss`), its implicit derivative and the range-target attack share."""
+    return torch.relu(r.abs() - dead_zone).pow(2) if dead_zone > 0 else r.pow(2)
+
+
 def dead_zone_loss(tau: float) -> LossFn:
-    """Mean over entries of ``max(|pred − y| − τ, 0)²``: residuals up to τ cost nothing.
+    """Mean over entries of ``max(|pred − y| − τ, 0)²`` (:func:`projection_residual`): residuals up to τ cost
+    nothing.
 
     The dead-zone term of ILO's public code (Daras et al. 2021): a projection with this loss ignores
     bounded per-entry noise such as an ℓ∞ perturbation of size ≤ τ. ``τ = 0`` is the mean squared error.
     """
     if not tau >= 0:
         raise InputError(f"dead-zone width must be >= 0, got {tau}")
-    return lambda pred, y: torch.relu((pred - y).abs() - tau).pow(2).flatten(1).mean(1)
+    return lambda pred, y: projection_residual(pred - y, tau).flatten(1).mean(1)
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:

@@ -154,7 +154,7 @@ class OnManifoldObjective(TrainingObjective):
         """On-manifold examples for ``(x, y)`` crafted on ``bare`` in eval mode."""
         check_compatible(self.generator, bare)
         with _EvalMode(bare):
-            return self.attack.run(bare, x, y, self.eta)[0].detach()
+            return self.attack.run(bare, x, y, self.eta).adversarial.detach()
 
     def __call__(self, model: nn.Module, bare: nn.Module, x: torch.Tensor, y: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
@@ -201,7 +201,8 @@ class RobustManifoldObjective(TrainingObjective):
         k = max(1, int(round(self.pair_fraction * len(x))))
         x_adv = self.madry.craft(bare, x, y)
         with _EvalMode(bare):
-            z2_img, z1_img = self.pairs.run(bare, x[:k], y[:k], self.eta)
+            pairs = self.pairs.run(bare, x[:k], y[:k], self.eta)
+        z2_img, z1_img = pairs.adversarial, pairs.reference
         logits = model(torch.cat([x_adv, z1_img.detach(), z2_img.detach()]))
         adv, ref, other = logits[: len(x)], logits[len(x): len(x) + k], logits[len(x) + k:]
         consistency = F.cross_entropy(other, ref.detach().softmax(1))

@@ -49,7 +49,7 @@ class TestEOT:
         x, y = digits_test.images[:16], digits_test.labels[:16]
         attack = AutoAttack(version="rand", n_iter=10, eot_iter=2, stochastic=True)
         res = attack(model, x, y, epsilon=0.3)
-        assert "stochastic=True" in attack.surrogate_description
+        assert "stochastic=True" in res.crafted_on
         assert res.success_rate >= 0.5
 
 

@@ -41,7 +41,7 @@ class TestSmoke:
         res = attack(defended, x, y, epsilon=0.3)
         clean = float((defended(x).argmax(1) == y).float().mean())
         assert res.robust_accuracy < clean - 0.4
-        assert "unrolled gradient" in attack.surrogate_description and "steps=10" in attack.surrogate_description
+        assert "unrolled gradient" in res.crafted_on and "steps=10" in res.crafted_on
 
     def test_latent_reparameterisation_lands_on_the_range(self, defended, batch):
         x, y = batch
@@ -65,7 +65,7 @@ class TestEOT:
         res = attack(defended, x[:16], y[:16], epsilon=0.3)
         craft = attack.crafting_model(defended)
         assert craft.projection.stochastic and craft.projection.steps == 20 and craft.classifier is defended.classifier
-        assert "surrogate" in attack.surrogate_description and "stochastic=True" in attack.surrogate_description
+        assert "surrogate" in res.crafted_on and "stochastic=True" in res.crafted_on
         assert res.success.float().mean() > 0.5  # scored on the real defended model
 
 

@@ -13,7 +13,8 @@ class TestSmoke:
     def test_latent_budget_and_class_range(self, digits_classifier, digits_class_vaes, digits_test):
         x, y = digits_test.images[:40], digits_test.labels[:40]
         attack = ClassConditionalLatentPGD(digits_class_vaes, steps=20)
-        adv, ref, norms = attack.run(digits_classifier, x, y, 1.0)
+        found = attack.run(digits_classifier, x, y, 1.0)
+        adv, ref, norms = found.adversarial, found.reference, found.norms
         assert float(norms.max()) <= 1.0 + 1e-6  # the latent ℓ∞ ball
         res = attack(digits_classifier, x, y, epsilon=1.0)
         assert res.norm == "latent_linf" and bool((res.norms <= 1.0 + 1e-6).all())
@@ -26,20 +27,22 @@ class TestSmoke:
 
     def test_same_as_one_attack_per_class(self, digits_classifier, digits_class_vaes, digits_test):
         x, y = digits_test.images[:24], digits_test.labels[:24]
-        adv, ref, _ = ClassConditionalLatentPGD(digits_class_vaes, steps=10).run(digits_classifier, x, y, 1.5)
+        found = ClassConditionalLatentPGD(digits_class_vaes, steps=10).run(digits_classifier, x, y, 1.5)
+        adv, ref = found.adversarial, found.reference
         c = int(y[0])
         rows = y == c
         single = LatentPGD(digits_class_vaes.condition(c), steps=10, budget="latent_linf",
                            projection=REFERENCE_PROJECTION).run(digits_classifier, x[rows], y[rows], 1.5)
-        assert torch.allclose(adv[rows], single[0], atol=1e-6) and torch.allclose(ref[rows], single[1], atol=1e-6)
+        assert torch.allclose(adv[rows], single.adversarial, atol=1e-6)
+        assert torch.allclose(ref[rows], single.reference, atol=1e-6)
 
     def test_the_search_verdict_travels_with_the_rows(self, digits_classifier, digits_class_vaes, digits_test):
         # each class's search verdict lands on its own rows of the batch (Attack.__call__ ORs it into success
         # on a deterministic model, so a success is not lost when the batch is re-scored in another shape)
         x, y = digits_test.images[:40], digits_test.labels[:40]
         attack = ClassConditionalLatentPGD(digits_class_vaes, steps=20)
-        adv, _, _ = attack.run(digits_classifier, x, y, 4.0)
-        reached = attack._reached
+        found = attack.run(digits_classifier, x, y, 4.0)
+        adv, reached = found.adversarial, found.reached
         assert reached.shape == (40,) and bool(reached.any())
         with torch.no_grad():
             wrong = digits_classifier(adv).argmax(1) != y
@@ -67,7 +70,8 @@ class TestStrength:
                                                                  digits_test):
         x, y = digits_test.images[:40], digits_test.labels[:40]
         attack = ClassConditionalLatentPGD(digits_class_vaes, steps=20)
-        adv, ref, norms = attack.run(digits_classifier, x, y, 1e-4)
+        found = attack.run(digits_classifier, x, y, 1e-4)
+        adv, ref, norms = found.adversarial, found.reference, found.norms
         assert float(norms.max()) <= 1e-4 + 1e-7 and float((adv - ref.clamp(0, 1)).abs().max()) < 1e-2
         rates = [attack(digits_classifier, x, y, epsilon=e).success_rate for e in (1e-4, 1.0, 4.0)]
         assert rates[0] <= rates[1] <= rates[2] and rates[2] >= rates[0] + 0.2

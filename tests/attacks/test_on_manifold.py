@@ -31,7 +31,8 @@ class TestSmoke:
         attack = OverpoweredAttack(digits_vae, steps=40, rounds=2)
         res = attack(digits_classifier, x, y, epsilon=1.0)  # the base class asserts ‖G(z2) − G(z1)‖₂ ≤ η
         assert res.success_rate > 0.5
-        adv, ref = attack.run(digits_classifier, x, y, 1.0)
+        found = attack.run(digits_classifier, x, y, 1.0)
+        adv, ref = found.adversarial, found.reference
         assert float((adv - ref).flatten(1).norm(dim=1).max()) <= 1.0 + 1e-5
         # Both ends are on the generator's range: re-projecting them changes (almost) nothing.
         back = csgm(digits_vae, adv, steps=100, restarts=2, init="encoder", lr=0.05)

@@ -35,7 +35,7 @@ class TestRangeTarget:
         res = attack(dead_zone, x, y, epsilon=0.2)
         assert float((res.adversarial - x).abs().max()) <= 0.2 + 1e-6
         assert torch.equal(res.success, dead_zone(res.adversarial).argmax(1) != y)  # no success it did not see
-        assert "dead_zone=0.3" in attack.surrogate_description
+        assert "dead_zone=0.3" in res.crafted_on
 
     def test_the_convergence_check_doubles_its_targets_and_steps(self):
         from manifold_defense.eval.sanity import scaled_attack
@@ -72,7 +72,7 @@ class TestRangeTargetPGD:
         assert int(both.success.sum()) > int(rt.success.sum())
         assert float((both.adversarial - x).abs().max()) <= 0.15 + 1e-6
         assert torch.equal(both.success, dead_zone(both.adversarial).argmax(1) != y)  # the model's own answers
-        assert "then implicit PGD from 2 of their inputs on a surrogate projection" in attack.surrogate_description
+        assert "then implicit PGD from 2 of their inputs on a surrogate projection" in both.crafted_on
 
     def test_the_convergence_check_doubles_both_parts(self):
         from manifold_defense.eval.sanity import scaled_attack

@@ -12,7 +12,7 @@ from manifold_defense.eval.records import read_records
 def _records(paths):
     out = []
     for p in paths:
-        out += [{k: v for k, v in r.items() if k != "seconds"} for r in read_records(p)]
+        out += [{k: v for k, v in r.items() if k not in ("seconds", "digest")} for r in read_records(p)]
     return sorted(out, key=lambda r: (r["kind"], r.get("attack") or "", r.get("epsilon") or 0, r["start"]))
 
 

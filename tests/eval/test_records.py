@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from manifold_defense.attacks import FGSM, Attack, L2PGD, LinfPGD
+from manifold_defense.attacks import FGSM, Attack, Crafted, L2PGD, LinfPGD
 from manifold_defense.eval import (
     AttackSpec,
     Evaluation,
@@ -24,6 +24,7 @@ from manifold_defense.eval import (
     sanity_checks,
     wilson_interval,
 )
+from manifold_defense.eval.records import seal
 from manifold_defense.validation import InputError
 
 
@@ -45,10 +46,13 @@ class _FlipsFirstPixel(Attack):
 
     norm = "linf"
 
-    def __init__(self, breaks, *, steps: int = 1, restarts: int = 1, value: float = 1.0):
+    def __init__(self, breaks, *, steps: int = 1, restarts: int = 1, value: float = 1.0, log: list | None = None):
         self.breaks, self.steps, self.restarts, self.value = breaks, steps, restarts, value
+        self._log = log  # which restarts each call ran with (private: not part of the attack's fingerprint)
 
     def run(self, model, x, y, epsilon):
+        if self._log is not None:
+            self._log.append(self.restarts)
         adv = x.clone()
         adv.flatten(1)[: self.breaks(self.steps, self.restarts), 0] = self.value
         return adv
@@ -126,18 +130,18 @@ class TestLostSuccess:
         the band where the attacked model is wrong lies mid-walk, not at the end."""
         x = torch.tensor([[[[0.1, 0.5]]]])
         y = torch.tensor([0])
-        adv = LinfPGD(steps=10, rel_stepsize=0.1, random_start=False).run(_ConfidentRamp(), x, y, 0.8, scorer=_Band())
+        adv = LinfPGD(steps=10, rel_stepsize=0.1, random_start=False).run(_ConfidentRamp(), x, y, 0.8,
+                                                                          scorer=_Band()).adversarial
         assert int(_Band()(adv).argmax(1)) == 1, adv
         # with check_every = k the attacked model is still asked every k-th step
         adv = LinfPGD(steps=10, rel_stepsize=0.05, random_start=False, check_every=2).run(
-            _ConfidentRamp(), x, y, 0.8, scorer=_Band())
+            _ConfidentRamp(), x, y, 0.8, scorer=_Band()).adversarial
         assert int(_Band()(adv).argmax(1)) == 1, adv
 
     def test_the_search_verdict_counts_on_a_deterministic_model(self):
         class Found(Attack):
-            def run(self, model, x, y, epsilon):
-                self._reached = torch.ones(len(x), dtype=torch.bool)  # the search saw the model misclassify x
-                return x
+            def run(self, model, x, y, epsilon):  # the search saw the model misclassify x
+                return Crafted(x, reached=torch.ones(len(x), dtype=torch.bool))
 
         x, y = torch.full((3, 1, 1, 2), 0.5), torch.zeros(3, dtype=torch.long)
         assert bool(Found()(_Deterministic(), x, y, epsilon=0.1).success.all())
@@ -212,7 +216,7 @@ class TestLostSuccessBefore:
         wrong; the attack must keep the iterate inside the band."""
         x = torch.tensor([[[[0.1, 0.5]]]])
         y = torch.tensor([0])
-        adv = LinfPGD(steps=10, rel_stepsize=0.1, random_start=False).run(_Ramp(), x, y, 0.8, scorer=_Band())
+        adv = LinfPGD(steps=10, rel_stepsize=0.1, random_start=False).run(_Ramp(), x, y, 0.8, scorer=_Band()).adversarial
         assert int(_Band()(adv).argmax(1)) == 1, adv
         assert 0.45 <= float(adv[0, 0, 0, 0]) <= 0.55
 
@@ -234,16 +238,19 @@ class TestMissingRecords:
         with pytest.raises(IncompleteEvaluation, match=r"pgd_linf@0.1: 16-31"):
             Evaluation.from_records(records, range(32), [("fgsm", 0.05), ("fgsm", 0.1), ("pgd_linf", 0.1)])
 
-    def test_a_batch_cut_short_by_an_earlier_stop_is_refused_not_reused(self, digits_classifier, batch, tmp_path):
-        # batch 0 recorded for samples 0-7 (stop=8); a resume with stop=16 must not take it as covering 0-15
+    def test_a_batch_cut_short_by_an_earlier_stop_is_completed_not_reused(self, digits_classifier, batch, tmp_path):
+        # batch 0 recorded for samples 0-7 (stop=8); a resume with stop=16 must not take it as covering 0-15: it
+        # attacks 8-15 and reports all 16 (it used to stay "COULD NOT RUN" or count 8-15 as robust)
         x, y = batch
         evaluate(digits_classifier, x, y, _specs(), batch_size=16, out_dir=tmp_path, stop=8, progress=False)
         before = (tmp_path / "records.jsonl").read_text()
-        with pytest.raises(RecordError, match="recorded for samples 0…7"):
-            evaluate(digits_classifier, x, y, _specs(), batch_size=16, out_dir=tmp_path, stop=16, progress=False)
-        assert (tmp_path / "records.jsonl").read_text() == before  # nothing lost or overwritten
-        ev = evaluate(digits_classifier, x, y, _specs(), batch_size=16, out_dir=tmp_path, stop=8, progress=False)
-        assert ev.indices == list(range(8))
+        ev = evaluate(digits_classifier, x, y, _specs(), batch_size=16, out_dir=tmp_path, stop=16, progress=False)
+        assert (tmp_path / "records.jsonl").read_text().startswith(before)  # nothing lost or overwritten
+        assert ev.indices == list(range(16)) and all(len(v) == 16 for v in ev.robust.values())
+        records = [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]
+        for key in [("clean", None, None), ("attack", "fgsm", 0.05), ("attack", "fgsm", 0.1), ("attack", "pgd_linf", 0.1)]:
+            covered = [i for r in records if (r["kind"], r.get("attack"), r.get("epsilon")) == key for i in r["indices"]]
+            assert sorted(covered) == list(range(16)), key  # every sample exactly once
 
     def test_merging_a_shard_without_an_attack_is_incomplete(self, digits_classifier, batch, tmp_path):
         x, y = batch
@@ -325,7 +332,7 @@ class TestFingerprints:
         evaluate(digits_classifier, x, y, specs[:1], batch_size=16, out_dir=tmp_path, progress=False, examples=4)
         evaluate(digits_classifier, x, y, specs, batch_size=16, out_dir=tmp_path, progress=False, examples=4)
         resumed = evaluate(digits_classifier, x, y, specs, batch_size=16, out_dir=tmp_path, progress=False, examples=4)
-        assert list(resumed.examples) == list(whole.examples) == ["clean", "fgsm ε=0.1", "pgd ε=0.1"]
+        assert list(resumed.examples) == list(whole.examples) == ["clean", "linf ε=0.1"]  # per threat model
         for name, imgs in whole.examples.items():
             assert torch.equal(resumed.examples[name], imgs), name
 
@@ -358,7 +365,8 @@ class TestFingerprints:
             if r["kind"] == "attack":
                 old = {k: v for k, v in r["fingerprint"].items() if k != "revision"}
                 r["fingerprint"], r["attack_sha"] = old, hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()
-        (tmp_path / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+        # re-sealed, as the older code would have written them: the digest holds, the fingerprint does not
+        (tmp_path / "records.jsonl").write_text("".join(json.dumps(seal(r)) + "\n" for r in lines))
         with pytest.raises(RecordError, match="other settings"):
             evaluate(digits_classifier, x, y, [spec], batch_size=16, out_dir=tmp_path, progress=False)
 
@@ -485,8 +493,7 @@ class TestSanityCanFail:
         # run resumed) reads their records instead of attacking again, with the same verdicts and breaks
         x, y = torch.zeros(20, 1, 8, 8), torch.zeros(20, dtype=torch.long)
         model, calls = _FirstPixelModel(), []
-        attack = _FlipsFirstPixel(lambda steps, restarts: calls.append(restarts) or (5 if restarts == 1 else 7),
-                                  steps=10, value=0.9)
+        attack = _FlipsFirstPixel(lambda steps, restarts: 5 if restarts == 1 else 7, steps=10, value=0.9, log=calls)
         verdicts = []
         for _ in range(2):
             ev = evaluate(model, x, y, [AttackSpec("flip", attack, [0.9], "linf")], batch_size=20, progress=False)
@@ -498,7 +505,7 @@ class TestSanityCanFail:
         assert verdicts[1][2] == []  # resumed: no attack ran
         assert verdicts[0][:2] == verdicts[1][:2]
         assert verdicts[1][1] == pytest.approx(0.3)  # per batch of 10, 7 broken: the records' breaks still count
-        assert (tmp_path / "checks" / "attack_converged" / "records.jsonl").is_file()
+        assert (tmp_path / "checks" / "attack_converged" / "0-20" / "records.jsonl").is_file()  # per sample set
 
     def test_check_records_of_another_model_are_refused_not_reused(self, tmp_path):
         # a check folder left by another model must not vouch for this one: the check cannot run, and says so

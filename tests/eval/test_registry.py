@@ -29,8 +29,8 @@ def test_surrogate_is_used_and_reported(digits_classifier, digits_vae, digits_te
     model = DefendedModel(digits_classifier, digits_vae, ProjectionConfig(steps=80, restarts=3)).eval()
     surrogate = ProjectionConfig(steps=20, restarts=1)
     spec = build_attack("pgd_linf", [0.3], surrogate=surrogate, budget=AttackBudget.quick())
-    spec.attack(model, x, y, epsilon=0.3)
-    assert "surrogate" in spec.attack.surrogate_description and "steps=20" in spec.attack.surrogate_description
+    res = spec.attack(model, x, y, epsilon=0.3)
+    assert "surrogate" in res.crafted_on and "steps=20" in res.crafted_on
 
 
 def test_parse_attack():

@@ -1,0 +1,231 @@
+"""Named, versioned attack suites: what :func:`~manifold_defense.eval.evaluate` runs unless told otherwise.
+
+Like AutoAttack's ``version`` (Croce & Hein 2020, ``run_standard_evaluation``), a suite is a fixed, ordered
+list of attacks per threat model, and its name and version go into the run's fingerprint and its report.
+Unlike AutoAttack's static models, the model here has a projection in the loop, so the suites hold the
+adaptive attacks that find the most on projection defenses (BPDA + EOT, the implicit derivative, latent
+reparameterisation; Athalye et al. 2018), and every run ends in an *escalation*: the threat's most
+effective attack, at twice, four times … its iterations and with fresh restarts, on the samples still
+standing, until a doubling breaks none (Carlini et al. 2019, "On Evaluating Adversarial Robustness": more
+iterations and restarts must stop helping).
+
+- ``standard`` — the strongest we have per threat model, for deterministic projections, as a *survivor
+  cascade*: within a threat model each attack runs only on the samples that every earlier one failed to
+  break, cheap strong attacks first.
+- ``rand`` — the same for stochastic projections: EOT in every gradient, and every answer counted over
+  ``attempts`` fresh draws (a sample is broken if any draw misclassifies it).
+- ``columns`` — the per-attack table of papers: every attack on every sample (its own robust accuracy per
+  column), then the same escalation on the worst case's survivors.
+
+Why these attacks, in this order (per-sample records of ``benchmarks/defense_mnist.py``, 500 images behind
+the default projection on mnist-vae20 and 100 on mnist-sngan-inv with Defense-GAN's and the default
+projection): FGSM transfer costs one projection and breaks 35–65 %; BPDA + EOT is the cheap iterative
+attack and alone breaks 7 samples no other attack did on the sngan Defense-GAN row; AutoAttack 'rand' added
+2 unique breaks on two rows; the implicit-gradient PGD broke 104 samples nothing else did on mnist-vae20.
+Latent reparameterisation in ℓ∞ broke no sample that another attack missed on any of the four rows, at up to
+38,433 s (of about 143,000 s) on the sngan Defense-GAN row: it is in ``columns`` only. In ℓ2 it added one
+sample on each sngan row and stays, last. ``benchmarks/evaluation_speed.py`` reports each attack's marginal
+breaks and seconds in the cascade, so the order stays justified by data.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+from torch import nn
+
+from manifold_defense.attacks.base import Attack
+from manifold_defense.defended import DefendedModel, ProjectionConfig
+from manifold_defense.eval.registry import AttackBudget, build_attack
+from manifold_defense.eval.spec import AttackSpec
+from manifold_defense.validation import InputError
+
+__all__ = ["Stage", "Suite", "SUITES", "Plan", "build_plan", "escalated_attack", "default_epsilons", "get_suite"]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One attack of a suite: a registered attack name and when it applies (``when``: 'generator' — a generator
+    is known; 'dead_zone' — a projection with ILO's dead zone, whose own gradient is masked; None — always).
+    ``smooth_surrogate``: craft on the generator's smooth default projection (a dead zone masks its own)."""
+
+    attack: str
+    when: str | None = None
+    smooth_surrogate: bool = False
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A named, versioned list of attacks per threat model (see the module docstring)."""
+
+    name: str
+    version: int
+    stages: Mapping[str, tuple[Stage, ...]]
+    cascade: bool = True
+    escalation_rounds: int = 3
+    attempts: int = 1
+    for_stochastic: bool = False
+    description: str = ""
+
+    def fingerprint(self) -> dict:
+        """What identifies the suite's attacks and rules in a run's fingerprint."""
+        return {"name": self.name, "version": self.version, "cascade": self.cascade,
+                "escalation_rounds": self.escalation_rounds}
+
+
+_LINF = (Stage("fgsm_transfer"), Stage("pgd_linf"), Stage("autoattack_rand_linf"), Stage("pgd_linf_implicit"),
+         Stage("range_target_pgd_linf", when="dead_zone", smooth_surrogate=True))
+_L2 = (Stage("pgd_l2"), Stage("pgd_l2_implicit"), Stage("latent_reparam_l2", when="generator"))
+_ON = (Stage("on_manifold", when="generator"),)
+
+SUITES: dict[str, Suite] = {s.name: s for s in [
+    Suite("standard", 1, {"linf": _LINF, "l2": _L2, "on_manifold": _ON},
+          description="the strongest attacks per threat model as a survivor cascade, then escalation to convergence "
+                      "(deterministic projections)"),
+    Suite("rand", 1, {"linf": _LINF, "l2": _L2, "on_manifold": _ON}, attempts=5, for_stochastic=True,
+          description="the standard cascade on a stochastic projection: EOT gradients, every answer over 5 draws"),
+    Suite("columns", 1, {"linf": _LINF[:4] + (Stage("latent_reparam_linf", when="generator"),) + _LINF[4:],
+                         "l2": _L2, "on_manifold": _ON}, cascade=False,
+          description="every attack on every sample (a per-attack table), then escalation on the worst case's "
+                      "survivors"),
+]}
+
+#: default ε per threat model, by image side: the threat models of the MNIST literature (Madry et al. 2018:
+#: ℓ∞ 0.3; Athalye et al. 2018 on Defense-GAN: ℓ2 3.8 (0.005 per pixel mean squared); Ilyas et al. 2017's
+#: on-manifold η 1.5), the digits demo's (8×8 images, a quarter of MNIST's scale in ℓ2), CIFAR-10's
+_EPSILONS = {8: {"linf": (0.3,), "l2": (1.0,), "on_manifold": (1.0,)},
+             28: {"linf": (0.3,), "l2": (3.8,), "on_manifold": (1.5,)},
+             32: {"linf": (8 / 255,), "l2": (0.5,), "on_manifold": (1.0,)}}
+
+
+def default_epsilons(input_shape: Sequence[int]) -> dict[str, tuple[float, ...]]:
+    """The default ε per threat model for images of ``input_shape`` (see :data:`_EPSILONS`)."""
+    side = int(input_shape[-1])
+    if side not in _EPSILONS:
+        raise InputError(f"no default epsilons for {side}×{side} images; give epsilons={{'linf': [...], ...}}")
+    return dict(_EPSILONS[side])
+
+
+def get_suite(name: str | Suite) -> Suite:
+    """A suite by name ('standard', 'rand', 'columns') or the suite itself."""
+    if isinstance(name, Suite):
+        return name
+    if name not in SUITES:
+        raise InputError(f"unknown suite {name!r}; choose from {', '.join(SUITES)}")
+    return SUITES[name]
+
+
+_SCALED = ("steps", "n_iter")
+
+
+def escalated_attack(attack: Attack, factor: int, round_: int) -> Attack:
+    """A copy of ``attack`` with ``factor`` × its iterations (``steps``, ``n_iter``, nested attacks' too) and
+    fresh restarts (every ``seed`` moved by ``round_``: new random starts, a new pool of range starts), so each
+    escalation round is a new search at twice the length of the one before, not a rerun of it."""
+    out = copy.copy(attack)
+    for name, value in vars(attack).items():
+        if name in _SCALED and isinstance(value, int) and not isinstance(value, bool):
+            setattr(out, name, value * factor)
+        elif name == "seed" and isinstance(value, int):
+            setattr(out, name, value + 1000 * round_)
+        elif isinstance(value, Attack):
+            setattr(out, name, escalated_attack(value, factor, round_))
+    return out
+
+
+@dataclass
+class Plan:
+    """What one evaluation runs: the suite (None: attacks the caller chose), its attacks in order, whether they
+    run as a survivor cascade and how many escalation rounds may follow."""
+
+    suite: Suite | None
+    specs: list[AttackSpec]
+    cascade: bool
+    escalation_rounds: int
+    attempts: int = 1
+    #: attack name → how the suite built it (registry name, surrogate), for the report
+    origin: dict[str, str] = field(default_factory=dict)
+
+    def fingerprint(self) -> dict:
+        """The suite part of the run's fingerprint (a suite changed between runs into one folder is refused)."""
+        if self.suite is None:
+            return {"name": "custom", "cascade": self.cascade, "escalation_rounds": self.escalation_rounds}
+        return self.suite.fingerprint()
+
+    def groups(self) -> list[tuple[str, float, list[AttackSpec]]]:
+        """``(threat, ε, attacks)`` in run order: threats as the attacks first name them, ε ascending."""
+        threats = list(dict.fromkeys(s.threat for s in self.specs))
+        out = []
+        for t in threats:
+            for eps in sorted({float(e) for s in self.specs if s.threat == t for e in s.epsilons}):
+                out.append((t, eps, [s for s in self.specs if s.threat == t and eps in map(float, s.epsilons)]))
+        return out
+
+    def escalation(self, spec: AttackSpec, round_: int) -> AttackSpec:
+        """Round ``round_`` (1, 2 …) of the escalation of ``spec``: ``2**round_`` × its iterations, fresh restarts."""
+        factor = 2 ** round_
+        return AttackSpec(f"{spec.name}×{factor}", escalated_attack(spec.attack, factor, round_), list(spec.epsilons),
+                          spec.threat, iterative=True)
+
+
+def build_plan(suite: "str | Suite | Plan | None", model: nn.Module, *, attacks: Sequence[AttackSpec] | None = None,
+               classifier: nn.Module | None = None, generator: nn.Module | None = None,
+               surrogate: ProjectionConfig | None = None, budget: AttackBudget | None = None,
+               epsilons: Mapping[str, Sequence[float]] | None = None, threats: Sequence[str] | None = None,
+               escalation_rounds: int | None = None) -> Plan:
+    """The :class:`Plan` of a suite on ``model`` (or of the caller's ``attacks``, run as columns without escalation;
+    a :class:`Plan` is returned as it is).
+
+    ``classifier``: the undefended source of the transfer attack (default: the defended model's own classifier,
+    or ``model``); ``generator``: the range the latent and on-manifold attacks search (default: the defended
+    model's); ``surrogate``: the projection adaptive attacks craft on (default: the attacked model's own);
+    ``epsilons``: ε per threat model (default :func:`default_epsilons`); ``threats``: a subset of the suite's."""
+    if isinstance(suite, Plan):
+        if attacks is not None:
+            raise InputError("give a suite or attacks, not both")
+        return suite
+    if attacks is not None:
+        if suite is not None:
+            raise InputError("give a suite or attacks, not both")
+        if not attacks:
+            raise InputError("give at least one attack")
+        return Plan(None, list(attacks), cascade=False, escalation_rounds=escalation_rounds or 0)
+    s = get_suite(suite or "standard")
+    defended = isinstance(model, DefendedModel)
+    stochastic = defended and model.projection.stochastic
+    if stochastic and not s.for_stochastic:
+        raise InputError(f"suite {s.name!r} is for deterministic projections; this model's projection is stochastic: "
+                         "use suite 'rand' (EOT and N-attempt numbers)")
+    classifier = classifier if classifier is not None else (model.classifier if defended else model)
+    generator = generator if generator is not None else (model.generator if defended else None)
+    eps = default_epsilons(getattr(model, "input_shape", (1, 28, 28)))
+    if epsilons:
+        unknown = set(epsilons) - set(s.stages)
+        if unknown:
+            raise InputError(f"suite {s.name!r} has no threat model {sorted(unknown)}; it has {', '.join(s.stages)}")
+        eps |= {t: tuple(float(e) for e in v) for t, v in epsilons.items()}
+    chosen = list(threats) if threats is not None else list(s.stages)
+    bad = [t for t in chosen if t not in s.stages]
+    if bad:
+        raise InputError(f"suite {s.name!r} has no threat model {bad}; it has {', '.join(s.stages)}")
+    conditions = {None: True, "generator": generator is not None,
+                  "dead_zone": defended and model.projection.dead_zone > 0}
+    specs, origin = [], {}
+    for t in chosen:
+        if not eps.get(t) or min(eps[t]) <= 0:
+            raise InputError(f"threat {t}: epsilons must be > 0, got {list(eps.get(t, ()))}")
+        for stage in s.stages[t]:
+            if not conditions[stage.when]:
+                continue
+            crafted = ProjectionConfig.for_generator(generator) if stage.smooth_surrogate else surrogate
+            specs.append(build_attack(stage.attack, list(eps[t]), classifier=classifier, generator=generator,
+                                      surrogate=crafted, budget=budget))
+            origin[stage.attack] = "smooth default projection" if stage.smooth_surrogate else ""
+    if not specs:
+        raise InputError(f"suite {s.name!r} has no attack for this model and threats {chosen}")
+    rounds = s.escalation_rounds if escalation_rounds is None else int(escalation_rounds)
+    if rounds < 0:
+        raise InputError(f"escalation_rounds must be >= 0, got {rounds}")
+    return Plan(s, specs, cascade=s.cascade, escalation_rounds=rounds, attempts=s.attempts, origin=origin)
