@@ -90,7 +90,6 @@ class AutoAttack(Attack):
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float) -> Crafted:
         from pyautoattack import AutoAttack as _AutoAttack
 
-        logging.getLogger("auto-attack").setLevel(logging.WARNING)
         craft = crafting_model(model, self.projection, gradient="bpda", stochastic=self.stochastic)
         # pyautoattack decides which samples are still robust (whom to attack next, whom to skip) from no-grad
         # forward passes; those must be the attacked model's, or a sample the surrogate happens to misclassify
@@ -105,12 +104,39 @@ class AutoAttack(Attack):
             aa.apgd.eot_iter = self.eot_iter
         if craft is model and not isinstance(model, DefendedModel):
             aa.apgd.eot_iter = 1  # EOT over a deterministic model repeats the same gradient
-        with torch.enable_grad():
-            out = aa.run_standard_evaluation(x, y.to(x.device), batch_size=self.batch_size)
+        flagged = _DynamicFlag()
+        log = logging.getLogger("auto-attack")
+        log.setLevel(logging.WARNING)
+        log.addFilter(flagged)
+        try:
+            with torch.enable_grad():
+                out = aa.run_standard_evaluation(x, y.to(x.device), batch_size=self.batch_size)
+        finally:
+            log.removeFilter(flagged)
         adv = out[0] if isinstance(out, tuple) else out  # pyautoattack returns (x_adv, y_adv)
         # pyautoattack may overshoot ε by float rounding; project back so the reported norm is honest.
-        return Crafted((x + project_to_ball(adv - x, epsilon, self.norm)).clamp(0, 1),
-                       crafted_on=describe_projection(model, craft))
+        note = describe_projection(model, craft) + (f"; {_DYNAMIC}" if flagged.seen else "")
+        return Crafted((x + project_to_ball(adv - x, epsilon, self.norm)).clamp(0, 1), crafted_on=note)
+
+
+_DYNAMIC = ("pyautoattack flagged the model as a dynamic defense (its forward pass takes gradient steps: the "
+            "projection's own optimisation), for which AutoAttack alone is insufficient: the suites pair it with "
+            "adaptive attacks (BPDA, the implicit gradient, latent reparameterisation) and escalation")
+
+
+class _DynamicFlag(logging.Filter):
+    """Drops pyautoattack's "dynamic defense" warning (printed once per batch in the middle of an evaluation) and
+    remembers it, so the report says what it means here instead."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "dynamic defense" in record.getMessage():
+            self.seen = True
+            return False
+        return True
 
 
 class HopSkipJump(Attack):

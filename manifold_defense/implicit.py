@@ -22,6 +22,10 @@ slightly indefinite ``H``, smallest eigenvalue −3e-4 to −4e-3 against a larg
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from typing import Iterator
+
 import torch
 from torch import nn
 
@@ -40,12 +44,22 @@ _DAMPING = 1e-6  # relative to trace(H)/k
 _MAX_TANGENTS = 1024
 
 
+@contextlib.contextmanager
+def _quiet_functorch() -> Iterator[None]:
+    """torch.func's first forward-mode pass scripts a helper with ``torch.jit.script``, which warns that it is
+    deprecated (a FutureWarning of torch's own making, in the middle of an evaluation's output): silenced here,
+    at its source, and only that warning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
+        yield
+
+
 def projection_jacobian(generator: nn.Module, z: torch.Tensor) -> torch.Tensor:
     """``(N, n, k)``: per sample the Jacobian of the flattened image ``G(z)`` with respect to ``z``."""
     def one(zi: torch.Tensor) -> torch.Tensor:
         return generator(zi[None]).flatten()
 
-    with torch.enable_grad():
+    with torch.enable_grad(), _quiet_functorch():
         return torch.func.vmap(torch.func.jacfwd(one))(z.detach())
 
 
@@ -61,7 +75,7 @@ def _jacobian_and_hessian(generator: nn.Module, z: torch.Tensor, x: torch.Tensor
 
         return torch.func.grad(objective, has_aux=True)(zi)
 
-    with torch.enable_grad():
+    with torch.enable_grad(), _quiet_functorch():
         H, J = torch.func.vmap(torch.func.jacfwd(gradient_and_image))(z.detach(), x.detach())
     return J, H
 
