@@ -80,7 +80,7 @@ class TestChecksPerSampleSet:
         x, y = digits_test.images[:16], digits_test.labels[:16]
         specs = _fgsm() + [AttackSpec("pgd", LinfPGD(steps=5), [0.1], "linf")]
         kw = dict(decision_subset=4, gradient_subset=4, subset=8, convergence_subset=8, batch_size=8)
-        part = evaluate(digits_classifier, x, y, specs, batch_size=8, out_dir=tmp_path / "run", stop=8, progress=False)
+        part = evaluate(digits_classifier, x, y, specs, batch_size=8, out_dir=tmp_path / "run", stop=4, progress=False)
         sanity_checks(part, digits_classifier, x, y, out_dir=tmp_path / "run" / "sanity", **kw)
         whole = evaluate(digits_classifier, x, y, specs, batch_size=8, out_dir=tmp_path / "run", progress=False)
         sanity_checks(whole, digits_classifier, x, y, out_dir=tmp_path / "run" / "sanity", **kw)
