@@ -107,7 +107,7 @@ def _do(ctx: _Context, task: tuple) -> dict[str, Any]:
         broken = broken | (_predictions(ctx.model, res.adversarial, ctx.attempts - 1) != yb).any(0)
     out = {"broken": res.success.tolist(), "broken_any": broken.cpu().tolist(), "max_norm": float(res.norms.max()),
            "seconds": time.perf_counter() - t0, "note": f"crafted on {res.crafted_on}" if res.crafted_on else "",
-           **_projected(ctx, before), "shown": {i: res.adversarial[k].detach().cpu() for k, i in enumerate(idx)
+           **_projected(ctx, before), "shown": {i: res.adversarial[k].detach().cpu().clone() for k, i in enumerate(idx)
                                                  if i < ctx.show}}
     if ctx.judges:
         out["judge_agrees"] = {j: (predict_labels(m.to(ctx.device).eval(), res.adversarial.to(ctx.device)) == yb
@@ -326,8 +326,6 @@ def _run(ctx: _Context, plan: Plan, store: Any, pool: _Pool, indices: range, bat
             raise RecordError(f"{spec.name}@{eps:g} was recorded on {len(need)} samples and is still missing: the records "
                               "do not match the plan")
         last = (spec.name, eps, tuple(need))
-        round_ = int(spec.name.rsplit("×", 1)[1]).bit_length() - 1 if "×" in spec.name else 0
-        base = spec.name.rsplit("×", 1)[0] if round_ else spec.name
         fingerprint = attack_fingerprint(spec)
         store.check_attack(spec.name, fingerprint)
         chunks = [need[k:k + batch_size] for k in range(0, len(need), batch_size)]
@@ -340,7 +338,8 @@ def _run(ctx: _Context, plan: Plan, store: Any, pool: _Pool, indices: range, bat
                     seen[i] = (bool(out["broken_any"][idx.index(i)]), img)
             return attack_record(spec, fingerprint, task[3], idx[0], idx, **out)
 
-        execute([("attack", base, round_, eps, c) for c in chunks], f"{spec.name}@{eps:g}", len(need), make)
+        execute([("attack", spec.escalates or spec.name, spec.round, eps, c) for c in chunks], f"{spec.name}@{eps:g}",
+                len(need), make)
 
 
 def _examples(model: nn.Module, x: torch.Tensor, start: int, k: int, shown: dict, folder: Path | None
@@ -354,7 +353,7 @@ def _examples(model: nn.Module, x: torch.Tensor, start: int, k: int, shown: dict
 
     path = None if folder is None else folder / "examples.pt"
     stored = torch.load(path, map_location="cpu", weights_only=True) if path is not None and path.is_file() else {}
-    clean = x[start:start + k].detach().cpu()
+    clean = x[start:start + k].detach().cpu().clone()  # a copy: a view would save all of x's storage
     rows = {"clean": clean, **{n: v for n, v in stored.items() if n != "clean"}}
     top: dict[str, float] = {}
     for threat, eps in shown:

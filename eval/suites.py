@@ -167,7 +167,7 @@ class Plan:
         """Round ``round_`` (1, 2 …) of the escalation of ``spec``: ``2**round_`` × its iterations, fresh restarts."""
         factor = 2 ** round_
         return AttackSpec(f"{spec.name}×{factor}", escalated_attack(spec.attack, factor, round_), list(spec.epsilons),
-                          spec.threat, iterative=True)
+                          spec.threat, iterative=True, escalates=spec.name, round=round_)
 
 
 def build_plan(suite: "str | Suite | Plan | None", model: nn.Module, *, attacks: Sequence[AttackSpec] | None = None,
