@@ -12,6 +12,7 @@ from manifold_defense.attacks.adaptive import (
     ImplicitPGD,
     LatentReparam,
     LatentReparameterization,
+    SurrogateTransfer,
     UnrolledPGD,
     margin_loss,
 )
@@ -26,5 +27,5 @@ from manifold_defense.attacks.pixel import FGSM, L2PGD, FastGradientSignMethod, 
 from manifold_defense.attacks.range_target import RangeTarget, RangeTargetAttack, RangeTargetPGD
 
 __all__ = ["BPDA", "BackwardPassDifferentiableApproximation", "ImplicitPGD", "LatentReparam", "LatentReparameterization",
-           "RangeTarget", "RangeTargetAttack", "RangeTargetPGD", "UnrolledPGD", "margin_loss", "HopSkipJump", "OverpoweredAttack", "LatentPGD", "OnManifoldPGD", "AutoAttack", "CarliniWagnerL2", "Attack", "AttackResult", "Crafted", "FirstSuccess", "TransferAttack", "perturbation_norm", "FGSM", "FastGradientSignMethod", "LinfPGD", "L2PGD",
+           "RangeTarget", "RangeTargetAttack", "RangeTargetPGD", "SurrogateTransfer", "UnrolledPGD", "margin_loss", "HopSkipJump", "OverpoweredAttack", "LatentPGD", "OnManifoldPGD", "AutoAttack", "CarliniWagnerL2", "Attack", "AttackResult", "Crafted", "FirstSuccess", "TransferAttack", "perturbation_norm", "FGSM", "FastGradientSignMethod", "LinfPGD", "L2PGD",
            "ProjectedGradientDescent", "ClassConditionalLatentPGD", "ClassConditionalOverpowered", "PerClassAttack"]

@@ -38,7 +38,7 @@ from manifold_defense.inversion import descend
 from manifold_defense.inversion.result import pick_best
 from manifold_defense.validation import InputError, check_compatible
 
-__all__ = ["BPDA", "BackwardPassDifferentiableApproximation", "ImplicitPGD", "UnrolledPGD",
+__all__ = ["BPDA", "BackwardPassDifferentiableApproximation", "ImplicitPGD", "UnrolledPGD", "SurrogateTransfer",
            "LatentReparameterization", "LatentReparam", "margin_loss", "crafting_model", "describe_projection",
            "same_function", "range_starts", "nearest_other_class"]
 
@@ -174,6 +174,32 @@ class BackwardPassDifferentiableApproximation(Attack):
         found = pgd.run(craft, x, y, epsilon, scorer=None if same_function(model, craft) else model, extra_starts=extra)
         found.crafted_on = describe_projection(model, craft)
         return found
+
+
+class SurrogateTransfer(Attack):
+    """``attack`` (a :class:`BPDA` / :class:`ImplicitPGD` with a surrogate ``projection``) run *entirely* on the
+    surrogate — its own logits decide when a sample is done, no query of the attacked model during the search —
+    and its inputs scored once on the attacked model: a transfer from the cheap projection to the costly one.
+
+    Behind a projection far costlier than its surrogate (Defense-GAN's 2,000 generator passes per input against
+    the default's ~70) this is the cheap strong first attack of a cascade: one costly projection per sample
+    instead of one every few steps. Nothing the search saw counts as a success: only the attacked model's
+    answer to the returned inputs does."""
+
+    def __init__(self, attack: BackwardPassDifferentiableApproximation) -> None:
+        if attack.projection is None:
+            raise InputError("SurrogateTransfer needs an attack with a surrogate projection= (else it is the attack "
+                             "itself)")
+        self.attack, self.norm = attack, attack.norm
+
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float) -> Crafted:
+        """The attack on the surrogate alone; no ``reached`` (a surrogate's verdict is never a success)."""
+        if not isinstance(model, DefendedModel):
+            raise InputError("SurrogateTransfer attacks a DefendedModel (its surrogate is another projection of it)")
+        surrogate = model.variant(projection=self.attack.projection, gradient="bpda")
+        found = self.attack.run(surrogate, x, y, epsilon)  # the surrogate is the "attacked" model of the search
+        return Crafted(found.adversarial, crafted_on=f"{describe_projection(model, surrogate)}, transferred (the "
+                                                     "attacked model was asked once, for the returned inputs)")
 
 
 class ImplicitPGD(BackwardPassDifferentiableApproximation):

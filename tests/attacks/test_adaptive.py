@@ -69,6 +69,27 @@ class TestEOT:
         assert res.success.float().mean() > 0.5  # scored on the real defended model
 
 
+class TestSurrogateTransfer:
+    def test_only_the_attacked_models_answer_counts(self, digits_classifier, digits_vae, batch):
+        # a search run on a cheap projection alone, scored once on the costly one: the surrogate's verdicts
+        # ("broken") must never become successes of the attacked model
+        from manifold_defense.attacks import SurrogateTransfer
+
+        x, y = batch
+        costly = DefendedModel(digits_classifier, digits_vae, ProjectionConfig(steps=60, restarts=4)).eval()
+        cheap = ProjectionConfig(steps=5, restarts=1, init="encoder", prune_after=0)
+        res = SurrogateTransfer(BPDA(steps=10, projection=cheap))(costly, x, y, epsilon=0.3)
+        with torch.no_grad():
+            wrong = costly(res.adversarial).argmax(1) != y
+        assert torch.equal(res.success, wrong) and 0 < int(res.success.sum())
+        on_cheap = costly.variant(projection=cheap)
+        with torch.no_grad():
+            assert int((on_cheap(res.adversarial).argmax(1) != y).sum()) > int(res.success.sum())  # it transfers partly
+        assert "transferred" in res.crafted_on
+        with pytest.raises(InputError, match="surrogate"):
+            SurrogateTransfer(BPDA(steps=10))
+
+
 class TestMarginLoss:
     def test_margin_loss(self):
         logits = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 5.0]])
