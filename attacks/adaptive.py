@@ -28,7 +28,6 @@ import copy
 from dataclasses import replace
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from manifold_defense.attacks.base import Attack, Crafted, FirstSuccess, on_rows

@@ -40,6 +40,13 @@ from manifold_defense.defended import DefendedModel, ProjectionConfig
 from manifold_defense.eval import AttackBudget, evaluate, sanity_checks, write_report
 
 ROWS = {"default_vae20": ("mnist-vae20", "default", 500), "defense_gan_sngan": ("mnist-sngan-inv", "defense_gan", 100)}
+#: per row: batch size (enough batches for two workers at every stage) and the sanity checks' sizes. Behind
+#: Defense-GAN's projection every query is 2,000 generator passes (3.5 s per input, a batch padded to 16 rows):
+#: the gradient check uses 4 inputs × 16 directions (128 projections, about 450 s) and HopSkipJump, ~500 label
+#: queries of ~56 s each, does not run there (the per-attack run found it broke none of 8 inputs: 12,000 s)
+SETTINGS = {"default_vae20": {"batch_size": 25, "checks": {"decision_subset": 16}},
+            "defense_gan_sngan": {"batch_size": 20, "checks": {"decision_subset": 0, "gradient_subset": 4,
+                                                                "directions": 16, "subset": 16}}}
 EPSILONS = {"linf": [0.3], "l2": [3.8]}
 RESULTS = REPO_ROOT / "benchmarks" / "results"
 
@@ -57,12 +64,12 @@ def run_suite(row: str, suite: str, args, x, y, clf) -> dict:
     folder = args.folder / row / suite
     budget = AttackBudget.quick() if args.quick else AttackBudget()
     t0, c0 = time.perf_counter(), _cpu()
+    batch_size, checks = args.batch_size or SETTINGS[row]["batch_size"], SETTINGS[row]["checks"]
     ev = evaluate(model, x, y, suite=suite, epsilons=EPSILONS, threats=list(EPSILONS), budget=budget, classifier=clf,
-                  surrogate=surrogate, batch_size=args.batch_size, out_dir=folder, progress=not args.quiet,
+                  surrogate=surrogate, batch_size=batch_size, out_dir=folder, progress=not args.quiet,
                   dataset="mnist", workers=args.workers)
     t1, c1 = time.perf_counter(), _cpu()
-    sanity_checks(ev, model, x, y, decision_subset=args.decision_subset, batch_size=args.batch_size,
-                  out_dir=folder / "sanity")
+    sanity_checks(ev, model, x, y, batch_size=batch_size, out_dir=folder / "sanity", **checks)
     t2, c2 = time.perf_counter(), _cpu()
     write_report(ev, folder, title=f"classifier A / {preset} projection on {gen_name}, suite {suite}")
     t3, c3 = time.perf_counter(), _cpu()
@@ -79,7 +86,8 @@ def run_suite(row: str, suite: str, args, x, y, clf) -> dict:
                         "records_attack_seconds": sum(s["seconds"] for s in ev.stages),
                         "records_clean_seconds": ev.clean_cost.get("seconds", 0.0)},
             "projections_per_image": {"attacked_model": model_proj / n, "any": all_proj / n},
-            "workers": args.workers, "folder": str(folder.relative_to(REPO_ROOT)),
+            "workers": args.workers, "batch_size": batch_size, "checks": checks,
+            "folder": str(folder.relative_to(REPO_ROOT)),
             "projection": ProjectionConfig.preset(preset, gen).as_dict(), "generator": gen_name}
 
 
@@ -131,8 +139,7 @@ def main(argv=None) -> int:
     p.add_argument("--suites", nargs="+", default=["standard", "columns"], choices=["standard", "columns"])
     p.add_argument("--n", type=int, default=None, help="images per row (default: 500 and 100)")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--decision-subset", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=None, help="default: the row's (SETTINGS)")
     p.add_argument("--quick", action="store_true", help="AttackBudget.quick() and 20 images (a smoke run)")
     p.add_argument("--baseline-json", default=str(RESULTS / "defense_mnist_sngan-inv.json"))
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/evaluation_speed[_quick].json)")

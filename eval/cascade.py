@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-from manifold_defense.eval.records import RecordError, _ranges
+from manifold_defense.eval.records import RecordError, index_ranges
 from manifold_defense.eval.spec import AttackSpec
 from manifold_defense.eval.suites import Plan
 
@@ -141,7 +141,7 @@ def cascade_state(records: Iterable[dict], indices: Sequence[int], plan: Plan) -
         if strict and have - need:
             extra = sorted(have - need)
             raise RecordError(f"records of {spec.name}@{eps:g} claim samples the cascade did not attack there "
-                              f"({_ranges(extra)}: already broken, or wrong, before it): they are not records of this "
+                              f"({index_ranges(extra)}: already broken, or wrong, before it): they are not records of this "
                               "cascade; evaluate into a fresh folder")
         if need - have:
             gaps[f"{spec.name}@{eps:g}"] = sorted(need - have)

@@ -25,7 +25,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 from manifold_defense.checkpoint import atomic_write_text
 from manifold_defense.eval.fingerprint import attack_fingerprint, digest, jsonable, model_fingerprint
@@ -34,6 +34,7 @@ from manifold_defense.validation import InputError
 
 __all__ = ["RecordError", "IncompleteEvaluation", "RecordStore", "state_digest", "tensor_digest", "model_fingerprint",
            "attack_fingerprint", "jsonable", "read_records", "merge_records", "record_status", "seal", "check_record",
+           "index_ranges",
            "FORMAT"]
 
 #: 3: a digest per record, the suite in ``run.json``, records of the samples an attack attacked (a cascade
@@ -50,12 +51,13 @@ class IncompleteEvaluation(RuntimeError):
 
     def __init__(self, gaps: dict[str, list[int]]) -> None:
         self.gaps = gaps
-        shown = "; ".join(f"{k}: {_ranges(v)}" for k, v in sorted(gaps.items())[:8])
+        shown = "; ".join(f"{k}: {index_ranges(v)}" for k, v in sorted(gaps.items())[:8])
         more = f" (+{len(gaps) - 8} more)" if len(gaps) > 8 else ""
         super().__init__(f"missing records (rerun the evaluation into the same folder to fill them): {shown}{more}")
 
 
-def _ranges(idx: Sequence[int]) -> str:
+def index_ranges(idx: Sequence[int]) -> str:
+    """``[0, 1, 2, 5]`` → ``"0-2, 5"`` (six runs at most, then "...")."""
     idx = sorted(idx)
     out, start = [], None
     for a, b in zip(idx, idx[1:] + [None]):
@@ -300,21 +302,6 @@ def merge_records(folders: Sequence[str | os.PathLike], out: str | os.PathLike) 
     return merged
 
 
-def coverage_gaps(records: Iterable[dict], indices: Sequence[int], jobs: Iterable[tuple[str, float]]) -> dict[str, list[int]]:
-    """Per ``clean`` and per ``attack@ε`` of ``jobs``, the indices without a record."""
-    have: dict[tuple, set[int]] = {}
-    for r in records:
-        key = ("clean",) if r["kind"] == "clean" else (r["attack"], float(r["epsilon"]))
-        have.setdefault(key, set()).update(r["indices"])
-    want = set(indices)
-    gaps = {}
-    for key in [("clean",), *((a, float(e)) for a, e in jobs)]:
-        missing = sorted(want - have.get(key, set()))
-        if missing:
-            gaps["clean" if key == ("clean",) else f"{key[0]}@{key[1]:g}"] = missing
-    return gaps
-
-
 def record_status(folder: str | os.PathLike) -> dict[str, Any]:
     """What an evaluation folder holds, for watching a long or sharded run: per column (``clean``, then each
     ``attack@ε``) the samples recorded, how many of them the column found correct (clean, in every attempt) or
@@ -354,6 +341,6 @@ def record_status(folder: str | os.PathLike) -> dict[str, Any]:
         missing = sorted(set(range(n)) - done) if n is not None else []
         rows.append({"column": col["column"], "recorded": len(done),
                      "correct" if col["column"] == "clean" else "broken": hits, "seconds": col["seconds"],
-                     "batches": col["batches"], "missing": _ranges(missing) if missing else ""})
+                     "batches": col["batches"], "missing": index_ranges(missing) if missing else ""})
     return {"folder": str(folder), "n": n, "batch_size": run.get("batch_size"), "attempts": run.get("attempts"),
             "columns": rows}  # no "complete": the folder does not know which attacks are still to start

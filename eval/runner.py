@@ -36,7 +36,6 @@ from manifold_defense.eval.records import (
     attack_fingerprint,
     attack_record,
     model_fingerprint,
-    read_records,
     seal,
     tensor_digest,
 )
@@ -159,8 +158,10 @@ class _Pool:
             for f in futures.as_completed(pending):
                 yield pending[f], f.result()
         except futures.process.BrokenProcessPool:
-            raise WorkerError("a worker process died (killed, or out of memory); the batches it held are not "
-                              "recorded — rerun the same evaluation into the same folder to finish them") from None
+            raise WorkerError("a worker process died (killed, out of memory, or it could not start: a script that "
+                              "runs workers needs `if __name__ == '__main__':` around its work, as Python's spawn "
+                              "requires); the batches it held are not recorded — rerun the same evaluation into the "
+                              "same folder to finish them") from None
 
     def close(self) -> None:
         if self.pool is not None:

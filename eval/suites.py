@@ -132,10 +132,13 @@ _SCALED = ("steps", "n_iter")
 def escalated_attack(attack: Attack, factor: int, round_: int) -> Attack:
     """A copy of ``attack`` with ``factor`` × its iterations (``steps``, ``n_iter``, nested attacks' too) and
     fresh restarts (every ``seed`` moved by ``round_``: new random starts, a new pool of range starts), so each
-    escalation round is a new search at twice the length of the one before, not a rerun of it."""
+    escalation round is a new search at twice the length of the one before, not a rerun of it. Behind a
+    surrogate (``check_every`` > 1) the attacked model is asked as many times per search as at the base budget
+    (every ``factor × check_every`` steps), and still at every step where the surrogate is already fooled."""
     out = copy.copy(attack)
     for name, value in vars(attack).items():
-        if name in _SCALED and isinstance(value, int) and not isinstance(value, bool):
+        if (name in _SCALED or (name == "check_every" and value > 1)) and isinstance(value, int) \
+                and not isinstance(value, bool):
             setattr(out, name, value * factor)
         elif name == "seed" and isinstance(value, int):
             setattr(out, name, value + 1000 * round_)
