@@ -12,7 +12,8 @@ Threat models ℓ∞ 0.3 and ℓ2 3.8. Per row and suite: wall and CPU seconds o
 checks and report), the seconds the records hold (the same work when a run was resumed), projections per image
 (rows projected with the attacked model's own projection, and with any), the worst case per threat model with
 its 95 % Wilson interval, what each attack added (samples attacked, new breaks, seconds), the escalation and the
-sanity checks. Records live in ``benchmarks/results/evaluation_speed/<row>/<suite>/``: a killed run resumes.
+sanity checks, and the provenance of the run that made it (taken as it starts). Records live in
+``benchmarks/results/evaluation_speed/<row>/<suite>/``: a killed run resumes.
 
     python benchmarks/evaluation_speed.py [--rows default_vae20 defense_gan_sngan] [--suites standard columns]
         [--workers 2] [--n N] [--quick]
@@ -150,6 +151,7 @@ def main(argv=None) -> int:
     suffix = "_quick" if args.quick else ""
     out = Path(args.out) if args.out else RESULTS / f"evaluation_speed{suffix}.json"
     args.folder = RESULTS / f"evaluation_speed{suffix}"
+    started = provenance(args)  # the tree as the run starts (its own writes below must not count as "dirty")
     result = json.loads(out.read_text()) if out.is_file() else {}
     result.setdefault("rows", {})
     test = data.load("mnist", "test")
@@ -162,10 +164,10 @@ def main(argv=None) -> int:
             if row == "defense_gan_sngan" and suite == "columns" and not args.quick:
                 entry["columns_committed"] = baseline(row, Path(args.baseline_json))
                 continue
-            entry[suite] = run_suite(row, suite, args, x, y, clf)
+            entry[suite] = run_suite(row, suite, args, x, y, clf) | {"provenance": started}
             print(json.dumps({row: {suite: {k: entry[suite][k] for k in ("worst_case", "seconds",
                                                                           "projections_per_image")}}}, indent=1))
-            result["provenance"] = provenance(args)
+            result["provenance"] = started
             atomic_write_text(out, json.dumps(result, indent=2))
     for row, entry in result["rows"].items():
         std, cols = entry.get("standard"), entry.get("columns") or entry.get("columns_committed")
@@ -175,7 +177,7 @@ def main(argv=None) -> int:
             entry["speedup_attack_seconds"] = (cols.get("records_attack_seconds_linf_l2")
                                                or cols["seconds"]["records_attack_seconds"]) / \
                 max(std["seconds"]["records_attack_seconds"], 1e-9)
-    result["provenance"] = provenance(args)
+    result["provenance"] = started
     atomic_write_text(out, json.dumps(result, indent=2))
     plot(result, out.with_suffix(".png"))
     print(f"wrote {out} and {out.with_suffix('.png')}")
