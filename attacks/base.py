@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from manifold_defense.validation import InputError, check_images, check_labels
+from manifold_defense.validation import InputError, check_images, check_labels, model_dtype
 
 __all__ = ["Attack", "AttackResult", "Crafted", "TransferAttack", "perturbation_norm", "predict_labels", "labels_of",
            "FirstSuccess", "on_rows", "is_deterministic"]
@@ -187,7 +187,7 @@ class Attack:
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: float) -> AttackResult:
         if not epsilon >= 0:
             raise InputError(f"epsilon must be >= 0, got {epsilon}")
-        check_images(x, getattr(model, "input_shape", None))
+        check_images(x, getattr(model, "input_shape", None), dtype=model_dtype(model))
         check_labels(y, len(x), getattr(model, "num_classes", None))
         was_training = model.training
         model.eval()

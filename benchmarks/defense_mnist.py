@@ -1,5 +1,14 @@
 """Projection defenses on MNIST, evaluated the way a reviewer would: transfer, adaptive and on-manifold.
 
+By default every row is evaluated with the library's ``standard`` suite (``--suite standard``: a survivor
+cascade of the strongest attacks per threat model, escalated to convergence, then the sanity checks; ``--suite
+columns``: every attack on every sample), writing ``defense_mnist_<suite>[_GENERATOR].json`` / ``.md`` and per
+row the records and report in ``defense_mnist_<suite>[_GENERATOR]/<row>/`` (a rerun resumes; ``--workers N``
+shares the batches among local processes). ``--suite per-attack`` runs the labelled columns below, which made
+the committed ``defense_mnist.json`` and ``defense_mnist_sngan-inv.json`` (to reproduce them).
+
+The per-attack columns:
+
 Classifier A (Samangouei et al. 2018) on the first N MNIST test images, three rows:
 
 - ``undefended`` — the classifier alone (N images);
@@ -121,6 +130,9 @@ EXTRA_COLUMNS = {"defended_dead_zone": {"pgd_linf_0.3_implicit_smooth_surrogate"
 #: field merges only if none of its columns ran one of them)
 BUDGET_FIELDS_OF_NEW_ATTACKS = {"range_targets": {"range_target_linf", "range_target_pgd_linf"},
                                 "on_manifold_cc_steps": {"on_manifold_cc"}}
+#: the suite path's threat models (Defense-GAN's and Athalye et al.'s MNIST budgets, Ilyas et al.'s η)
+SUITE_EPSILONS = {"linf": [0.3], "l2": [3.8], "on_manifold": [1.5]}
+SUITE_KEYS = ["linf@0.3", "l2@3.8", "on_manifold@1.5"]
 TARGETS = {
     "undefended clean >= 0.99": lambda a, s: a["undefended"]["clean"] >= 0.99,
     "defended_defense_gan clean >= 0.97": lambda a, s: a["defended_defense_gan"]["clean"] >= 0.97,
@@ -290,6 +302,10 @@ def main(argv=None) -> int:
                         "records merge`, then run without --shard on the merged folder")
     p.add_argument("--columns", nargs="+", default=None, metavar="COLUMN",
                    help="with --shard: only these attack columns, in this order")
+    p.add_argument("--suite", default="standard", choices=["standard", "columns", "per-attack"],
+                   help="standard / columns: the library's named suites (outputs defense_mnist_<suite>*.json); "
+                        "per-attack: the labelled columns of the committed defense_mnist*.json (to reproduce them)")
+    p.add_argument("--workers", type=int, default=1, help="local worker processes (suite runs)")
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                    help="write the outputs from the finished rows of these earlier runs (run in parallel with "
                         "--rows and --out) instead of evaluating")
@@ -325,7 +341,10 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     suffix = ("" if args.generator == "mnist-vae20" else "_" + args.generator.replace("mnist-", "")) + \
              ("_quick" if args.quick else "")
-    out_json = Path(args.out) if args.out else Path(__file__).parent / "results" / f"defense_mnist{suffix}.json"
+    stem = "defense_mnist" if args.suite == "per-attack" else f"defense_mnist_{args.suite}"
+    out_json = Path(args.out) if args.out else Path(__file__).parent / "results" / f"{stem}{suffix}.json"
+    if args.suite != "per-attack" and (args.merge or args.shard):
+        p.error("--merge and --shard are for --suite per-attack (a suite run resumes, and takes --workers)")
     if args.merge:
         try:
             per_row, sources = merge_rows([Path(f) for f in args.merge], args)
@@ -340,6 +359,8 @@ def main(argv=None) -> int:
     gen = zoo.get(args.generator).eval()
     test = data.load("mnist", "test", path=args.data_path, limit=args.n)
     x, y = test.images, test.labels
+    if args.suite != "per-attack":
+        return run_suite(args, clf, gen, x, y, out_json)
     per_row = {}
     for row in args.rows:
         print(f"\n== {row}", flush=True)
@@ -350,6 +371,51 @@ def main(argv=None) -> int:
         print(json.dumps({k: round(v, 4) for k, v in per_row[row]["accuracy"].items()}), flush=True)
         # the outputs after every row: a long run never leaves an older run's (possibly higher) figures on show
         write_outputs(per_row, args, out_json, t0)
+    return 0
+
+
+def run_suite(args, clf, gen, x, y, out_json: Path) -> int:
+    """Every row with a named suite (``--suite``, default ``standard``): survivor cascade, escalation to
+    convergence, the sanity checks; per row the worst case per threat model with its Wilson interval, what each
+    attack added and the seconds. Records in ``<out>/<row>/`` (a killed run resumes)."""
+    t0, per_row = time.perf_counter(), {}
+    result = json.loads(out_json.read_text()) if out_json.is_file() else {}
+    started = provenance(args)  # the tree as the run starts
+    budget = AttackBudget.quick() if args.small_budget else AttackBudget()
+    for row in args.rows:
+        model, surrogate, n, decision_subset = build_row(row, clf, gen, args)
+        n = args.row_n.get(row, n)
+        batch_size = args.row_batch_size.get(row, args.batch_size)
+        folder = out_json.with_suffix("") / row
+        print(f"\n== {row} ({n} images, suite {args.suite})", flush=True)
+        r0 = time.perf_counter()
+        ev = evaluate(model.eval(), x[:n], y[:n], suite=args.suite, epsilons=SUITE_EPSILONS, budget=budget,
+                      classifier=clf, generator=gen, surrogate=surrogate, batch_size=batch_size, out_dir=folder,
+                      progress=not args.quiet, dataset="mnist", workers=args.workers)
+        r1 = time.perf_counter()
+        sanity_checks(ev, model, x[:n], y[:n], decision_subset=decision_subset, out_dir=folder / "sanity",
+                      batch_size=batch_size)
+        write_report(ev, folder, title=f"MNIST classifier A, {row} ({args.generator}), suite {args.suite}")
+        d = ev.to_dict()
+        per_row[row] = {"n": d["n"], "clean": d["clean"], "worst_case": d["worst_case"], "stages": d["stages"],
+                        "converged": d["converged"], "sanity": d["sanity"], "sanity_details": d["sanity_details"],
+                        "broken_by_sanity_checks": d.get("broken_by_sanity_checks", {}), "robustbench": d["robustbench"],
+                        "notes": d["notes"], "seconds": {"attacks_wall": r1 - r0, "total_wall": time.perf_counter() - r0},
+                        "projection": getattr(model, "projection", None) and dataclasses.asdict(model.projection),
+                        "surrogate": surrogate and dataclasses.asdict(surrogate), "provenance": started}
+        result = {**result, "suite": d["suite"], "config": _run_config(args) | {"epsilons": SUITE_EPSILONS},
+                  "rows": {**result.get("rows", {}), **per_row}, "provenance": started}
+        atomic_write_text(out_json, json.dumps(result, indent=2))
+        lines = [f"# MNIST classifier A behind {args.generator} projections, suite {d['suite']['name']} "
+                 f"v{d['suite']['version']}", "", "| row | n | clean | " + " | ".join(
+                     f"worst {k}" for k in SUITE_KEYS) + " |", "|---|---|---|" + "---|" * len(SUITE_KEYS)]
+        for name, rr in result["rows"].items():
+            cells = [f"{rr['worst_case'][k]['accuracy']:.3f} [{rr['worst_case'][k]['ci95'][0]:.3f}, "
+                     f"{rr['worst_case'][k]['ci95'][1]:.3f}]" if k in rr["worst_case"] else "-" for k in SUITE_KEYS]
+            lines.append(f"| {name} | {rr['n']} | {rr['clean']['accuracy']:.3f} | " + " | ".join(cells) + " |")
+        atomic_write_text(out_json.with_suffix(".md"), "\n".join(lines) + "\n")
+        print(f"{row}: " + json.dumps({k: round(v["accuracy"], 3) for k, v in d["worst_case"].items()}), flush=True)
+    print(f"wrote {out_json} ({time.perf_counter() - t0:.0f} s)")
     return 0
 
 

@@ -362,7 +362,54 @@ def generic(d: dict) -> str:
     return "No dedicated renderer; top-level numbers.\n\n" + table(["key", "value"], rows or [[DASH, DASH]])
 
 
-RENDERERS = {"projection_speed": projection_speed, "cs_mnist": cs_mnist, "defense_mnist": defense_mnist,
+def _stage_rows(stages: list[dict], n: int) -> list[list[str]]:
+    """What each attack of a suite added: per threat model and ε, samples attacked, new breaks, left, seconds."""
+    return [[f"`{s['attack']}`", f"{s['threat']} {s['epsilon']:g}", str(s["attacked"]), str(s["broken"]),
+             f"{s['left'] / n:.3f}", num(s["seconds"], 3)] for s in stages]
+
+
+def evaluation_speed(d: dict) -> str:
+    """The standard suite against the per-attack table, per row: worst cases, time, projections, stages."""
+    out = []
+    for row, entry in d["rows"].items():
+        cells = []
+        for suite, r in entry.items():
+            if not isinstance(r, dict) or "worst_case" not in r:
+                continue
+            secs = r.get("seconds", {})
+            wc = r["worst_case"]
+            cells.append([f"`{suite}`", str(r["n"]),
+                          *(ci(wc[k]["accuracy"], wc[k].get("ci95")) if k in wc else DASH for k in ("linf@0.3", "l2@3.8")),
+                          num(secs.get("wall_total"), 4), num(secs.get("cpu_total"), 4),
+                          num(secs.get("records_attack_seconds") or r.get("records_attack_seconds_linf_l2"), 4),
+                          num((r.get("projections_per_image") or {}).get("attacked_model"), 3),
+                          ", ".join(f"{k.split('@')[0]} {'yes' if v else 'NO' if v is False else DASH}"
+                                    for k, v in (r.get("converged") or {}).items()) or DASH])
+        out.append(f"**{row}**\n\n" + table(["suite", "n", "worst ℓ∞ 0.3 [95 %]", "worst ℓ2 3.8 [95 %]", "wall s",
+                                               "CPU s", "attack s (records)", "projections / image", "converged"],
+                                              cells))
+        std = entry.get("standard")
+        if std and std.get("stages"):
+            out.append(f"What each attack of `standard` added on {row} (robust accuracy left after it):\n\n"
+                       + table(["attack", "threat, ε", "attacked", "new breaks", "left", "seconds"],
+                               _stage_rows(std["stages"], std["n"])))
+    return ("Classifier A on MNIST; the `standard` suite (survivor cascade + escalation) against the per-attack "
+            "table on the same images (`columns_committed`: the committed per-attack run, not rerun). Wall and CPU "
+            "seconds of the whole run (evaluation, checks, report; 2 worker processes).\n\n" + "\n\n".join(out))
+
+
+def defense_mnist_suite(d: dict) -> str:
+    """``defense_mnist.py --suite NAME``: per row the worst cases and the stages."""
+    rows = [[f"`{r}`", str(v["n"]), frac(v["clean"]["accuracy"]),
+             *(ci(v["worst_case"][k]["accuracy"], v["worst_case"][k]["ci95"]) if k in v["worst_case"] else DASH
+               for k in ("linf@0.3", "l2@3.8", "on_manifold@1.5"))] for r, v in d["rows"].items()]
+    suite = d.get("suite", {})
+    return (f"Classifier A, suite `{suite.get('name')}` v{suite.get('version')}: worst case per threat model after "
+            "every attack of the suite and its escalation [95 % Wilson interval].\n\n"
+            + table(["row", "n", "clean", "worst ℓ∞ 0.3", "worst ℓ2 3.8", "worst on-manifold 1.5"], rows))
+
+
+RENDERERS = {"projection_speed": projection_speed, "evaluation_speed": evaluation_speed, "cs_mnist": cs_mnist, "defense_mnist": defense_mnist,
              "manifold_at_mnist": manifold_at_mnist, "manifold_at_mnist_timing": manifold_at_mnist_timing,
              "guided_mnist": guided_mnist, "random_relu": random_relu, "attack_efficiency": attack_efficiency,
              "batch_invariance": batch_invariance, "generator_quality": generator_quality,
@@ -377,6 +424,8 @@ def render(results_dir: Path | str = RESULTS) -> dict[str, str]:
         data = json.loads(path.read_text(encoding="utf-8"))
         fn = (RENDERERS.get(path.stem) or RENDERERS.get(path.stem.removesuffix("_quick"))
               or (gan_training if path.stem.startswith("gan_training_") else None)
+              or (defense_mnist_suite if path.stem.startswith(("defense_mnist_standard", "defense_mnist_columns"))
+                  else None)
               or (defense_mnist if path.stem.startswith("defense_mnist_") else None)  # another generator
               or (manifold_at_mnist if path.stem.startswith("manifold_at_mnist_seed") else generic))  # another seed
         blocks[path.stem] = fn(data).rstrip("\n") + "\n\n" + source(path.stem, data)

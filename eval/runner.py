@@ -44,7 +44,7 @@ from manifold_defense.eval.robustness import Evaluation
 from manifold_defense.eval.spec import AttackSpec
 from manifold_defense.eval.suites import Plan, Suite, build_plan
 from manifold_defense.utils import state_digest
-from manifold_defense.validation import InputError, check_images, check_labels
+from manifold_defense.validation import InputError, check_images, check_labels, model_dtype
 
 __all__ = ["evaluate", "WorkerError"]
 
@@ -213,7 +213,7 @@ def evaluate(
     (``distributed=False``: this process alone). ``judges`` (name → classifier independent of the attacked one)
     label every adversarial input. The first ``examples`` samples' adversarial inputs are kept for the report.
     """
-    check_images(x, getattr(model, "input_shape", None))
+    check_images(x, getattr(model, "input_shape", None), dtype=model_dtype(model))
     check_labels(y, len(x), getattr(model, "num_classes", None))
     if attacks is not None:
         names = [a.name for a in attacks]
@@ -353,9 +353,15 @@ def _examples(model: nn.Module, x: torch.Tensor, start: int, k: int, shown: dict
     from manifold_defense.checkpoint import save_checkpoint
 
     path = None if folder is None else folder / "examples.pt"
-    stored = torch.load(path, map_location="cpu", weights_only=True) if path is not None and path.is_file() else {}
+    try:  # pictures only: a damaged file is replaced by this run's, never a reason to stop
+        stored = torch.load(path, map_location="cpu", weights_only=True) if path is not None and path.is_file() else {}
+    except Exception:  # noqa: BLE001 — a truncated zip, another format: the grid starts afresh
+        stored = {}
+    if not isinstance(stored, dict) or not all(isinstance(v, torch.Tensor) for v in stored.values()):
+        stored = {}
     clean = x[start:start + k].detach().cpu().clone()  # a copy: a view would save all of x's storage
-    rows = {"clean": clean, **{n: v for n, v in stored.items() if n != "clean"}}
+    # rows of an earlier call over fewer samples (another stop) cannot be extended image by image: started afresh
+    rows = {"clean": clean, **{n: v for n, v in stored.items() if n != "clean" and len(v) == k}}
     top: dict[str, float] = {}
     for threat, eps in shown:
         top[threat] = max(eps, top.get(threat, eps))

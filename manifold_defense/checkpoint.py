@@ -13,6 +13,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -71,7 +72,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, wrong format, unsafe pickle ...
-        raise CheckpointError(f"checkpoint {path} is corrupted or not a manifold-defense checkpoint: {exc}") from exc
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        first = re.sub(r"\x1b\[[0-9;]*m", "", first)  # torch's advice comes in colour and over many lines
+        raise CheckpointError(f"checkpoint {path} is corrupted or not a manifold-defense checkpoint ({first})") \
+            from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a manifold-defense checkpoint (format {FORMAT!r} expected)")
     return payload

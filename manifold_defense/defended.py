@@ -28,7 +28,7 @@ from manifold_defense.operators import Identity
 from manifold_defense.implicit import implicit_projection
 from manifold_defense.protocols import ClassConditional, Encoded, Generator, describe
 from manifold_defense.utils import content_keys, rows_at_least
-from manifold_defense.validation import InputError, check_compatible, check_images
+from manifold_defense.validation import InputError, check_compatible, check_images, model_dtype
 
 __all__ = ["ProjectionConfig", "DefendedModel", "PROJECTIONS", "GRADIENTS"]
 
@@ -231,6 +231,10 @@ class DefendedModel(nn.Module):
     def __init__(self, classifier: nn.Module, generator: nn.Module, projection: ProjectionConfig | None = None,
                  *, gradient: str = "bpda") -> None:
         super().__init__()
+        if projection is not None and not isinstance(projection, ProjectionConfig):
+            hint = (f" (for a named one: ProjectionConfig.preset({projection!r}, generator))"
+                    if isinstance(projection, str) else "")
+            raise TypeError(f"projection must be a ProjectionConfig, got {type(projection).__name__}{hint}")
         check_compatible(generator, classifier)
         if gradient not in GRADIENTS:
             raise InputError(f"gradient must be one of {', '.join(GRADIENTS)}, got {gradient!r}")
@@ -256,7 +260,7 @@ class DefendedModel(nn.Module):
         return self._project(x, differentiable=False, cache="read")
 
     def _project(self, x: torch.Tensor, *, differentiable: bool, cache: str = "store") -> InversionResult:
-        check_images(x, self.input_shape)
+        check_images(x, self.input_shape, dtype=model_dtype(self.generator))
         # The projection takes gradient steps in z even when the caller runs under inference_mode/no_grad.
         with torch.inference_mode(False), torch.enable_grad():
             target = x if differentiable else x.detach().clone()

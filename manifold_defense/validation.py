@@ -13,6 +13,7 @@ from torch import nn
 
 __all__ = [
     "InputError",
+    "model_dtype",
     "check_images",
     "check_labels",
     "check_latents",
@@ -22,6 +23,13 @@ __all__ = [
 
 class InputError(ValueError):
     """A tensor or argument given to the library does not meet its documented contract."""
+
+
+def model_dtype(model: object) -> torch.dtype | None:
+    """The floating dtype of a module's first floating parameter (None: no parameters, or not a module)."""
+    if not isinstance(model, nn.Module):
+        return None
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
 
 
 def _shape_str(shape: Sequence[int]) -> str:
@@ -36,11 +44,12 @@ def check_images(
     bounds: tuple[float, float] | None = (0.0, 1.0),
     tol: float = 1e-5,
     allow_empty: bool = False,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Check a batch of images: a 4-D ``(N, C, H, W)`` tensor, finite, within ``bounds``.
 
-    ``shape`` is the expected ``(C, H, W)``; ``bounds=None`` skips the range check.
-    Returns ``x`` unchanged so the call can be chained.
+    ``shape`` is the expected ``(C, H, W)``; ``bounds=None`` skips the range check; ``dtype``: the model's
+    (its weights'), which the images must match. Returns ``x`` unchanged so the call can be chained.
     """
     if not isinstance(x, torch.Tensor):
         raise InputError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
@@ -59,6 +68,10 @@ def check_images(
         raise InputError(f"{name} is an empty batch (N = 0)")
     if not x.is_floating_point():
         raise InputError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if dtype is not None and x.dtype != dtype:
+        cast = {torch.float32: ".float()", torch.float64: ".double()", torch.float16: ".half()"}.get(dtype, "")
+        raise InputError(f"{name} has dtype {str(x.dtype).replace('torch.', '')} but the model's weights are "
+                         f"{str(dtype).replace('torch.', '')}: convert the images ({name}{cast}) or the model")
     if not bool(torch.isfinite(x).all()):
         n_bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())
         raise InputError(f"{name} contains NaN or inf values (in {n_bad} of {x.shape[0]} samples)")

@@ -81,13 +81,19 @@ def save_animation(frames: torch.Tensor, path: str | os.PathLike, *, columns: in
 
 def generator_grid(generator: torch.nn.Module, path: str | os.PathLike, *, rows: int = 4, cols: int = 12, seed: int = 0,
                    test_images: torch.Tensor | None = None, title: str | None = None) -> Path:
-    """PNG of ``rows`` rows of ``cols`` samples ``G(z)``, ``z`` from the seeded prior; with ``test_images`` and an
-    encoder, two more rows: the images and their reconstructions ``G(E(x))``."""
-    from manifold_defense.protocols import Encoded
+    """PNG of ``rows`` rows of ``cols`` samples ``G(z)``, ``z`` from the seeded prior (a class-conditional
+    generator: a row per class); with ``test_images`` and an encoder, two more rows: the images and their
+    reconstructions ``G(E(x))``."""
+    from manifold_defense.protocols import ClassConditional, Encoded, Generator
 
     device = next(generator.parameters()).device
     with torch.inference_mode():
         g = torch.Generator(device=device).manual_seed(seed)
+        if isinstance(generator, ClassConditional) and not isinstance(generator, Generator):
+            per_class = [generator.condition(c) for c in range(generator.num_classes)]
+            grid = [gc(gc.sample_latent(cols, g)) for gc in per_class]
+            labels = [f"class {c}" for c in range(generator.num_classes)]
+            return save_image_grid(grid, path, row_labels=labels, title=title)
         grid = [generator(generator.sample_latent(cols, g)) for _ in range(rows)]
         labels = ["samples"] * rows
         if test_images is not None and isinstance(generator, Encoded):

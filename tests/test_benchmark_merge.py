@@ -50,7 +50,7 @@ def test_merge_rebuilds_every_row(defense_mnist, tmp_path):
     rows = list(committed["accuracy"])
     files = _split(tmp_path, [rows[:2], rows[2:]])
     out = tmp_path / "merged.json"
-    assert defense_mnist.main(["--merge", *files, "--out", str(out)]) == 0
+    assert defense_mnist.main(["--suite", "per-attack", "--merge", *files, "--out", str(out)]) == 0
     merged = json.loads(out.read_text())
     for key in ("n", "accuracy", "stderr", "ci95", "sanity", "sanity_details", "robustbench", "projection",
                 "projection_attacked", "extra_columns", "autoattack_full", "seconds"):
@@ -63,7 +63,7 @@ def test_merge_rebuilds_every_row(defense_mnist, tmp_path):
 def test_merge_with_a_row_missing_says_so(defense_mnist, tmp_path):
     rows = list(json.loads(COMMITTED.read_text())["accuracy"])
     out = tmp_path / "merged.json"
-    assert defense_mnist.main(["--merge", *_split(tmp_path, [rows[:1], rows[2:]]), "--out", str(out)]) == 0
+    assert defense_mnist.main(["--suite", "per-attack", "--merge", *_split(tmp_path, [rows[:1], rows[2:]]), "--out", str(out)]) == 0
     kept = rows[:1] + rows[2:]
     assert json.loads(out.read_text())["missing_rows"] == [r for r in defense_mnist.ROWS if r not in kept]
     assert rows[1] in json.loads(out.read_text())["missing_rows"]
@@ -85,7 +85,7 @@ def test_merge_refuses_rows_that_do_not_belong_together(defense_mnist, tmp_path,
         Path(files[1]).write_text(json.dumps(d))
     out = tmp_path / "merged.json"
     with pytest.raises(SystemExit):
-        defense_mnist.main(["--merge", *files, "--out", str(out)])
+        defense_mnist.main(["--suite", "per-attack", "--merge", *files, "--out", str(out)])
     assert "--merge" in capsys.readouterr().err
     assert not out.exists()  # nothing half-written
 
@@ -100,7 +100,7 @@ def test_merge_accepts_a_file_from_before_a_budget_field_existed(defense_mnist, 
     d["config"]["budget"].pop("on_manifold_cc_steps")
     Path(files[0]).write_text(json.dumps(d))
     out = tmp_path / "merged.json"
-    assert defense_mnist.main(["--merge", *files, "--out", str(out)]) == 0
+    assert defense_mnist.main(["--suite", "per-attack", "--merge", *files, "--out", str(out)]) == 0
     assert json.loads(out.read_text())["accuracy"] == json.loads(COMMITTED.read_text())["accuracy"]
 
 
@@ -114,7 +114,7 @@ def test_merge_refuses_a_file_without_a_budget_field_its_attacks_use(defense_mni
     Path(files[1]).write_text(json.dumps(d))
     out = tmp_path / "merged.json"
     with pytest.raises(SystemExit):
-        defense_mnist.main(["--merge", *files, "--out", str(out)])
+        defense_mnist.main(["--suite", "per-attack", "--merge", *files, "--out", str(out)])
     assert field in capsys.readouterr().err
     assert not out.exists()
 
@@ -133,8 +133,8 @@ def test_shard_records_only_its_batches_and_columns(on_digits, tmp_path):
 
     out = tmp_path / "shard.json"
     cols = ["pgd_linf_0.3_bpda_eot", "fgsm_linf_0.3_transfer"]
-    argv = ["--rows", "undefended", "--n", "12", "--batch-size", "4", "--small-budget", "--quiet", "--shard", "4:8",
-            "--columns", *cols, "--out", str(out)]
+    argv = ["--suite", "per-attack", "--rows", "undefended", "--n", "12", "--batch-size", "4", "--small-budget",
+            "--quiet", "--shard", "4:8", "--columns", *cols, "--out", str(out)]
     assert on_digits.main(argv) == 0
     records = read_records(tmp_path / "shard" / "undefended" / "records.jsonl")
     assert {r["start"] for r in records} == {4}
@@ -144,6 +144,16 @@ def test_shard_records_only_its_batches_and_columns(on_digits, tmp_path):
     # the FGSM transfer attack breaks some of the undefended classifier's correct digits at ε = 0.3
     assert any(any(r["broken"]) for r in records if r["kind"] == "attack")
     assert not out.exists() and not out.with_suffix(".md").exists()  # a shard reports nothing
+
+
+def test_a_suite_run_reports_worst_cases_and_what_each_attack_added(on_digits, tmp_path):
+    out = tmp_path / "suite.json"
+    argv = ["--rows", "undefended", "--n", "12", "--batch-size", "6", "--small-budget", "--quiet", "--out", str(out)]
+    assert on_digits.main(argv) == 0  # the standard suite by default
+    row = json.loads(out.read_text())["rows"]["undefended"]
+    assert row["worst_case"]["linf@0.3"]["accuracy"] < row["clean"]["accuracy"] - 0.5
+    assert row["stages"][0]["attack"] == "fgsm_transfer" and row["stages"][0]["attacked"] <= 12
+    assert (tmp_path / "suite" / "undefended" / "report.md").is_file() and out.with_suffix(".md").is_file()
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -36,9 +36,11 @@ def build_parser() -> Parser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a command; a user's mistake prints one line on stderr and returns 2."""
+    from manifold_defense.cache import ProjectionCacheError
     from manifold_defense.checkpoint import CheckpointError
     from manifold_defense.data import DataNotFoundError
     from manifold_defense.eval.records import IncompleteEvaluation
+    from manifold_defense.eval.runner import WorkerError
     from manifold_defense.validation import InputError
 
     try:
@@ -47,9 +49,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     try:
         return int(args.run(args) or 0)
-    except (InputError, CheckpointError, DataNotFoundError, IncompleteEvaluation) as exc:
-        print(f"manifold-defense: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("\nmanifold-defense: interrupted; everything finished is saved — rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    except (InputError, CheckpointError, DataNotFoundError, IncompleteEvaluation, WorkerError,
+            ProjectionCacheError) as exc:
+        print(f"manifold-defense: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file that cannot be read or written (permissions, a full disk, a folder as a file)
+        where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+        print(f"manifold-defense: error:{where} {exc.strerror or exc}", file=sys.stderr)
+        return 2
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error's message on one line (a wrapped library's multi-line advice and colour codes dropped)."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
 
 
 if __name__ == "__main__":  # pragma: no cover

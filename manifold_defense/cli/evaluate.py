@@ -31,7 +31,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     listing = "\n".join(f"  {k:22s} {a.threat:12s} default eps {','.join(map(str, a.epsilons)):14s} {a.description}"
                         for k, a in ATTACKS.items())
     p = sub.add_parser("evaluate", help="robustness evaluation: attack suites, sanity checks, reports",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Suites (--suite):\n" + suites + "\n\nSingle attacks (--attack NAME[:EPS,...]; "
                                    "name, threat model, default epsilons):\n" + listing)
     p.add_argument("--classifier", required=True, help="zoo name or checkpoint path of the classifier")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 from manifold_defense.cli.common import add_device, check_device, check_output_file, positive_int
@@ -60,8 +61,15 @@ def run(args: argparse.Namespace) -> int:
             ts = f"{r['train_seconds']:.0f}" if r.get("train_seconds") else "-"
             print(f"{r['name']:22} {r['state']:18} {ts:>8}  {q}")
         return 0
-    if args.zoo_cmd == "path":
-        print(zoo.path(args.name))
+    if args.zoo_cmd == "path":  # where zoo.get loads it from: the shipped file, else the cache (built or not)
+        from manifold_defense.shipped import WEIGHTS_DIR, manifest
+
+        cached = zoo.path(args.name)
+        shipped = manifest().get(args.name)
+        if shipped is not None and os.environ.get("MANIFOLD_DEFENSE_ZOO_SOURCE", "auto") != "cache":
+            print(WEIGHTS_DIR / shipped["file"])
+        else:
+            print(cached if cached.is_file() else f"{cached} (not built yet: manifold-defense zoo build {args.name})")
         return 0
     if args.zoo_cmd == "ship":
         from manifold_defense.shipped import WEIGHTS_DIR, export
