@@ -1,10 +1,11 @@
-"""Render README.md's measured-results tables from ``benchmarks/results/*.json``.
+"""Render the measured-results tables of the README and the docs from ``benchmarks/results/*.json``.
 
-    python benchmarks/render_readme.py           # rewrite the result blocks of README.md in place
-    python benchmarks/render_readme.py --check   # exit 1 and print a unified diff when README is out of date
+    python benchmarks/render_readme.py           # rewrite the result blocks of README.md and docs/results.md
+    python benchmarks/render_readme.py --check   # exit 1 and print a unified diff when a page is out of date
 
-``benchmarks/results/NAME.json`` fills the README block between the lines ``<!-- results:NAME -->`` and
-``<!-- /results:NAME -->``; nothing outside the markers is touched. Accuracies carry 95 % Wilson intervals
+``benchmarks/results/NAME.json`` fills the block between the lines ``<!-- results:NAME -->`` and
+``<!-- /results:NAME -->`` on the one page that holds it (``headline``, README's summary, is rendered from
+several files); nothing outside the markers is touched. Accuracies carry 95 % Wilson intervals
 (valid at small n); other quantities ± 1.96·SE where the JSON records a standard error (SE).
 ``tests/test_readme_results.py`` runs the check.
 """
@@ -24,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "README.md"
+PAGES = [README, ROOT / "docs" / "results.md"]
 BLOCK = re.compile(r"(?P<start><!-- results:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(?P<end><!-- /results:(?P=name) -->)",
                    re.DOTALL)
 Z = 1.96  # half-width of a 95% interval in standard errors
@@ -398,6 +400,41 @@ def evaluation_speed(d: dict) -> str:
             "seconds of the whole run (evaluation, checks, report; 2 worker processes).\n\n" + "\n\n".join(out))
 
 
+def headline(results: Path) -> str:
+    """README's summary: a few numbers from several results files (each row says where it comes from)."""
+    def load(name: str) -> dict | None:
+        path = Path(results) / f"{name}.json"
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+    rows = []
+    ev = load("evaluation_speed")
+    for row, what in (("default_vae20", "default projection, `mnist-vae20`"),
+                      ("defense_gan_sngan", "Defense-GAN's projection, `mnist-sngan-inv`")):
+        r = ((ev or {}).get("rows", {}).get(row) or {}).get("standard")
+        if r:
+            wc = r["worst_case"]
+            conv = r.get("converged", {})
+            rows.append([f"classifier A behind the {what}: `standard` suite, worst case", str(r["n"]),
+                         ci(wc["linf@0.3"]["accuracy"], wc["linf@0.3"]["ci95"])
+                         + ("" if conv.get("linf@0.3") else " (upper bound)"),
+                         ci(wc["l2@3.8"]["accuracy"], wc["l2@3.8"]["ci95"])
+                         + ("" if conv.get("l2@3.8") else " (upper bound)"),
+                         f"{num(r['seconds']['wall_total'], 3)} s wall", "`evaluation_speed.json`"])
+    cs = load("cs_mnist")
+    if cs:
+        mse = cs["per_pixel_mse"]
+        rows.append(["compressed sensing, MNIST, m = 100 Gaussian measurements: per-pixel MSE, ILO / CSGM / Lasso",
+                     str(cs["n_images"]), " / ".join(num(mse[k]["100"], 3) for k in ("ilo", "csgm", "lasso")), DASH,
+                     DASH, "`cs_mnist.json`"])
+    gq = load("generator_quality")
+    if gq:
+        fid = {k: v.get("fid") for k, v in gq["generators"].items()}
+        rows.append(["generator FID (our classifier's features): `mnist-sngan` / `mnist-vae20` / `mnist-wgan`",
+                     str(gq["n"]), " / ".join(num(fid.get(k), 3) for k in ("mnist-sngan", "mnist-vae20", "mnist-wgan")),
+                     DASH, DASH, "`generator_quality.json`"])
+    return table(["result", "n", "ℓ∞ 0.3 (or the value)", "ℓ2 3.8", "time", "from"], rows)
+
+
 def defense_mnist_suite(d: dict) -> str:
     """``defense_mnist.py --suite NAME``: per row the worst cases and the stages."""
     rows = [[f"`{r}`", str(v["n"]), frac(v["clean"]["accuracy"]),
@@ -429,6 +466,7 @@ def render(results_dir: Path | str = RESULTS) -> dict[str, str]:
               or (defense_mnist if path.stem.startswith("defense_mnist_") else None)  # another generator
               or (manifold_at_mnist if path.stem.startswith("manifold_at_mnist_seed") else generic))  # another seed
         blocks[path.stem] = fn(data).rstrip("\n") + "\n\n" + source(path.stem, data)
+    blocks["headline"] = headline(Path(results_dir)) + "\n\nRendered from `benchmarks/results/` (more in docs/results.md)."
     return blocks
 
 
@@ -447,14 +485,23 @@ def update(readme_text: str, blocks: dict[str, str]) -> str:
 
 
 def check(readme_text: str, blocks: dict[str, str], label: str = "README.md") -> str:
-    """Empty when README shows exactly ``blocks``; otherwise what disagrees (unpaired names, unified diff)."""
+    """Empty when the page shows exactly its blocks as rendered; otherwise what disagrees (a block without a results
+    JSON, a unified diff). Which page holds which block: :func:`check_pages`."""
     have = set(blocks_in(readme_text))
-    problems = [f"README block without a results JSON: {n}" for n in sorted(have - set(blocks))]
-    problems += [f"results JSON without a README block: {n}" for n in sorted(set(blocks) - have)]
+    problems = [f"{label} block without a results JSON: {n}" for n in sorted(have - set(blocks))]
     diff = difflib.unified_diff(readme_text.splitlines(keepends=True),
                                 update(readme_text, blocks).splitlines(keepends=True),
                                 fromfile=label, tofile=f"{label} (rendered from the JSON)")
     return "".join(p + "\n" for p in problems) + "".join(diff)
+
+
+def check_pages(pages: dict[str, str], blocks: dict[str, str]) -> str:
+    """:func:`check` of every page, and every block shown on exactly one page."""
+    report = "".join(check(text, blocks, label) for label, text in pages.items())
+    shown = [n for text in pages.values() for n in blocks_in(text)]
+    report += "".join(f"results JSON without a block in {', '.join(pages)}: {n}\n" for n in sorted(set(blocks) - set(shown)))
+    report += "".join(f"block shown twice: {n}\n" for n in sorted({n for n in shown if shown.count(n) > 1}))
+    return report
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -473,23 +520,25 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--check", action="store_true", help="do not write; exit 1 with a diff when README is out of date")
-    p.add_argument("--readme", type=Path, default=README)
+    p.add_argument("--check", action="store_true", help="do not write; exit 1 with a diff when a page is out of date")
+    p.add_argument("--pages", type=Path, nargs="+", default=PAGES, help="the pages holding result blocks")
     p.add_argument("--results", type=Path, default=RESULTS)
     args = p.parse_args(argv)
-    text = args.readme.read_text(encoding="utf-8")
+    pages = {str(path): path.read_text(encoding="utf-8") for path in args.pages}
     blocks = render(args.results)
+    report = check_pages(pages, blocks)
     if args.check:
-        report = check(text, blocks, label=str(args.readme))
         print(report, end="")
         return 1 if report else 0
-    new = update(text, blocks)
-    if new != text:
-        _write_atomic(args.readme, new)
-    missing = sorted(set(blocks) - set(blocks_in(text)))
+    for path in args.pages:
+        text = pages[str(path)]
+        new = update(text, blocks)
+        if new != text:
+            _write_atomic(path, new)
+        print(f"{path}: {len(blocks_in(text))} result blocks {'updated' if new != text else 'unchanged'}")
+    missing = sorted(set(blocks) - {n for text in pages.values() for n in blocks_in(text)})
     for name in missing:
-        print(f"no <!-- results:{name} --> block in {args.readme}", file=sys.stderr)
-    print(f"{args.readme}: {len(blocks) - len(missing)} result blocks {'updated' if new != text else 'unchanged'}")
+        print(f"no <!-- results:{name} --> block in any page", file=sys.stderr)
     return 1 if missing else 0
 
 

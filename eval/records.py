@@ -24,6 +24,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -290,13 +291,18 @@ def merge_records(folders: Sequence[str | os.PathLike], out: str | os.PathLike) 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise RecordError(f"--out {out} is a file, not a folder: merge into a new folder")
+    if not out.parent.is_dir():
+        raise RecordError(f"--out {out}: its parent folder {out.parent} does not exist (a typo?); create it first")
     if (out / "records.jsonl").exists() or (out / "run.json").exists():
         raise RecordError(f"{out} already holds records; merge into a new folder")
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        out.mkdir(exist_ok=True)
         with contextlib.closing(_lock(out)):
             atomic_write_text(out / "run.json", json.dumps(runs[0], indent=2, sort_keys=True))
             atomic_write_text(out / "records.jsonl", "".join(json.dumps(r) + "\n" for r in merged))
+            shown = next((Path(f) / "examples.pt" for f in folders if (Path(f) / "examples.pt").is_file()), None)
+            if shown is not None:  # the report's image grid: the first shard's (it holds the first samples)
+                shutil.copyfile(shown, out / "examples.pt")
     except OSError as exc:
         raise RecordError(f"cannot write {out}: {exc.strerror or exc}") from None
     return merged

@@ -10,6 +10,7 @@ fails instead of silently mixing the two.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -24,11 +25,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from manifold_defense._version import __version__
+from manifold_defense.utils import tensor_digest
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "model_payload", "train_epochs", "file_lock",
            "atomic_write_text", "same_config", "FORMAT"]
 
 FORMAT = "manifold-defense/1"
+_UMASK = os.umask(0o022)  # read the process's umask (setting it back at once)
+os.umask(_UMASK)
 
 
 class CheckpointError(RuntimeError):
@@ -36,10 +40,35 @@ class CheckpointError(RuntimeError):
 
 
 def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> None:
-    """Write ``payload`` with ``torch.save`` atomically: a reader sees the old file or the new one, never half."""
+    """Write ``payload`` with ``torch.save`` atomically: a reader sees the old file or the new one, never half.
+    A checkpoint of this library (``payload["format"]``) carries the digest of its tensors, checked by
+    :func:`load_checkpoint`: weights changed on disk are an error, not a silently different model."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, "wb", lambda f: torch.save(dict(payload), f))
+    payload = dict(payload)
+    if payload.get("format") == FORMAT:
+        payload["digest"] = _tensors_digest(payload)
+    _atomic_write(path, "wb", lambda f: torch.save(payload, f))
+
+
+def _tensors_digest(payload: Mapping[str, Any]) -> str:
+    """sha256 of every tensor in ``payload`` (names, dtypes, shapes, bytes), in key order; ``digest`` left out."""
+    h = hashlib.sha256()
+
+    def walk(value: Any, name: str) -> None:
+        if isinstance(value, torch.Tensor):
+            h.update(name.encode())
+            h.update(tensor_digest(value).encode())
+        elif isinstance(value, Mapping):
+            for k in sorted(value, key=str):
+                if not (name == "" and k == "digest"):
+                    walk(value[k], f"{name}/{k}")
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                walk(v, f"{name}/{i}")
+
+    walk(payload, "")
+    return h.hexdigest()
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -53,6 +82,7 @@ def _atomic_write(path: Path, mode: str, write: Callable[[Any], Any]) -> None:
     """``write(file)`` into a temporary file beside ``path``, flushed to disk, then renamed over ``path``."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600: written files get the user's usual mode (0644)
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
@@ -78,6 +108,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a manifold-defense checkpoint (format {FORMAT!r} expected)")
+    if "digest" in payload and payload["digest"] != _tensors_digest(payload):  # older files carry none
+        raise CheckpointError(f"the tensors of {path} do not match the digest they were saved with: the file was "
+                              "changed after it was written (flipped or edited bytes); retrain or restore it")
     return payload
 
 

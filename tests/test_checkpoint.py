@@ -89,3 +89,34 @@ class TestException:
     def test_epochs(self):
         with pytest.raises(ValueError, match="epochs"):
             train_epochs(path=None, modules={}, optimizers={}, epochs=0, epoch_fn=lambda e: {}, config={})
+
+
+class TestIntegrity:
+    def test_changed_weights_are_refused_and_files_get_the_usual_mode(self, tmp_path):
+        import os
+        import stat
+
+        from manifold_defense.models import load_model, save_model
+
+        model = VAE((1, 8, 8), 4, [16])
+        path = tmp_path / "vae.pt"
+        save_model(path, model)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~_umask()  # 0644 under the usual umask, not 0600
+        load_model(path)  # intact: loads
+        payload = torch.load(path, weights_only=True)
+        state = payload["modules"]["model"]["state_dict"]
+        name = next(iter(state))
+        state[name] = state[name].clone()
+        state[name].view(-1)[0] += 1.0  # one weight changed, the file still a valid torch file
+        torch.save(payload, path)
+        with pytest.raises(CheckpointError, match="digest"):
+            load_model(path)
+        os.chmod(path, 0o600)
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

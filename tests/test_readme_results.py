@@ -26,9 +26,17 @@ def _load(name: str):
 rr = _load("render_readme")
 
 
+PAGES = [README, ROOT / "docs" / "results.md"]
+
+
 @pytest.fixture(scope="module")
 def readme() -> str:
     return README.read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def pages() -> dict[str, str]:
+    return {str(p.relative_to(ROOT)): p.read_text(encoding="utf-8") for p in PAGES}
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +44,9 @@ def blocks() -> dict[str, str]:
     return rr.render(RESULTS)
 
 
-def test_readme_tables_match_the_results_json(readme, blocks):
-    report = rr.check(readme, blocks)
-    assert not report, "README.md is out of date with benchmarks/results/*.json; run " \
+def test_readme_tables_match_the_results_json(pages, blocks):
+    report = rr.check_pages(pages, blocks)
+    assert not report, "README.md or docs/results.md is out of date with benchmarks/results/*.json; run " \
                        "`python benchmarks/render_readme.py`:\n" + report
 
 
@@ -54,13 +62,14 @@ def test_the_check_fails_when_a_number_changes(readme, blocks):
     assert any(line.startswith("-") and not line.startswith("---") for line in report.splitlines())
 
 
-def test_every_block_has_a_json_and_every_json_a_block(readme):
-    in_readme = set(rr.blocks_in(readme))
-    on_disk = {p.stem for p in RESULTS.glob("*.json")}
-    assert in_readme == on_disk, (f"README blocks without JSON: {sorted(in_readme - on_disk)}; "
-                                  f"JSON without README block: {sorted(on_disk - in_readme)}")
-    opened = re.findall(r"<!-- results:([\w.-]+) -->", readme)
-    assert len(opened) == len(set(opened)) == len(in_readme), "duplicate or unclosed result markers"
+def test_every_block_has_a_json_and_every_json_a_block(pages):
+    shown = {n for text in pages.values() for n in rr.blocks_in(text)}
+    on_disk = {p.stem for p in RESULTS.glob("*.json")} | {"headline"}
+    assert shown == on_disk, (f"blocks without JSON: {sorted(shown - on_disk)}; "
+                              f"JSON without a block: {sorted(on_disk - shown)}")
+    opened = [n for text in pages.values() for n in re.findall(r"<!-- results:([\w.-]+) -->", text)]
+    assert len(opened) == len(set(opened)) == len(shown), "duplicate or unclosed result markers"
+    assert "headline" in rr.blocks_in(pages["README.md"])
 
 
 def test_source_line_uses_provenance_and_never_invents_it():

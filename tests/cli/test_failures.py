@@ -37,6 +37,11 @@ class TestException:
         (tmp_path / "file").write_text("x")
         _one_line(capsys, main(["records", "merge", str(folder), "--out", str(tmp_path / "file")]), text="a file")
         _one_line(capsys, main(["records", "merge", str(folder), "--out", str(tmp_path / "file" / "sub")]))
+        _one_line(capsys, main(["records", "merge", str(folder), "--out", str(tmp_path / "no" / "such")]),
+                  text="does not exist")
+        assert not (tmp_path / "no").exists()  # a typo'd path makes no folders
+        assert main(["records", "merge", str(folder), "--out", str(tmp_path / "merged")]) == 0
+        assert (tmp_path / "merged" / "examples.pt").is_file()  # the shards' image grid comes along
 
     @pytest.mark.parametrize("command", ["evaluate", "status", "merge"])
     def test_a_garbled_run_json(self, command, folder, tmp_path, capsys):
