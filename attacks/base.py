@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from manifold_defense.validation import InputError, check_images, check_labels, model_dtype
+from manifold_defense.utils import evaluation_mode
 
 __all__ = ["Attack", "AttackResult", "Crafted", "TransferAttack", "perturbation_norm", "predict_labels", "labels_of",
            "FirstSuccess", "on_rows", "is_deterministic"]
@@ -189,12 +190,11 @@ class Attack:
             raise InputError(f"epsilon must be >= 0, got {epsilon}")
         check_images(x, getattr(model, "input_shape", None), dtype=model_dtype(model))
         check_labels(y, len(x), getattr(model, "num_classes", None))
-        was_training = model.training
-        model.eval()
-        try:
-            found = as_crafted(self.run(model, x.detach(), y, float(epsilon)))
-        finally:
-            model.train(was_training)
+        with evaluation_mode(model):  # crafted and scored in eval mode; each submodule's own mode comes back after
+            return self._crafted_and_scored(model, x, y, float(epsilon))
+
+    def _crafted_and_scored(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float) -> AttackResult:
+        found = as_crafted(self.run(model, x.detach(), y, epsilon))
         # On-manifold attacks measure ε around a reference point (the projection G(ẑ(x))), not x; a latent-space
         # budget is measured by the attack itself, in latent space (its per-sample norms).
         adv = found.adversarial.detach()

@@ -13,6 +13,7 @@ ever computed from complete records.
 from __future__ import annotations
 
 import concurrent.futures as futures
+import contextlib
 import json
 import multiprocessing
 import os
@@ -43,7 +44,7 @@ from manifold_defense.eval.registry import AttackBudget
 from manifold_defense.eval.robustness import Evaluation
 from manifold_defense.eval.spec import AttackSpec
 from manifold_defense.eval.suites import Plan, Suite, build_plan
-from manifold_defense.utils import state_digest
+from manifold_defense.utils import evaluation_mode, state_digest
 from manifold_defense.validation import InputError, check_images, check_labels, model_dtype
 
 __all__ = ["evaluate", "WorkerError"]
@@ -265,10 +266,12 @@ def evaluate(
     folder = None if out_dir is None else Path(out_dir) / (f"shard-{rank}-of-{world}" if world > 1 else "")
     store = RecordStore(folder, run) if folder is not None else _MemoryStore()
     device = next(iter(model.parameters()), x).device  # a model without parameters runs where x is
-    model.eval()
     ctx = _Context(model, x, y, plan, attempts, judges, device, start + examples)
     pool = None
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(evaluation_mode(model))  # the caller's model comes back in its own modes
+        stack.callback(store.close)
+        stack.callback(lambda: pool is not None and pool.close())
         for s in plan.specs:
             store.check_attack(s.name, attack_fingerprint(s))
         pool = _Pool(ctx, workers)
@@ -278,10 +281,6 @@ def evaluate(
             ev = Evaluation.from_state(state, range(start, stop), plan, attempts=attempts)
             ev.run, ev.examples = run, _examples(model, x, start, min(examples, stop - start), shown,
                                                  folder if world == 1 else None)
-    finally:
-        if pool is not None:
-            pool.close()
-        store.close()
     return ev
 
 

@@ -63,6 +63,7 @@ class ProjectionCache:
     def __init__(self, max_rows: int = 50_000) -> None:
         self.max_rows = max_rows
         self._rows: OrderedDict[tuple, dict[str, Any]] = OrderedDict()
+        self._generators: dict[int, torch.nn.Module] = {}
         self.hits = self.misses = 0
         self._token: contextvars.Token | None = None
 
@@ -77,9 +78,11 @@ class ProjectionCache:
     def __len__(self) -> int:
         return len(self._rows)
 
-    @staticmethod
-    def scope(generator: torch.nn.Module, settings: dict) -> tuple:
-        """What a projection depends on besides its input: the generator object and the settings."""
+    def scope(self, generator: torch.nn.Module, settings: dict) -> tuple:
+        """What a projection depends on besides its input: the generator object and the settings. The cache keeps
+        every generator it has seen alive, so no other object can take the same ``id`` while entries refer to it
+        (a class-conditional generator makes a new module per class and call)."""
+        self._generators[id(generator)] = generator
         return id(generator), json.dumps(settings, sort_keys=True, default=repr)
 
     def keys(self, scope: tuple, x: torch.Tensor) -> list[tuple]:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from manifold_defense.validation import InputError, check_images, check_labels
+from manifold_defense.utils import evaluation_mode
 
 __all__ = ["Classifier", "DefenseGANClassifier", "DigitsCNN", "accuracy", "predict"]
 
@@ -101,14 +102,10 @@ class DigitsCNN(Classifier):
 
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     """Predicted labels for ``x`` (batched, ``inference_mode``, model in eval mode)."""
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
-    with torch.inference_mode():
-        out = torch.cat([model(c.to(device)).argmax(1).cpu() for c in x.split(batch_size)]) if len(x) else \
+    with evaluation_mode(model), torch.inference_mode():
+        return torch.cat([model(c.to(device)).argmax(1).cpu() for c in x.split(batch_size)]) if len(x) else \
             torch.empty(0, dtype=torch.long)
-    model.train(was_training)
-    return out
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import random
@@ -11,7 +12,7 @@ import numpy as np
 import torch
 
 __all__ = ["seed_everything", "resolve_device", "minibatches", "batched_apply", "rows_at_least", "content_keys", "keyed_normal", "tensor_digest",
-           "state_digest"]
+           "state_digest", "evaluation_mode"]
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -20,6 +21,22 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+@contextlib.contextmanager
+def evaluation_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``model`` in eval mode inside the block; afterwards every submodule's own ``training`` flag is put back.
+
+    ``model.train(was_training)`` would not do: it sets the flag of every submodule to the top module's, so a
+    ``DefendedModel`` (an ``nn.Module``, in training mode when built) around an eval-mode classifier would come
+    back with the classifier's dropout switched on and its answers random."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, flag in flags:
+            m.training = flag
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

@@ -78,3 +78,19 @@ class TestException:
 
         with pytest.raises(InputError, match="cache"):
             FAST.project(digits_vae, digits_test.images[:2], cache="sometimes")
+
+
+def test_a_generator_freed_during_a_run_never_lends_its_id(digits_vae, digits_test):
+    # a class-conditional generator makes a new module per class and call: a freed one's id must not be reused
+    # by another generator while the cache still holds its projections
+    import copy
+
+    x = digits_test.images[:2]
+    with ProjectionCache() as cache:
+        first = copy.deepcopy(digits_vae)
+        FAST.project(first, x)
+        held = id(first)
+        del first
+        others = [copy.deepcopy(digits_vae) for _ in range(8)]
+        assert all(id(g) != held for g in others)
+        assert len(cache._generators) == 1

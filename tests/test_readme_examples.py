@@ -2,7 +2,7 @@
 
 Per page, Python blocks run in order in one namespace (as a reader would paste them), on the embedded
 digits; a block already run on another page (the README's example is also the docs' home page) is not run
-twice. A block the text marks ``<!-- needs: mnist -->`` (or another dataset) needs data or models the test
+twice: the names it defined there are given to the page that repeats it. A block the text marks ``<!-- needs: mnist -->`` (or another dataset) needs data or models the test
 machine may not have; it is compiled and every name it imports from the library must exist. Every
 ``manifold-defense`` command line in a shell block must parse with the real argument parser, and every
 benchmark a page runs must exist.
@@ -55,17 +55,20 @@ def test_the_readme_fits_on_a_few_screens():
 
 def test_python_examples_run(digits_vae, digits_classifier, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # examples that write files write them here
-    ran, seen = 0, set()
+    ran, defined = 0, {}  # a block's code -> the names it left behind where it first ran
     for page in PAGES:
         namespace: dict = {}
         for needs, code, line in _blocks(page, "python"):
-            if needs is not None or code in seen:
+            if needs is not None:
                 continue
-            seen.add(code)
+            if code in defined:
+                namespace.update(defined[code])
+                continue
             try:
                 exec(compile(code, f"{_name(page)}:{line}", "exec"), namespace)  # noqa: S102 - the pages are ours
             except Exception as exc:  # pragma: no cover - the message says which block broke
                 pytest.fail(f"{_name(page)} example at line {line} failed: {type(exc).__name__}: {exc}")
+            defined[code] = dict(namespace)
             ran += 1
     assert ran >= 12
 

@@ -12,13 +12,15 @@ from manifold_defense.validation import InputError
 def batch(digits_test):
     return digits_test.images[:32], digits_test.labels[:32]
 
-class TestRangeTarget:
-    @pytest.fixture(scope="class")
-    def dead_zone(self, digits_classifier, digits_vae):
-        # ILO's dead zone wider than the attack's ε: ℓ∞ perturbations leave the projection's loss flat
-        cfg = ProjectionConfig.dead_zone_search(width=0.3, search_candidates=500, steps=40)
-        return DefendedModel(digits_classifier, digits_vae, cfg).eval()
 
+@pytest.fixture(scope="module")
+def dead_zone(digits_classifier, digits_vae):
+    # ILO's dead zone wider than the attack's ε: ℓ∞ perturbations leave the projection's loss flat
+    cfg = ProjectionConfig.dead_zone_search(width=0.3, search_candidates=500, steps=40)
+    return DefendedModel(digits_classifier, digits_vae, cfg).eval()
+
+
+class TestRangeTarget:
     def test_breaks_a_dead_zone_defense_that_gradient_attacks_cannot(self, dead_zone, batch):
         """The dead zone masks the projection's gradient (BPDA's identity and the implicit derivative point
         nowhere useful); going through the projection's own loss breaks it."""
@@ -54,11 +56,6 @@ class TestRangeTarget:
 
 
 class TestRangeTargetPGD:
-    @pytest.fixture(scope="class")
-    def dead_zone(self, digits_classifier, digits_vae):
-        cfg = ProjectionConfig.dead_zone_search(width=0.3, search_candidates=500, steps=40)
-        return DefendedModel(digits_classifier, digits_vae, cfg).eval()
-
     def test_keeps_what_the_range_targets_broke_and_pgd_breaks_more(self, dead_zone, digits_vae, batch):
         """Every sample the range targets broke stays broken (same targets, same seed), and PGD from their
         closest calls (gradient of the smooth projection, success on the dead-zone model) breaks others."""
