@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from manifold_defense.attacks.adaptive import crafting_model, describe_projection
-from manifold_defense.attacks.base import Attack, Crafted
+from manifold_defense.attacks.base import Attack, Crafted, is_deterministic
 from manifold_defense.defended import DefendedModel, ProjectionConfig
 from manifold_defense.attacks.pixel import project_to_ball
 from manifold_defense.validation import InputError
@@ -70,27 +70,32 @@ class _GradientsFrom(nn.Module):
 class AutoAttack(Attack):
     """AutoAttack (pyautoattack) in ℓ∞ or ℓ2. ``version`` 'standard', 'rand' or 'custom' (with ``attacks``);
     ``n_iter`` overrides the APGD iteration count (100 in the published suite) and ``eot_iter`` the EOT
-    draws of 'rand' (20) for budgets that fit a CPU. Against a DefendedModel it runs on the BPDA model
-    behind ``projection`` (default its own), made stochastic with ``stochastic=True`` — what 'rand' is for.
+    draws of 'rand' (20) for budgets that fit a CPU. Against a DefendedModel it follows the gradient of the
+    model behind ``projection`` (default its own) in ``gradient`` mode ('bpda', or 'implicit': APGD with the
+    exact derivative of the converged projection), made stochastic with ``stochastic=True`` — what 'rand' is
+    for; its books (which samples are still robust) are kept on the attacked model itself.
     """
 
     def __init__(self, *, norm: str = "linf", version: str = "standard", attacks: list[str] | None = None,
                  n_iter: int | None = None, eot_iter: int | None = None, seed: int = 0, batch_size: int = 250,
-                 projection: ProjectionConfig | None = None, stochastic: bool = False) -> None:
+                 projection: ProjectionConfig | None = None, stochastic: bool = False,
+                 gradient: str = "bpda") -> None:
         if norm not in ("linf", "l2"):
             raise InputError(f"norm must be 'linf' or 'l2', got {norm!r}")
+        if gradient not in ("bpda", "implicit"):
+            raise InputError(f"gradient must be 'bpda' or 'implicit', got {gradient!r}")
         if version not in ("standard", "rand", "plus", "custom"):
             raise InputError(f"unknown AutoAttack version {version!r}")
         if (version == "custom") != (attacks is not None):
             raise InputError("pass attacks=[...] exactly when version='custom'")
         self.norm, self.version, self.attacks = norm, version, attacks
         self.n_iter, self.eot_iter, self.seed, self.batch_size = n_iter, eot_iter, seed, batch_size
-        self.projection, self.stochastic = projection, stochastic
+        self.projection, self.stochastic, self.gradient = projection, stochastic, gradient
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float) -> Crafted:
         from pyautoattack import AutoAttack as _AutoAttack
 
-        craft = crafting_model(model, self.projection, gradient="bpda", stochastic=self.stochastic)
+        craft = crafting_model(model, self.projection, gradient=self.gradient, stochastic=self.stochastic)
         # pyautoattack decides which samples are still robust (whom to attack next, whom to skip) from no-grad
         # forward passes; those must be the attacked model's, or a sample the surrogate happens to misclassify
         # is never attacked. Gradients (grad-enabled passes) come from the crafting model.
@@ -102,8 +107,8 @@ class AutoAttack(Attack):
             aa.apgd.n_iter = aa.apgd_targeted.n_iter = aa.fab.n_iter = self.n_iter
         if self.eot_iter is not None:
             aa.apgd.eot_iter = self.eot_iter
-        if craft is model and not isinstance(model, DefendedModel):
-            aa.apgd.eot_iter = 1  # EOT over a deterministic model repeats the same gradient
+        if (craft is model and not isinstance(model, DefendedModel)) or is_deterministic(craft) and craft is not model:
+            aa.apgd.eot_iter = 1  # EOT over a deterministic model (or projection) repeats the same gradient
         flagged = _DynamicFlag()
         log = logging.getLogger("auto-attack")
         log.setLevel(logging.WARNING)

@@ -13,7 +13,8 @@ checks and report), the seconds the records hold (the same work when a run was r
 (rows projected with the attacked model's own projection, and with any), the worst case per threat model with
 its 95 % Wilson interval, what each attack added (samples attacked, new breaks, seconds), the escalation and the
 sanity checks, and the provenance of the run that made it (taken as it starts). Records live in
-``benchmarks/results/evaluation_speed/<row>/<suite>/``: a killed run resumes.
+``benchmarks/results/evaluation_speed/<row>/<suite>-v<version>/`` (the JSON's keys alike: earlier versions of a
+suite stay beside the current one): a killed run resumes.
 
     python benchmarks/evaluation_speed.py [--rows default_vae20 defense_gan_sngan] [--suites standard columns]
         [--workers 2] [--n N] [--quick]
@@ -39,6 +40,7 @@ from manifold_defense import data, zoo
 from manifold_defense.checkpoint import atomic_write_text
 from manifold_defense.defended import DefendedModel, ProjectionConfig
 from manifold_defense.eval import AttackBudget, evaluate, sanity_checks, write_report
+from manifold_defense.eval.suites import SUITES
 
 ROWS = {"default_vae20": ("mnist-vae20", "default", 500), "defense_gan_sngan": ("mnist-sngan-inv", "defense_gan", 100)}
 #: per row: batch size (enough batches for two workers at every stage) and the sanity checks' sizes. Behind
@@ -62,7 +64,7 @@ def run_suite(row: str, suite: str, args, x, y, clf) -> dict:
     gen = zoo.get(gen_name)
     model = DefendedModel(clf, gen, ProjectionConfig.preset(preset, gen)).eval()
     surrogate = ProjectionConfig.for_generator(gen) if preset == "defense_gan" else None
-    folder = args.folder / row / suite
+    folder = args.folder / row / _versioned(suite)
     budget = AttackBudget.quick() if args.quick else AttackBudget()
     t0, c0 = time.perf_counter(), _cpu()
     batch_size, checks = args.batch_size or SETTINGS[row]["batch_size"], SETTINGS[row]["checks"]
@@ -90,6 +92,12 @@ def run_suite(row: str, suite: str, args, x, y, clf) -> dict:
             "workers": args.workers, "batch_size": batch_size, "checks": checks,
             "folder": str(folder.relative_to(REPO_ROOT)),
             "projection": ProjectionConfig.preset(preset, gen).as_dict(), "generator": gen_name}
+
+
+def _versioned(suite: str) -> str:
+    """The records folder and JSON key of a suite's current version (``standard-v3``): a new version of a suite is
+    another run, beside the old one's records rather than refused by them."""
+    return f"{suite}-v{SUITES[suite].version}"
 
 
 def baseline(row: str, path: Path) -> dict | None:
@@ -164,13 +172,14 @@ def main(argv=None) -> int:
             if row == "defense_gan_sngan" and suite == "columns" and not args.quick:
                 entry["columns_committed"] = baseline(row, Path(args.baseline_json))
                 continue
-            entry[suite] = run_suite(row, suite, args, x, y, clf) | {"provenance": started}
-            print(json.dumps({row: {suite: {k: entry[suite][k] for k in ("worst_case", "seconds",
-                                                                          "projections_per_image")}}}, indent=1))
+            key = _versioned(suite)
+            entry[key] = run_suite(row, suite, args, x, y, clf) | {"provenance": started}
+            print(json.dumps({row: {key: {k: entry[key][k] for k in ("worst_case", "seconds",
+                                                                      "projections_per_image")}}}, indent=1))
             result["provenance"] = started
             atomic_write_text(out, json.dumps(result, indent=2))
     for row, entry in result["rows"].items():
-        std, cols = entry.get("standard"), entry.get("columns") or entry.get("columns_committed")
+        std, cols = entry.get(_versioned("standard")), entry.get(_versioned("columns")) or entry.get("columns_committed")
         if std and cols and "seconds" in cols:
             entry["speedup_wall"] = cols["seconds"]["wall_total"] / std["seconds"]["wall_total"]
         if std and cols:

@@ -370,6 +370,13 @@ def _stage_rows(stages: list[dict], n: int) -> list[list[str]]:
              f"{s['left'] / n:.3f}", num(s["seconds"], 3)] for s in stages]
 
 
+def _current(entry: dict, suite: str) -> dict | None:
+    """A row's result for the newest version of ``suite`` (keys ``<suite>-v<version>``)."""
+    versions = [(int(k.rsplit("-v", 1)[1]), v) for k, v in entry.items()
+                if k.startswith(f"{suite}-v") and k.rsplit("-v", 1)[1].isdigit()]
+    return max(versions, key=lambda kv: kv[0])[1] if versions else None
+
+
 def evaluation_speed(d: dict) -> str:
     """The standard suite against the per-attack table, per row: worst cases, time, projections, stages."""
     out = []
@@ -390,9 +397,10 @@ def evaluation_speed(d: dict) -> str:
         out.append(f"**{row}**\n\n" + table(["suite", "n", "worst ℓ∞ 0.3 [95 %]", "worst ℓ2 3.8 [95 %]", "wall s",
                                                "CPU s", "attack s (records)", "projections / image", "converged"],
                                               cells))
-        std = entry.get("standard")
+        std = _current(entry, "standard")
         if std and std.get("stages"):
-            out.append(f"What each attack of `standard` added on {row} (robust accuracy left after it):\n\n"
+            out.append(f"What each attack of `standard` v{std['suite']['version']} added on {row} (robust accuracy "
+                       "left after it):\n\n"
                        + table(["attack", "threat, ε", "attacked", "new breaks", "left", "seconds"],
                                _stage_rows(std["stages"], std["n"])))
     return ("Classifier A on MNIST; the `standard` suite (survivor cascade + escalation) against the per-attack "
@@ -410,7 +418,7 @@ def headline(results: Path) -> str:
     ev = load("evaluation_speed")
     for row, what in (("default_vae20", "default projection, `mnist-vae20`"),
                       ("defense_gan_sngan", "Defense-GAN's projection, `mnist-sngan-inv`")):
-        r = ((ev or {}).get("rows", {}).get(row) or {}).get("standard")
+        r = _current((ev or {}).get("rows", {}).get(row) or {}, "standard")
         if r:
             wc = r["worst_case"]
             conv = r.get("converged", {})

@@ -53,12 +53,31 @@ class TestEOT:
         assert res.success_rate >= 0.5
 
 
+    def test_apgd_follows_the_implicit_gradient_once_per_step(self, digits_classifier, digits_vae, digits_test,
+                                                              monkeypatch):
+        import manifold_defense.defended as defended
+        from manifold_defense.defended import DefendedModel, ProjectionConfig
+
+        calls = []
+        real = defended.implicit_projection
+        monkeypatch.setattr(defended, "implicit_projection", lambda *a, **k: calls.append(1) or real(*a, **k))
+        model = DefendedModel(digits_classifier, digits_vae, ProjectionConfig(steps=40, restarts=2)).eval()
+        x, y = digits_test.images[:16], digits_test.labels[:16]
+        res = AutoAttack(version="custom", attacks=["apgd-ce"], n_iter=10, eot_iter=4, gradient="implicit")(
+            model, x, y, epsilon=0.3)
+        assert "(implicit gradient)" in res.crafted_on and "stochastic=False" in res.crafted_on
+        assert 0 < len(calls) <= 11  # the deterministic projection's gradient, not 4 EOT draws of it per step
+        assert res.success_rate >= 0.5
+
+
 class TestException:
     def test_exception(self):
         with pytest.raises(InputError, match="attacks"):
             AutoAttack(version="custom")
         with pytest.raises(InputError, match="version"):
             AutoAttack(version="lite")
+        with pytest.raises(InputError, match="gradient"):
+            AutoAttack(gradient="unrolled")
         with pytest.raises(InputError, match="steps"):
             CarliniWagnerL2(steps=0)
         with pytest.raises(InputError, match="norm"):
