@@ -22,6 +22,7 @@ from manifold_defense.attacks.pixel import LinfPGD
 from manifold_defense.eval.robustness import Evaluation
 from manifold_defense.eval.runner import evaluate
 from manifold_defense.eval.spec import AttackSpec
+from manifold_defense.utils import evaluation_mode
 
 __all__ = ["sanity_checks", "gradient_agreement", "scaled_attack"]
 
@@ -241,12 +242,13 @@ def sanity_checks(ev: Evaluation, model: nn.Module | None = None, x: torch.Tenso
         return found <= 1, (f"{type(attack).__name__} {threat} eps={eps:g} on {len(idx)} samples the white-box attacks "
                             f"left: broke {found} (tolerance one sample)")
 
-    _check(ev, "large_epsilon_breaks_all", large_eps)
-    _check(ev, "gradients_informative", informative)
-    if ev.converged:  # the run escalated to convergence itself: its curve is the check
-        _check(ev, "attack_converged", escalation)
-    elif attacks and convergence_subset > 0:
-        _check(ev, "attack_converged", converged)
-    if decision_subset > 0:
-        _check(ev, "decision_based_not_stronger", decision_based)
+    with evaluation_mode(model):  # the checks judge the model as the evaluation did (dropout off, say)
+        _check(ev, "large_epsilon_breaks_all", large_eps)
+        _check(ev, "gradients_informative", informative)
+        if ev.converged:  # the run escalated to convergence itself: its curve is the check
+            _check(ev, "attack_converged", escalation)
+        elif attacks and convergence_subset > 0:
+            _check(ev, "attack_converged", converged)
+        if decision_subset > 0:
+            _check(ev, "decision_based_not_stronger", decision_based)
     return ev

@@ -1,6 +1,7 @@
 """``manifold-defense demo``: the digits story end to end."""
 
 import json
+import logging
 
 import pytest
 
@@ -8,9 +9,15 @@ from manifold_defense.cli import main
 
 
 class TestSmoke:
-    def test_demo_tells_the_story(self, digits_vae, digits_classifier, tmp_path, capsys):
+    # the first command of the README prints no warning the user did not cause: every warning a user would see
+    # (Python hides deprecation warnings raised outside __main__) is an error here, and no library logs one
+    @pytest.mark.filterwarnings("error", "ignore::DeprecationWarning", "ignore::PendingDeprecationWarning")
+    def test_demo_tells_the_story(self, digits_vae, digits_classifier, tmp_path, capsys, caplog):
         assert main(["demo", "--out", str(tmp_path), "--quiet", "--n", "50"]) == 0
-        out = capsys.readouterr().out
+        captured = capsys.readouterr()
+        out = captured.out
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+        assert "warning" not in captured.err.lower(), captured.err
         assert "test accuracy" in out and "reconstruction MSE" in out and "after pgd_linf_implicit" in out
         summary = json.loads((tmp_path / "demo.json").read_text())
         assert summary["classifier"]["test_accuracy"] >= 0.95

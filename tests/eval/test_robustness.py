@@ -36,6 +36,21 @@ class TestSmoke:
 
 
 class TestSanityChecks:
+    def test_a_model_left_in_training_mode_is_judged_in_eval_mode_and_given_back(self, digits_classifier, digits_test):
+        # digits-classifier has dropout: judged in training mode its answers would be random draws
+        x, y = digits_test.images[:32], digits_test.labels[:32]
+        specs = [AttackSpec("fgsm", FGSM(), [0.1], "linf", iterative=False)]
+        digits_classifier.eval()
+        reference = evaluate(digits_classifier, x, y, specs, batch_size=16, progress=False)
+        digits_classifier.train()
+        try:
+            ev = evaluate(digits_classifier, x, y, specs, batch_size=16, progress=False)
+            sanity_checks(ev, digits_classifier, x, y, subset=8, decision_subset=0, gradient_subset=2, directions=4)
+            assert digits_classifier.training and all(m.training for m in digits_classifier.modules())
+        finally:
+            digits_classifier.eval()
+        assert ev.clean == reference.clean and ev.robust == reference.robust
+
     def test_masked_gradients_fail_the_checks(self, digits_classifier, digits_vae, digits_test, tmp_path):
         """Zero gradients (Defense-GAN as first evaluated): white-box PGD finds nothing, the decision-based
         attack does, and the report says so."""
