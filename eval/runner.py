@@ -17,6 +17,7 @@ import contextlib
 import json
 import multiprocessing
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,10 +129,20 @@ def _projected(ctx: _Context, before: dict[str, int]) -> dict[str, int]:
 _WORKER: _Context | None = None
 
 
-def _init_worker(ctx: _Context, threads: int) -> None:
+def _init_worker(ctx: _Context, threads: int, parent: int) -> None:
     global _WORKER
     torch.set_num_threads(threads)
     _WORKER = ctx
+    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+
+
+def _exit_with(parent: int, every: float = 2.0) -> None:
+    """A worker's watch on the process that started it: a killed evaluation (SIGTERM, kill -9, a scheduler's
+    timeout) takes its workers with it instead of leaving them to burn CPU on batches nobody will record."""
+    while True:
+        time.sleep(every)
+        if os.getppid() != parent:
+            os._exit(1)
 
 
 def _worker_do(task: tuple) -> dict[str, Any]:
@@ -147,7 +158,7 @@ class _Pool:
         if workers > 1:
             threads = max(1, torch.get_num_threads() // workers)
             self.pool = futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                                    initializer=_init_worker, initargs=(ctx, threads))
+                                                    initializer=_init_worker, initargs=(ctx, threads, os.getpid()))
 
     def run(self, tasks: list[tuple]):
         if self.pool is None:

@@ -71,3 +71,62 @@ class TestException:
         assert (tmp_path / "run" / "records.jsonl").read_text().startswith(kept)  # nothing recorded was lost
         fresh = evaluate(digits_classifier, x, y, specs, batch_size=8, out_dir=tmp_path / "fresh", progress=False)
         assert resumed.worst_case() == fresh.worst_case() and resumed.robust == fresh.robust
+
+
+_SLEEPER = '''
+import os, sys, time
+from manifold_defense import data, zoo
+from manifold_defense.attacks import Attack
+from manifold_defense.eval import AttackSpec, evaluate
+
+
+class Sleeps(Attack):
+    norm = "linf"
+
+    def run(self, model, x, y, epsilon):
+        open(os.path.join(sys.argv[1], f"worker-{os.getpid()}"), "w").close()
+        time.sleep(600)
+        return x
+
+
+if __name__ == "__main__":
+    x, y = data.load("digits", "test")
+    evaluate(zoo.get("digits-classifier"), x[:16], y[:16], [AttackSpec("sleeps", Sleeps(), [0.1], "linf")],
+             batch_size=8, workers=2, progress=False)
+'''
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads process states from /proc")
+def test_killing_the_evaluation_takes_its_workers_with_it(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "sleeper.py"
+    script.write_text(_SLEEPER)
+    main = subprocess.Popen([sys.executable, str(script), str(tmp_path)], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 180
+        while len(list(tmp_path.glob("worker-*"))) < 2 and time.monotonic() < deadline and main.poll() is None:
+            time.sleep(0.5)
+        workers = [int(p.name.split("-")[1]) for p in tmp_path.glob("worker-*")]
+        assert len(workers) == 2, "the workers never started"
+        main.send_signal(signal.SIGKILL)  # no handler runs: the workers must notice on their own
+        main.wait()
+        deadline = time.monotonic() + 20
+        while any(map(_alive, workers)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not any(map(_alive, workers)), "orphaned workers kept running"
+    finally:
+        if main.poll() is None:
+            main.kill()
