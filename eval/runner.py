@@ -339,7 +339,7 @@ def _run(ctx: _Context, plan: Plan, store: Any, pool: _Pool, indices: range, bat
         last = (spec.name, eps, tuple(need))
         fingerprint = attack_fingerprint(spec)
         store.check_attack(spec.name, fingerprint)
-        chunks = survivor_chunks(need, batch_size)
+        chunks = [need[k:k + batch_size] for k in range(0, len(need), batch_size)]
 
         def make(task: tuple, out: dict, spec: AttackSpec = spec, fingerprint: dict = fingerprint) -> dict:
             idx = task[-1]
@@ -351,18 +351,6 @@ def _run(ctx: _Context, plan: Plan, store: Any, pool: _Pool, indices: range, bat
 
         execute([("attack", spec.escalates or spec.name, spec.round, eps, c) for c in chunks], f"{spec.name}@{eps:g}",
                 len(need), make)
-
-
-def survivor_chunks(need: list[int], batch_size: int) -> list[list[int]]:
-    """The samples an attack runs on, in batches of at most ``batch_size`` as equal as can be, and at least two
-    of them when there are two samples: the late stages of a cascade (few survivors, the longest attacks)
-    keep two workers busy. The split depends on the samples and ``batch_size`` only, never on the number of
-    workers, so any number of workers records the same batches."""
-    if not need:
-        return []
-    n = max(-(-len(need) // batch_size), min(2, len(need)))
-    size = -(-len(need) // n)
-    return [need[k:k + size] for k in range(0, len(need), size)]
 
 
 def _examples(model: nn.Module, x: torch.Tensor, start: int, k: int, shown: dict, folder: Path | None

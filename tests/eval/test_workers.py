@@ -130,12 +130,3 @@ def test_killing_the_evaluation_takes_its_workers_with_it(tmp_path):
     finally:
         if main.poll() is None:
             main.kill()
-
-
-@pytest.mark.parametrize("n, batch_size, sizes", [(0, 8, []), (1, 8, [1]), (2, 8, [1, 1]), (7, 8, [4, 3]),
-                                                  (16, 8, [8, 8]), (17, 8, [6, 6, 5]), (42, 25, [21, 21])])
-def test_survivors_are_split_evenly_and_in_two_at_least(n, batch_size, sizes):
-    from manifold_defense.eval.runner import survivor_chunks
-
-    chunks = survivor_chunks(list(range(100, 100 + n)), batch_size)
-    assert [len(c) for c in chunks] == sizes and sum(chunks, []) == list(range(100, 100 + n))
