@@ -107,8 +107,10 @@ class AutoAttack(Attack):
             aa.apgd.n_iter = aa.apgd_targeted.n_iter = aa.fab.n_iter = self.n_iter
         if self.eot_iter is not None:
             aa.apgd.eot_iter = self.eot_iter
-        if (craft is model and not isinstance(model, DefendedModel)) or is_deterministic(craft) and craft is not model:
-            aa.apgd.eot_iter = 1  # EOT over a deterministic model (or projection) repeats the same gradient
+        # EOT over a deterministic model repeats the same gradient: an undefended model (crafted on as it is), or a
+        # DefendedModel's crafting variant with a deterministic projection
+        if is_deterministic(craft) if craft is not model else not isinstance(model, DefendedModel):
+            aa.apgd.eot_iter = 1
         flagged = _DynamicFlag()
         log = logging.getLogger("auto-attack")
         log.setLevel(logging.WARNING)
