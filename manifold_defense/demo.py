@@ -114,8 +114,8 @@ def render_table(summary: dict) -> str:
             lines.append(f"    after {s['attack']:30s} " + ("        -" if und is None else f"{und:9.1%}")
                          + f" {res['defended']['robust'][key]['accuracy']:10.1%}")
         vals = [res[m]["worst_case"].get(group, {}).get("accuracy") for m in ("undefended", "defended")]
-        lines.append(f"    {'worst case (escalated)':36s} " + " ".join(
-            "        -" if v is None else f"{v:9.1%}" for v in vals))
+        cells = ["        -" if v is None else f"{v:9.1%}" for v in vals]
+        lines.append(f"    {'worst case (escalated)':36s} {cells[0]} {cells[1]:>10s}")
     for m in ("undefended", "defended"):
         failed = [k for k, ok in res[m]["sanity"].items() if not ok]
         lines.append(f"  sanity checks, {m}: {'all pass' if not failed else 'FAILED: ' + ', '.join(failed)}")
