@@ -133,18 +133,20 @@ class BackwardPassDifferentiableApproximation(Attack):
     restarts from the ε-ball's nearest points to other classes' parts of the generator's range
     (:func:`range_starts`) — on a projection defense far stronger than random starts. Every iterate is
     scored on the attacked model (``check_every`` = k: every k-th step, for a costly model behind a cheap
-    surrogate). Keyword arguments of PGD otherwise (``loss='margin'`` for the Carlini–Wagner margin).
+    surrogate; with ``warm_steps`` = m > 0 the steps in between craft on m-step projections warm-started at the
+    previous ``ẑ``, see :class:`~manifold_defense.attacks.pixel.ProjectedGradientDescent`). Keyword arguments
+    of PGD otherwise (``loss='margin'`` for the Carlini–Wagner margin).
     """
 
     def __init__(self, *, norm: str = "linf", steps: int = 40, rel_stepsize: float | None = None,
                  random_start: bool = True, restarts: int = 1, eot: int = 1, seed: int = 0,
                  projection: ProjectionConfig | None = None, loss: str = "ce", range_restarts: int = 0,
-                 range_pool: int = 4000, check_every: int = 1) -> None:
+                 range_pool: int = 4000, check_every: int = 1, warm_steps: int = 0) -> None:
         if range_restarts < 0 or range_pool < 1:
             raise InputError(f"range_restarts must be >= 0 and range_pool >= 1, got {range_restarts}, {range_pool}")
         self.pgd = ProjectedGradientDescent(norm=norm, steps=steps, rel_stepsize=rel_stepsize,
                                             random_start=random_start, restarts=restarts, eot=eot, seed=seed, loss=loss,
-                                            check_every=check_every)
+                                            check_every=check_every, warm_steps=warm_steps)
         self.norm, self.eot, self.projection = norm, eot, projection
         self.range_restarts, self.range_pool = range_restarts, range_pool
 

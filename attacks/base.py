@@ -102,7 +102,9 @@ class FirstSuccess:
     :attr:`hit_rows` holds every row the scorer found misclassified. ``groups`` (row → sample, for restarts
     carried in the batch): once one row of a sample is misclassified, its other rows stop too (they are
     returned as met, so the engine stops spending on them, but they are not in :attr:`hit_rows`, and they
-    are never scored): a broken sample costs nothing more.
+    are never scored): a broken sample costs nothing more. With ``reuse`` and ``prefilter`` both, the objective
+    says per call whether its logits are the attacked model's (``record(logits, exact=True)``) or a cheaper
+    model's (a warm-started crafting projection, ``exact=False``): those only pick the rows the scorer checks.
     """
 
     def __init__(self, scorer: nn.Module, labels: torch.Tensor, *, reuse: bool = False, prefilter: bool = False,
@@ -115,26 +117,34 @@ class FirstSuccess:
         self.scorer, self.labels, self.reuse, self.prefilter = scorer, labels, reuse, prefilter
         self.transform, self.check_every, self.calls = transform, check_every, 0
         self.logits: torch.Tensor | None = None
+        self.exact = reuse
         self.hit_rows = torch.zeros(len(labels), dtype=torch.bool, device=labels.device)
         self.groups = None if groups is None else groups.to(labels.device)
         self.broken_groups = (None if groups is None else
                               torch.zeros(int(groups.max()) + 1 if len(groups) else 0, dtype=torch.bool,
                                           device=labels.device))
 
-    def record(self, logits: torch.Tensor) -> None:
-        """Keep the objective's logits of the rows just evaluated."""
+    def record(self, logits: torch.Tensor, *, exact: bool | None = None) -> None:
+        """Keep the objective's logits of the rows just evaluated; ``exact``: whether they are the attacked
+        model's own (default: ``reuse``). Only a ``reuse`` check can take logits as exact."""
+        if exact and not self.reuse:
+            raise InputError("logits can be exact only for a check that reuses the objective's forward (reuse=True)")
         self.logits = logits.detach()
+        self.exact = self.reuse if exact is None else exact
 
     def __call__(self, x: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         y = self.labels[rows]
         self.calls += 1
         settled = (torch.zeros(len(rows), dtype=torch.bool, device=y.device) if self.groups is None
                    else self.broken_groups[self.groups[rows]])  # another row of the sample broke it already
-        if self.reuse:
+        if self.reuse and self.exact:
             hit = (labels_of(self.logits[: len(rows)]) != y) & ~settled
         else:
             candidate = ~settled
-            if self.prefilter and self.logits is not None and self.calls % self.check_every != 0:
+            # between the k-th calls (with a reusing check: whenever the logits are not the scorer's, since the
+            # objective itself asks the attacked model every k-th call) only rows the cheap logits get wrong
+            cheap = self.reuse or self.calls % self.check_every != 0
+            if self.prefilter and self.logits is not None and cheap:
                 candidate &= labels_of(self.logits[: len(rows)]) != y
             hit = torch.zeros_like(candidate)
             if bool(candidate.any()):

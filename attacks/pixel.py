@@ -68,11 +68,24 @@ class ProjectedGradientDescent(Attack):
     ``check_every``-th step plus wherever the crafting model already misclassifies); samples never broken
     keep their highest-loss iterate over all steps and restarts. ``get_step_rule()`` is the hook for another
     ascent direction.
+
+    ``warm_steps`` = m > 0 against a deterministic :class:`~manifold_defense.defended.DefendedModel` (BPDA or
+    implicit gradient): every ``check_every``-th step crafts on — and is scored by — the model itself (its cold
+    projection); the steps in between craft on a projection warm-started at each row's previous ``ẑ`` (m
+    steps of the model's optimizer, :meth:`~manifold_defense.defended.DefendedModel.classify_from`), and the
+    rows whose warm logits are already wrong are scored on the model. Cheaper crafting, same scoring: a
+    success still needs the model's own answer. Behind the default projection the projection is only part of
+    a step's cost, and the warm one crafts a little worse: implicit PGD at ℓ∞ 0.3 on 60 BPDA survivors of
+    mnist-vae20, every 4th step cold with 10 warm steps between, broke 34 where cold crafting broke 38, for
+    22 % less CPU (5 warm steps: 33, 25 % less) — so no suite uses it.
     """
+
+    #: see the class docstring (0: every step crafts on the model's own, cold projection)
+    warm_steps: int = 0
 
     def __init__(self, *, norm: str = "linf", steps: int = 40, rel_stepsize: float | None = None,
                  random_start: bool = True, restarts: int = 1, eot: int = 1, seed: int = 0, loss: str = "ce",
-                 check_every: int = 1) -> None:
+                 check_every: int = 1, warm_steps: int = 0) -> None:
         if norm not in NORMS:
             raise InputError(f"norm must be 'linf' or 'l2', got {norm!r}")
         if loss not in ("ce", "margin"):
@@ -86,6 +99,10 @@ class ProjectedGradientDescent(Attack):
         if check_every < 1:
             raise InputError(f"check_every must be >= 1, got {check_every}")
         self.check_every = check_every
+        if warm_steps < 0:
+            raise InputError(f"warm_steps must be >= 0 (0: every step projects cold), got {warm_steps}")
+        if warm_steps:  # an instance field only when used: records made before it existed keep their fingerprint
+            self.warm_steps = warm_steps
 
     def get_step_rule(self) -> StepRule:
         """Steepest ascent in the attack's norm: sign steps (ℓ∞) or normalised gradients (ℓ2)."""
@@ -119,13 +136,27 @@ class ProjectedGradientDescent(Attack):
         yr = y.to(x.device).repeat(r)
         # With a separate scorer every unbroken iterate is scored on it (with check_every = k > 1: every k-th
         # step, and in between where the crafting model's own logits already say "misclassified").
+        warm = self._warm(model)
         check = FirstSuccess(scorer if scorer is not None else model, yr, reuse=scorer is None,
-                             prefilter=scorer is not None, check_every=self.check_every,
+                             prefilter=scorer is not None or warm, check_every=self.check_every,
                              groups=torch.arange(len(yr), device=yr.device) % n)
+        if warm:  # each row's latest ẑ (NaN until its first cold projection) and the objective's call count
+            z_prev = torch.full((len(yr), model.generator.latent_dim), float("nan"), dtype=x.dtype, device=x.device)
+            calls = [0]
 
         def loss(images: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-            logits = model(images)
-            check.record(logits)
+            if warm:
+                calls[0] += 1
+                cold = (calls[0] - 1) % self.check_every == 0 or bool(z_prev[rows].isnan().any())
+                if cold:
+                    logits, res = model.classify(images)
+                else:
+                    logits, res = model.classify_from(images, z_prev[rows], steps=self.warm_steps)
+                z_prev[rows] = res.z.detach().to(z_prev.dtype)
+                check.record(logits, exact=cold and scorer is None)
+            else:
+                logits = model(images)
+                check.record(logits)
             if self.loss == "margin":
                 return margin(logits, yr[rows]).to(images.dtype)
             return -F.cross_entropy(logits, yr[rows], reduction="none").to(images.dtype)
@@ -144,6 +175,16 @@ class ProjectedGradientDescent(Attack):
         pick = score.view(r, n).argmin(0)
         cols = torch.arange(n, device=x.device)
         return Crafted(res.variables.view(r, n, *x.shape[1:])[pick, cols], reached=hits.view(r, n)[pick, cols])
+
+
+    def _warm(self, model: nn.Module) -> bool:
+        """Whether this run crafts on warm-started projections (``warm_steps`` > 0 and a model that has them)."""
+        if self.warm_steps == 0:
+            return False
+        from manifold_defense.defended import DefendedModel
+
+        return (isinstance(model, DefendedModel) and not model.projection.stochastic
+                and model.gradient in ("bpda", "implicit"))
 
 
 class LinfPGD(ProjectedGradientDescent):

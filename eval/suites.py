@@ -146,11 +146,14 @@ def escalated_attack(attack: Attack, factor: int, round_: int) -> Attack:
     fresh restarts (every ``seed`` moved by ``round_``: new random starts, a new pool of range starts), so each
     escalation round is a new search at twice the length of the one before, not a rerun of it. Behind a
     surrogate (``check_every`` > 1) the attacked model is asked as many times per search as at the base budget
-    (every ``factor × check_every`` steps), and still at every step where the surrogate is already fooled."""
+    (every ``factor × check_every`` steps), and still at every step where the surrogate is already fooled; a
+    warm-started attack (``warm_steps``) keeps its cadence of cold projections."""
     out = copy.copy(attack)
     for name, value in vars(attack).items():
-        if (name in _SCALED or (name == "check_every" and value > 1)) and isinstance(value, int) \
-                and not isinstance(value, bool):
+        # a warm-started attack's check_every is how often it crafts on (and is scored by) the cold projection:
+        # the warm projections between drift further the longer the gap, so that cadence stays
+        surrogate_cadence = name == "check_every" and value > 1 and not getattr(attack, "warm_steps", 0)
+        if (name in _SCALED or surrogate_cadence) and isinstance(value, int) and not isinstance(value, bool):
             setattr(out, name, value * factor)
         elif name == "seed" and isinstance(value, int):
             setattr(out, name, value + 1000 * round_)

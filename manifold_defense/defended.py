@@ -185,6 +185,21 @@ class ProjectionConfig:
                 return res
         return _assemble(x, held, todo, res)
 
+    def refine(self, generator: nn.Module, x: torch.Tensor, z_start: torch.Tensor, *, steps: int) -> InversionResult:
+        """A warm-started projection of ``x``: ``steps`` steps of this projection's optimizer from the latents
+        ``z_start`` (one per row; one restart, no search, no early stopping, never cached). An attack's input
+        moves a little per step, so its previous projection's ``ẑ`` is a good start: crafting follows it for a
+        fraction of a cold projection's cost. Crafting only — a model's answer is always the cold projection."""
+        if steps < 1:
+            raise InputError(f"a warm-started projection needs steps >= 1, got {steps}")
+        if self.stochastic:
+            raise InputError("a stochastic projection draws fresh restarts per call: it has no previous ẑ to start from")
+        kw = self.csgm_kwargs(generator)
+        kw.pop("search_candidates", None)
+        kw.update(init=z_start.detach(), restarts=1, steps=steps, prune_after=0, tol=0.0)
+        count_projection({**self.as_dict(), "warm_steps": steps}, len(x))
+        return csgm(generator, x, Identity(tuple(generator.output_shape)), **kw)
+
     def _project(self, generator: nn.Module, x: torch.Tensor, call: int, differentiable: bool) -> InversionResult:
         count_projection(self.as_dict(), len(x))
         kw = self.csgm_kwargs(generator, call)
@@ -276,6 +291,22 @@ class DefendedModel(nn.Module):
         input was mapped to), returned together rather than left behind in an attribute."""
         unrolled = self.gradient == "unrolled" and x.requires_grad and torch.is_grad_enabled()
         res = self._project(x, differentiable=unrolled)
+        return self._classify_projected(x, res, unrolled), res
+
+    def classify_from(self, x: torch.Tensor, z_start: torch.Tensor, *, steps: int
+                      ) -> tuple[torch.Tensor, InversionResult]:
+        """``(logits, projection)`` through a projection warm-started at ``z_start``
+        (:meth:`ProjectionConfig.refine`), with this model's gradient: what an attack crafts on between the
+        steps where it asks the model itself (:meth:`classify`). Not this model's answer."""
+        if self.gradient not in ("bpda", "implicit"):
+            raise InputError(f"a warm-started projection supports the bpda and implicit gradients, not {self.gradient!r}")
+        check_images(x, self.input_shape, dtype=model_dtype(self.generator))
+        with torch.inference_mode(False), torch.enable_grad():
+            res = self.projection.refine(self.generator, x.detach().clone(), z_start, steps=steps)
+        return self._classify_projected(x, res, False), res
+
+    def _classify_projected(self, x: torch.Tensor, res: InversionResult, unrolled: bool) -> torch.Tensor:
+        """The classifier's logits at the projection ``res`` of ``x``, with this model's gradient attached."""
         x_proj = res.x.to(x.dtype)
         if x.requires_grad and not unrolled:
             if self.gradient == "bpda":
@@ -286,7 +317,7 @@ class DefendedModel(nn.Module):
                                              prior_weight=cfg.prior_weight)
             else:
                 x_proj = x_proj + 0 * x  # connected to x with exactly zero gradient (what a naive attack sees)
-        return rows_at_least(self.classifier, x_proj, self.projection.min_rows), res
+        return rows_at_least(self.classifier, x_proj, self.projection.min_rows)
 
     def variant(self, *, projection: ProjectionConfig | None = None, gradient: str | None = None) -> "DefendedModel":
         """The same classifier and generator behind another projection or gradient mode (a surrogate for

@@ -169,3 +169,79 @@ class TestImplicit:
             seen[eot] = model.images
         assert seen[4] >= seen[1] + 3 * 3 * len(x)  # 3 more draws of every sample at each of the 3 steps
 
+
+
+class TestWarmStart:
+    """Crafting on projections warm-started at the previous step's ẑ (``warm_steps``): cheaper, never a verdict."""
+
+    def test_warm_logits_never_count_as_a_success(self, defended, batch, monkeypatch):
+        """Warm logits that call every input misclassified must not break anything the model itself gets right:
+        they only pick the rows the model is asked about (fails if a warm step's logits are taken as exact)."""
+        from manifold_defense.attacks import ImplicitPGD
+
+        x, y = batch
+        right = defended(x).argmax(1) == y
+        x, y = x[right][:12], y[right][:12]
+        classify_from = DefendedModel.classify_from
+
+        def fooled(self, images, z_start, *, steps):
+            logits, res = classify_from(self, images, z_start, steps=steps)
+            wrong = (y.repeat(len(images) // len(y) + 1)[: len(images)] + 1) % logits.shape[1]
+            return logits + 100.0 * torch.nn.functional.one_hot(wrong, logits.shape[1]), res
+
+        monkeypatch.setattr(DefendedModel, "classify_from", fooled)
+        for attack in (BPDA(steps=8, check_every=4, warm_steps=3), ImplicitPGD(steps=8, check_every=4, warm_steps=3)):
+            result = attack(defended, x, y, epsilon=1e-4)  # far too small to break a correctly classified digit
+            assert not bool(result.success.any())
+
+    def test_warm_crafting_is_cheaper_and_as_strong(self, defended, batch):
+        """On the digits, implicit PGD crafting on 3-step warm projections (the model itself every 4th step)
+        breaks about as many samples as cold crafting, for fewer generator rows."""
+        from manifold_defense.attacks import ImplicitPGD
+
+        x, y = batch
+        rows, results = {}, {}
+        forward = defended.generator.forward
+        for warm in (0, 3):
+            seen = [0]
+
+            def counting(z, seen=seen):
+                seen[0] += len(z)
+                return forward(z)
+
+            defended.generator.forward = counting
+            try:
+                attack = ImplicitPGD(steps=12, check_every=4 if warm else 1, warm_steps=warm, loss="margin")
+                results[warm] = attack(defended, x, y, epsilon=0.3).robust_accuracy
+            finally:
+                del defended.generator.forward
+            rows[warm] = seen[0]
+        assert rows[3] < 0.7 * rows[0]
+        assert results[3] <= results[0] + 2 / len(x)
+
+    def test_refine_tracks_the_projection(self, defended, batch):
+        """From ``ẑ(x)`` a few warm steps stay at (or below) the cold projection's residual."""
+        x = batch[0][:16]
+        cold = defended.project(x)
+        warm = defended.projection.refine(defended.generator, x, cold.z, steps=3)
+        assert bool((warm.loss <= cold.loss * 1.05 + 1e-6).all())
+
+    def test_exception(self, defended, batch):
+        x = batch[0][:4]
+        z = defended.project(x).z
+        with pytest.raises(InputError, match="steps"):
+            defended.projection.refine(defended.generator, x, z, steps=0)
+        with pytest.raises(InputError, match="stochastic"):
+            ProjectionConfig(stochastic=True).refine(defended.generator, x, z, steps=2)
+        with pytest.raises(InputError, match="warm_steps"):
+            BPDA(warm_steps=-1)
+        with pytest.raises(InputError, match="unrolled"):
+            defended.variant(gradient="unrolled").classify_from(x, z, steps=2)
+
+    def test_escalation_keeps_the_cold_cadence(self):
+        """Escalating a warm attack doubles its steps, not the gap between its cold (scored) projections."""
+        from manifold_defense.eval.suites import escalated_attack
+
+        attack = BPDA(steps=10, check_every=4, warm_steps=3)
+        out = escalated_attack(attack, 4, 1)
+        assert (out.pgd.steps, out.pgd.check_every, out.pgd.warm_steps) == (40, 4, 3)

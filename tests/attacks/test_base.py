@@ -4,8 +4,10 @@ import pytest
 import torch
 
 from manifold_defense.attacks import BPDA, FGSM
+from manifold_defense.attacks.base import FirstSuccess
 from manifold_defense.classifiers import predict
 from manifold_defense.defended import DefendedModel, ProjectionConfig
+from manifold_defense.validation import InputError
 
 FAST = ProjectionConfig(steps=10, restarts=1, search_candidates=50, prune_after=0)
 
@@ -40,3 +42,11 @@ def test_success_is_scored_with_dropout_off(fresh_model, digits_test):
 def test_predict_keeps_submodule_modes(fresh_model, digits_test):
     predict(fresh_model, digits_test.images[:4])
     assert fresh_model.training and not fresh_model.classifier.training
+
+
+def test_first_success_takes_exact_logits_only_when_reusing(digits_classifier):
+    """Logits recorded as exact are a verdict; a check with its own scorer must never take them as one."""
+    y = torch.zeros(3, dtype=torch.long)
+    check = FirstSuccess(digits_classifier, y, prefilter=True)
+    with pytest.raises(InputError, match="reuse"):
+        check.record(torch.zeros(3, 10), exact=True)
