@@ -238,7 +238,8 @@ def main(argv=None) -> int:
                    help="models to train and evaluate (standard always, unless --cc-eta is given: the sweep needs it)")
     p.add_argument("--combined-weight", type=float, default=0.5,
                    help="weight of combined's on-manifold loss (the preset's default 0.5; 1.0, the earlier default, "
-                        "made results/manifold_at_mnist.json and _seed1.json; its own checkpoint name when not 1)")
+                        "made results/archive/manifold_at_mnist.json and _seed1.json; its own checkpoint name when "
+                        "not 1)")
     p.add_argument("--baseline", default=None,
                    help="a JSON of this benchmark, same seed and configuration, whose pgd_at row the combined target "
                         "compares with when pgd_at is not among --rows")

@@ -256,7 +256,8 @@ def objective_preset(name: str, generator: nn.Module | None = None, *, epsilon: 
     Why 0.5 for 'combined': on MNIST (classifier A, 3 epochs, η = 0.5, two seeds, first 500 test images) weight 1.0
     cost 2.8 / 6.8 points of ℓ2 PGD (ε = 2.5) accuracy against 'pgd_at', weight 0.5 cost 0.4 / 2.8 and kept most
     of the on-manifold gain (on_manifold_cc +4.6 / +4.6 points over 'pgd_at' vs +5.6 / +6.8): the one other weight
-    tried, declared before training (benchmarks/manifold_at_mnist.py, results/manifold_at_mnist_seed*_w0.5.json)."""
+    tried, declared before training (benchmarks/manifold_at_mnist.py,
+    benchmarks/results/archive/manifold_at_mnist_seed*_w0.5.json)."""
     if weight is not None and name not in ("rmd", "combined"):
         raise InputError(f"preset {name!r} has no second loss term to weight; weight= applies to 'rmd' and 'combined'")
     if name == "standard":
