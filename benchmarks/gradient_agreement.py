@@ -60,6 +60,7 @@ def main(argv=None) -> int:
                                    "seconds": time.perf_counter() - t0})
                 print(name, mode, json.dumps(rows[mode][-1]), flush=True)
     out["torch_threads"] = torch.get_num_threads()
+    out["cpu_seconds"] = time.process_time()  # the whole run, loading included
     out["provenance"] = provenance(args)
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)

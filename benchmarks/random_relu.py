@@ -59,12 +59,12 @@ def main(argv=None) -> int:
     p.add_argument("--networks", type=int, default=5)
     p.add_argument("--latents", type=int, default=4)
     p.add_argument("--noise", type=float, default=0.1)
-    p.add_argument("--out", default="random_relu.json")
+    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "random_relu.json"))
     args = p.parse_args(argv)
     if args.quick:
         args.steps, args.networks = 2000, 2
     k = args.widths[0]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     success: dict[str, float] = {}
     success_restarts: dict[str, float] = {}
     for ratio in RATIOS:
@@ -100,6 +100,7 @@ def main(argv=None) -> int:
                     "success >= 0.95 at m/k = 6 (4 starts)": bool(success_restarts["6"] >= 0.95),
                     "noisy slope in -0.5 ± 0.15": bool(abs(slope + 0.5) <= 0.15)},
         "seconds": time.perf_counter() - t0,
+        "cpu_seconds": time.process_time() - c0,
     }
     out["provenance"] = provenance(args)
     Path(args.out).write_text(json.dumps(out, indent=2))
