@@ -36,11 +36,33 @@ def _json_safe(value):
     return str(value)
 
 
+def _tree_state() -> tuple[str | None, str | None]:
+    """``(HEAD commit, porcelain status of tracked files)`` now."""
+    return _git("rev-parse", "HEAD"), _git("status", "--porcelain", "--untracked-files=no")
+
+
+def _code_state(state: tuple[str | None, str | None]) -> tuple[str | None, list[str]]:
+    """The commit and the changed tracked files outside ``benchmarks/results/`` (what a run writes there — its
+    JSON, its records — is its output, not a change to the code that ran)."""
+    head, status = state
+    lines = [] if status is None else [ln for ln in status.splitlines() if "benchmarks/results/" not in ln]
+    return head, lines
+
+
+#: the tree when the benchmark started (every script imports this module first): what actually ran
+_AT_START = _tree_state()
+
+
 def provenance(args) -> dict:
     """Where a result came from: commit (and whether tracked files had changes), time, command line,
-    parsed arguments, torch version and threads, library version. Never raises; unknown parts say so."""
-    head = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    parsed arguments, torch version and threads, library version. Never raises; unknown parts say so.
+
+    The commit is the one checked out when the run *started*; the tree counts as dirty if it had changes then
+    or if the commit or the tracked files changed while the run went on (a run of hours must not be credited
+    to a commit made, or a clean state restored, in the middle of it)."""
+    head, status = _AT_START
+    if status is not None and _code_state(_tree_state()) != _code_state(_AT_START):
+        status = status + "\n(the tree changed while the run went on)"
     try:
         config = _json_safe(vars(args)) if args is not None else {}
     except TypeError:
