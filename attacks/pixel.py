@@ -176,7 +176,6 @@ class ProjectedGradientDescent(Attack):
         cols = torch.arange(n, device=x.device)
         return Crafted(res.variables.view(r, n, *x.shape[1:])[pick, cols], reached=hits.view(r, n)[pick, cols])
 
-
     def _warm(self, model: nn.Module) -> bool:
         """Whether this run crafts on warm-started projections (``warm_steps`` > 0 and a model that has them)."""
         if self.warm_steps == 0:
