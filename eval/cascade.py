@@ -51,7 +51,9 @@ class StageOutcome:
 @dataclass
 class CascadeState:
     """The walk's result: ``todo`` — the first (attack, ε, samples) still to attack in plan order (None when
-    the plan is complete); ``gaps`` — per attack@ε the samples without a record; the completed ``outcomes`` in
+    the plan is complete); ``todos`` — the first one of every threat model (threat models share nothing but the
+    clean answers, so their next stages can run side by side; a later ε of a threat waits for the smaller ones,
+    whose breaks decide what it attacks); ``gaps`` — per attack@ε the samples without a record; the completed ``outcomes`` in
     plan order; per (threat, ε) the survivors and whether the escalation converged (None: no escalation ran)."""
 
     clean: dict[int, bool]
@@ -67,6 +69,7 @@ class CascadeState:
     unplanned: dict[tuple[str, float], set[int]] = field(default_factory=dict)
     #: the clean pass's seconds and projections (summed over its records)
     clean_cost: dict[str, float] = field(default_factory=dict)
+    todos: list[tuple[AttackSpec, float, list[int]]] = field(default_factory=list)
 
 
 def _by_attack(records: Iterable[dict], want: set[int]) -> tuple[dict, dict, dict, dict]:
@@ -123,7 +126,7 @@ def cascade_state(records: Iterable[dict], indices: Sequence[int], plan: Plan) -
     clean, clean_all, per, clean_cost = _by_attack(records, want)
     missing_clean = sorted(want - set(clean))
     gaps: dict[str, list[int]] = {"clean": missing_clean} if missing_clean else {}
-    todo = None
+    todos: dict[str, tuple[AttackSpec, float, list[int]]] = {}  # threat → its first stage still to attack
     outcomes: list[StageOutcome] = []
     survivors: dict[tuple[str, float], set[int]] = {}
     converged: dict[tuple[str, float], bool | None] = {}
@@ -135,7 +138,6 @@ def cascade_state(records: Iterable[dict], indices: Sequence[int], plan: Plan) -
 
     def stage(spec: AttackSpec, threat: str, eps: float, need: set[int], strict: bool, base: str,
               factor: int) -> StageOutcome | None:
-        nonlocal todo
         out = _outcome(spec, threat, eps, per.get((spec.name, eps), []), base, factor)
         have = set(out.attacked)
         if strict and have - need:
@@ -145,8 +147,7 @@ def cascade_state(records: Iterable[dict], indices: Sequence[int], plan: Plan) -
                               "cascade; evaluate into a fresh folder")
         if need - have:
             gaps[f"{spec.name}@{eps:g}"] = sorted(need - have)
-            if todo is None:
-                todo = (spec, eps, sorted(need - have))
+            todos.setdefault(threat, (spec, eps, sorted(need - have)))
             return None
         outcomes.append(out)
         return out
@@ -192,4 +193,6 @@ def cascade_state(records: Iterable[dict], indices: Sequence[int], plan: Plan) -
                 hit = {i for k, i in rows if r.get("broken_any", r["broken"])[k] and i in correct}
                 if hit:
                     unplanned.setdefault((r["threat"], key[1]), set()).update(hit)
-    return CascadeState(clean, clean_all, todo, gaps, outcomes, survivors, converged, escalated, unplanned, clean_cost)
+    first = list(todos.values())
+    return CascadeState(clean, clean_all, first[0] if first else None, gaps, outcomes, survivors, converged, escalated,
+                        unplanned, clean_cost, first)

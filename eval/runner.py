@@ -325,32 +325,37 @@ def _run(ctx: _Context, plan: Plan, store: Any, pool: _Pool, indices: range, bat
                for b in range(indices.start, indices.stop, batch_size)]
     execute([("clean", b) for b in batches if b], "clean", sum(map(len, batches)),
             lambda t, o: {"kind": "clean", "start": t[-1][0], "indices": t[-1], **o})
-    last = None
+    last: set[tuple] = set()
     while True:
         state = cascade_state(records(), indices, plan)
         if state.todo is None:
             if state.gaps:
                 raise IncompleteEvaluation(state.gaps)
             return state, shown
-        spec, eps, need = state.todo
-        if (spec.name, eps, tuple(need)) == last:  # the work was done and the walk still wants it: a bug, not a loop
-            raise RecordError(f"{spec.name}@{eps:g} was recorded on {len(need)} samples and is still missing: the records "
+        now = {(spec.name, eps, tuple(need)) for spec, eps, need in state.todos}
+        for name, eps, need in now & last:  # the work was done and the walk still wants it: a bug, not a loop
+            raise RecordError(f"{name}@{eps:g} was recorded on {len(need)} samples and is still missing: the records "
                               "do not match the plan")
-        last = (spec.name, eps, tuple(need))
-        fingerprint = attack_fingerprint(spec)
-        store.check_attack(spec.name, fingerprint)
-        chunks = [need[k:k + batch_size] for k in range(0, len(need), batch_size)]
+        last = now
+        tasks, makers = [], {}
+        # every threat model's next stage at once: workers take batches of one while another's are few
+        for spec, eps, need in state.todos:
+            fingerprint = attack_fingerprint(spec)
+            store.check_attack(spec.name, fingerprint)
 
-        def make(task: tuple, out: dict, spec: AttackSpec = spec, fingerprint: dict = fingerprint) -> dict:
-            idx = task[-1]
-            for i, img in out.pop("shown").items():
-                seen = shown.setdefault((spec.threat, task[3]), {})
-                if not seen.get(i, (False,))[0]:
-                    seen[i] = (bool(out["broken_any"][idx.index(i)]), img)
-            return attack_record(spec, fingerprint, task[3], idx[0], idx, **out)
+            def make(task: tuple, out: dict, spec: AttackSpec = spec, fingerprint: dict = fingerprint) -> dict:
+                idx = task[-1]
+                for i, img in out.pop("shown").items():
+                    seen = shown.setdefault((spec.threat, task[3]), {})
+                    if not seen.get(i, (False,))[0]:
+                        seen[i] = (bool(out["broken_any"][idx.index(i)]), img)
+                return attack_record(spec, fingerprint, task[3], idx[0], idx, **out)
 
-        execute([("attack", spec.escalates or spec.name, spec.round, eps, c) for c in chunks], f"{spec.name}@{eps:g}",
-                len(need), make)
+            tasks += [("attack", spec.escalates or spec.name, spec.round, eps, need[k:k + batch_size])
+                      for k in range(0, len(need), batch_size)]
+            makers[(spec.escalates or spec.name, spec.round, eps)] = make  # one stage per threat: a unique key
+        desc = ", ".join(f"{spec.name}@{eps:g}" for spec, eps, _ in state.todos)
+        execute(tasks, desc, sum(len(t[-1]) for t in tasks), lambda t, o: makers[t[1:4]](t, o))
 
 
 def _examples(model: nn.Module, x: torch.Tensor, start: int, k: int, shown: dict, folder: Path | None

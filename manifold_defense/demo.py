@@ -38,11 +38,16 @@ _MODELS = {"digits": ("digits-vae", "digits-classifier"), "mnist": ("mnist-vae20
 
 
 def run_demo(out: str | Path, *, dataset: str = "digits", n: int = 100, device: str | torch.device = "cpu",
-             progress: bool = True, log: Callable[[str], None] = print, data_path: str | Path | None = None) -> dict:
+             progress: bool = True, log: Callable[[str], None] = print, data_path: str | Path | None = None,
+             workers: int = 1, batch_size: int = 25) -> dict:
     """Run the demo on ``n`` test images of ``dataset``, writing into ``out``; returns the summary
-    (also written to ``out/demo.json``). ``data_path``: where MNIST is (default ``$MANIFOLD_DEFENSE_DATA``)."""
+    (also written to ``out/demo.json``). ``data_path``: where MNIST is (default ``$MANIFOLD_DEFENSE_DATA``);
+    ``workers`` and ``batch_size``: as :func:`~manifold_defense.eval.evaluate`'s (``workers`` at most the number
+    of batches; > 1 spawns processes: call it under ``if __name__ == "__main__":``)."""
     if dataset not in _MODELS:
         raise InputError(f"dataset must be one of {', '.join(_MODELS)}, got {dataset!r}")
+    if workers < 1 or batch_size < 1:
+        raise InputError(f"workers and batch_size must be >= 1, got {workers} and {batch_size}")
     test = data.load(dataset, "test", **({"path": data_path} if data_path is not None else {}))  # fails before work
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -66,7 +71,8 @@ def run_demo(out: str | Path, *, dataset: str = "digits", n: int = 100, device: 
     log(f"\n  {gen_name:18s} test reconstruction MSE per pixel: {rec_mse:.4f}")
     log(f"  {clf_name:18s} test accuracy: {clean_acc:.2%} ± {se:.2%} (n = {len(y)})")
     log(f"  classifier on G(E(x)) (what a projection defense feeds it): {rec_acc:.2%}")
-    robustness = _robustness(clf, gen, x[:n], y[:n], out, progress, log, DEMO_EPSILONS[dataset])
+    workers = min(workers, -(-min(n, len(y)) // batch_size))  # a worker per batch at most
+    robustness = _robustness(clf, gen, x[:n], y[:n], out, progress, log, DEMO_EPSILONS[dataset], workers, batch_size)
     summary = {"dataset": dataset, "n_test": len(y), "n_attacked": min(n, len(y)),
                "generator": {"name": gen_name, "test_recon_mse_per_pixel": rec_mse},
                "classifier": {"name": clf_name, "test_accuracy": clean_acc, "accuracy_on_reconstructions": rec_acc},
@@ -77,7 +83,8 @@ def run_demo(out: str | Path, *, dataset: str = "digits", n: int = 100, device: 
     return summary
 
 
-def _robustness(clf, gen, x, y, out: Path, progress: bool, log: Callable[[str], None], epsilons: dict) -> dict:
+def _robustness(clf, gen, x, y, out: Path, progress: bool, log: Callable[[str], None], epsilons: dict, workers: int,
+                batch_size: int) -> dict:
     """Undefended vs defended; non-adaptive (transfer) vs adaptive (BPDA, implicit) vs on-manifold attacks: the
     ``standard`` suite, each attack on the samples the earlier ones left, then escalation on what is left."""
     defended = DefendedModel(clf, gen).eval()
@@ -85,7 +92,8 @@ def _robustness(clf, gen, x, y, out: Path, progress: bool, log: Callable[[str], 
     for name, model in (("undefended", clf), ("defended", defended)):
         log(f"\n  attacking the {name} classifier ({len(y)} test images, suite {DEMO_SUITE}) ...")
         ev = evaluate(model, x, y, suite=DEMO_SUITE, epsilons=epsilons, budget=AttackBudget.demo(), classifier=clf,
-                      generator=gen, batch_size=50, out_dir=out / name, progress=progress)
+                      generator=gen, batch_size=batch_size, out_dir=out / name, progress=progress,
+                      workers=workers)
         sanity_checks(ev, model, x, y)
         write_report(ev, out / name, title=f"{name}")
         result[name] = ev.to_dict()

@@ -12,9 +12,10 @@ class TestSmoke:
     # the first command of the README prints no warning the user did not cause: every warning a user would see
     # (Python hides deprecation warnings raised outside __main__) is an error here, and no library logs one
     @pytest.mark.filterwarnings("error", "ignore::DeprecationWarning", "ignore::PendingDeprecationWarning")
-    def test_demo_tells_the_story(self, digits_vae, digits_classifier, tmp_path, capsys, caplog):
-        assert main(["demo", "--out", str(tmp_path), "--quiet", "--n", "50"]) == 0
-        captured = capsys.readouterr()
+    def test_demo_tells_the_story(self, digits_vae, digits_classifier, tmp_path, capfd, caplog):
+        # capfd, not capsys: the demo's worker processes write to the inherited file descriptors
+        assert main(["demo", "--out", str(tmp_path), "--quiet", "--n", "50", "--workers", "2"]) == 0
+        captured = capfd.readouterr()
         out = captured.out
         assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
         assert "warning" not in captured.err.lower(), captured.err

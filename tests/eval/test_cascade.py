@@ -127,6 +127,33 @@ class TestSmoke:
         sanity_checks(ev, _FirstPixel(), x, y, decision_subset=0, gradient_subset=0)
         assert ev.sanity["attack_converged"] is False and "NOT converged" in ev.sanity_details["attack_converged"]
 
+    def test_threat_models_run_side_by_side_and_a_larger_eps_waits(self):
+        x, y = _data()
+        calls: list[tuple[str, float, list[int]]] = []
+
+        class Logged(_Breaks):
+            def __init__(self, name, breaks, norm):
+                super().__init__(breaks)
+                self.name, self.norm = name, norm
+
+            def run(self, model, x, y, epsilon):
+                calls.append((self.name, epsilon, _ids(x)))
+                return super().run(model, x, y, epsilon)
+
+        specs = [AttackSpec("a", Logged("a", lambda s, r: range(5), "linf"), [0.9, 0.95], "linf"),
+                 AttackSpec("b", Logged("b", lambda s, r: [7, 8], "linf"), [0.9, 0.95], "linf"),
+                 AttackSpec("c", Logged("c", lambda s, r: [10, 11, 12], "l2"), [1.0], "l2")]
+        ev = evaluate(_FirstPixel(), x, y, suite=Plan(None, specs, cascade=True, escalation_rounds=0), batch_size=20,
+                      progress=False)
+        order = [(name, eps) for name, eps, _ in calls]
+        # l2's only stage runs with linf's first one, not after linf's whole chain ...
+        assert order.index(("c", 1.0)) < order.index(("b", 0.9)), order
+        # ... while linf at 0.95 still waits for 0.9: it attacks only what both attacks left there
+        seen = {(name, eps): ids for name, eps, ids in calls}
+        assert seen[("a", 0.95)] == [i for i in range(N) if i not in (0, 1, 2, 3, 4, 7, 8)]
+        assert ev.worst_case()[("linf", 0.95)][0] == pytest.approx(13 / N)
+        assert ev.worst_case()[("l2", 1.0)][0] == pytest.approx(17 / N)
+
     def test_escalation_draws_fresh_restarts(self):
         from manifold_defense.attacks import BPDA
         from manifold_defense.eval.suites import escalated_attack
