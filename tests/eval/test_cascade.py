@@ -270,6 +270,7 @@ class TestSuites:
         assert linf[0] == "fgsm_transfer" and "pgd_linf_implicit" in linf and "pgd_linf" in linf
         assert "latent_reparam_linf" not in linf  # dropped: broke nothing others missed (module docstring)
         assert "autoattack_rand_linf" in linf  # v3 dropped it; on one row it broke what the others left (v4)
+        assert linf.index("autoattack_rand_linf") > linf.index("pgd_linf_implicit")  # the weaker one after (v5)
         assert not SUITES["columns"].cascade and SUITES["rand"].attempts > 1
 
     @pytest.mark.slow
@@ -283,7 +284,7 @@ class TestSuites:
                       out_dir=tmp_path, progress=False)
         assert ev.suite["name"] == "standard" and json.loads((tmp_path / "run.json").read_text())["suite"] == ev.suite
         names = [s["attack"] for s in ev.stages if "escalates" not in s]
-        assert names == ["fgsm_transfer", "pgd_linf", "autoattack_rand_linf", "pgd_linf_implicit"]
+        assert names == ["fgsm_transfer", "pgd_linf", "pgd_linf_implicit", "autoattack_rand_linf"]
         attacked = [s["attacked"] for s in ev.stages]
         assert attacked == sorted(attacked, reverse=True) and attacked[-1] < attacked[0]  # survivors only
         worst = ev.worst_case()[("linf", 0.3)][0]
