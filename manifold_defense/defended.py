@@ -47,8 +47,9 @@ class ProjectionConfig:
     ``search_candidates`` random latents (forward passes shared by the batch), 10 Adam steps on all
     three, then only each sample's best continues (``prune_after``) for up to 60 more with a cosine
     schedule and per-sample early stopping (``tol``/``patience``). On MNIST with mnist-vae20 it reaches
-    Defense-GAN's L × R = 200 × 10 projection error with 28× fewer generator evaluations; generators
-    may carry tuned settings (:meth:`for_generator`) — see benchmarks/projection_speed.py.
+    Defense-GAN's L × R = 200 × 10 projection error with 28× fewer generator evaluations and 20× the images
+    per second (benchmarks/results/projection_speed.json); generators may carry tuned settings
+    (:meth:`for_generator`).
 
     ``init``: 'encoder' (restart 0 at the encoder, others perturb it), 'search' (the ``restarts`` best
     of ``search_candidates`` random latents), 'encoder+search', or 'random'; without an encoder
