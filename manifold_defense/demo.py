@@ -91,9 +91,10 @@ def _robustness(clf, gen, x, y, out: Path, progress: bool, log: Callable[[str], 
     result = {}
     for name, model in (("undefended", clf), ("defended", defended)):
         log(f"\n  attacking the {name} classifier ({len(y)} test images, suite {DEMO_SUITE}) ...")
+        # the undefended classifier's attacks take about a second: starting worker processes would cost more
         ev = evaluate(model, x, y, suite=DEMO_SUITE, epsilons=epsilons, budget=AttackBudget.demo(), classifier=clf,
                       generator=gen, batch_size=batch_size, out_dir=out / name, progress=progress,
-                      workers=workers)
+                      workers=workers if model is defended else 1)
         sanity_checks(ev, model, x, y)
         write_report(ev, out / name, title=f"{name}")
         result[name] = ev.to_dict()
