@@ -97,8 +97,8 @@ class AttackBudget:
 
     @classmethod
     def demo(cls) -> "AttackBudget":
-        """The digits demo's budgets (the whole demo, 100 digits through the `standard` suite v4 in two worker
-        processes: 220 s on two CPU cores, measured 2026-12-06; 323 s in one process)."""
+        """The digits demo's budgets (the whole demo, 100 digits through the `standard` suite v5 in two worker
+        processes: 180–194 s on two CPU cores in three runs, measured 2026-12-06; v4 in one process: 323 s)."""
         return cls(pgd_steps=20, eot=1, latent_steps=60, on_manifold_steps=20, on_manifold_stepsize=0.25)
 
 
