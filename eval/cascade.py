@@ -54,7 +54,8 @@ class CascadeState:
     the plan is complete); ``todos`` — the first one of every threat model (threat models share nothing but the
     clean answers, so their next stages can run side by side; a later ε of a threat waits for the smaller ones,
     whose breaks decide what it attacks); ``gaps`` — per attack@ε the samples without a record; the completed
-    ``outcomes`` in plan order; per (threat, ε) the survivors and whether the escalation converged (None: no escalation ran)."""
+    ``outcomes`` in plan order; per (threat, ε) the survivors and whether the escalation converged (None: no
+    escalation ran)."""
 
     clean: dict[int, bool]
     clean_all: dict[int, bool]
