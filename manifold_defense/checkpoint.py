@@ -242,7 +242,7 @@ def train_epochs(
     bar = tqdm(range(start, epochs), desc=desc, disable=not (progress and writer), initial=start, total=epochs,
                unit="epoch")
     for epoch in bar:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for m in modules.values():
             m.train()
         metrics = {k: float(v) for k, v in epoch_fn(epoch).items()}
@@ -250,6 +250,7 @@ def train_epochs(
             s.step()
         metrics["epoch"] = epoch + 1
         metrics["seconds"] = time.perf_counter() - t0
+        metrics["cpu_seconds"] = time.process_time() - c0  # every thread of this process: what the epoch cost
         history.append(metrics)
         if log_path is not None and writer:
             with open(log_path, "a") as f:

@@ -15,7 +15,7 @@ import os
 import sys
 import types
 from typing import Any
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -57,18 +57,30 @@ class MadryStep(StepRule):
 
 
 def madry_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str, epsilon: float, steps: int,
-              step_size: float | None = None, random_start: bool = True) -> torch.Tensor:
+              step_size: float | None = None, random_start: bool | str = True,
+              data: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Madry et al. 2018 PGD with the robustness library's steps, on the descent engine: ``steps`` ascent
     steps on the cross-entropy, each projected onto the ε-ball around ``x`` and [0, 1]; returns the last
-    iterate (as Madry et al. train on it). Default step 2.5 ε / steps."""
+    iterate (as Madry et al. train on it). Default step 2.5 ε / steps.
+
+    ``random_start``: True / 'uniform' (the library's random point of the ball), 'gaussian' (``x`` + 0.001 ·
+    N(0, 1), TRADES' start, Zhang et al. 2019) or False. ``data``: the engine's term to *minimise* instead
+    of −CE (``term(x, v, rows)`` → one value per row; e.g. TRADES' −KL to the clean prediction)."""
     if steps < 1:
         raise InputError(f"steps must be >= 1, got {steps}")
+    if random_start not in (True, False, "uniform", "gaussian"):
+        raise InputError(f"random_start must be True, False, 'uniform' or 'gaussian', got {random_start!r}")
     x = x.detach()
     size = 2.5 * epsilon / steps if step_size is None else step_size
     step = madry_step(norm, x, epsilon, size)
-    start = step.project(step.random_perturb(x)) if random_start else x.clone()
-    res = descend(start, lambda v: v, negative_cross_entropy(model, y), steps=steps, lr=size,
-                  step_rule=MadryStep(norm, x, epsilon, size), keep="last", desc="madry-pgd")
+    if random_start == "gaussian":
+        start = step.project(x + 0.001 * torch.randn_like(x))
+    elif random_start:
+        start = step.project(step.random_perturb(x))
+    else:
+        start = x.clone()
+    res = descend(start, lambda v: v, negative_cross_entropy(model, y) if data is None else data, steps=steps,
+                  lr=size, step_rule=MadryStep(norm, x, epsilon, size), keep="last", desc="madry-pgd")
     return res.variables.detach()
 
 

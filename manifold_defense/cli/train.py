@@ -19,11 +19,14 @@ __all__ = ["add_parsers", "run_generator", "run_classifier", "PRESET_FLAGS"]
 
 #: the flags each adv-train preset uses (argparse dests); any other preset flag given is refused
 PRESET_FLAGS = {"standard": set(), "pgd_at": {"epsilon", "norm", "attack_steps"},
+                "trades": {"epsilon", "norm", "attack_steps"}, "fast": {"epsilon"},
                 "stutz": {"generator", "eta", "attack_steps"},
                 "rmd": {"generator", "epsilon", "eta", "norm", "attack_steps", "loss_weight"},
                 "combined": {"generator", "epsilon", "eta", "norm", "attack_steps", "loss_weight"}}
-#: eta's default depends on the generator: 0.3 (latent ℓ∞, Stutz et al.) on a class-conditional one, else 1.5
-_PRESET_DEFAULTS = {"epsilon": 1.5, "norm": "l2", "attack_steps": 10}
+#: eta's default depends on the generator: 0.3 (latent ℓ∞, Stutz et al.) on a class-conditional one, else 1.5;
+#: epsilon's on the norm: 1.5 in ℓ2, 0.3 in ℓ∞ (Madry et al. 2018's MNIST budget); 'fast' is ℓ∞ only
+_PRESET_DEFAULTS = {"norm": "l2", "attack_steps": 10}
+_EPSILON_DEFAULTS = {"l2": 1.5, "linf": 0.3}
 _FLAG_NAMES = {"generator": "--generator", "epsilon": "--epsilon", "eta": "--eta", "norm": "--norm",
                "attack_steps": "--attack-steps", "loss_weight": "--loss-weight"}
 
@@ -55,29 +58,34 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--lr", type=positive_float, default=None, help="Adam learning rate (default: 1e-3 vae / 1e-4 wgan)")
     g.set_defaults(run=run_generator)
     for name, hlp in [("train-classifier", "train a classifier"),
-                      ("adv-train", "adversarial training: Madry PGD, on-manifold, or the Robust Manifold Defense "
-                                    "(torchrun-ready)")]:
+                      ("adv-train", "adversarial training: Madry PGD, TRADES, fast FGSM, on-manifold, or the Robust "
+                                    "Manifold Defense (torchrun-ready)")]:
         t = sub.add_parser(name, help=hlp)
         _common(t)
         t.add_argument("--arch", choices=["a", "b", "c", "d", "digits"], default="digits",
                        help="Defense-GAN classifier A-D (MNIST) or the digits CNN")
         t.add_argument("--epochs", type=positive_int, default=10, help="epochs")
         t.add_argument("--batch-size", type=positive_int, default=128, help="global batch size")
-        t.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (cosine decay)")
+        t.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (the peak of --schedule)")
+        t.add_argument("--schedule", choices=["cosine", "cyclic", "constant"], default="cosine",
+                       help="learning-rate schedule: cosine decay, cyclic (up to --lr at 2/5 of the epochs and down "
+                            "to 0, Wong et al. 2020's for --preset fast) or constant")
         t.add_argument("--metrics-log", default=None, help="per-epoch metrics, JSON lines (default: none)")
         if name == "adv-train":
             t.add_argument("--preset", choices=PRESETS, required=True,
-                           help="standard, pgd_at (Madry), stutz (on-manifold latent PGD), rmd (Ilyas et al.), "
+                           help="standard, pgd_at (Madry), trades (Zhang et al.), fast (FGSM with a random start, "
+                                "Wong et al.; L-inf), stutz (on-manifold latent PGD), rmd (Ilyas et al.), "
                                 "combined (pgd_at + stutz)")
             t.add_argument("--generator", default=None, help="zoo name or checkpoint (stutz, rmd, combined; required "
                                                              "there; class-conditional for Stutz et al.'s setting)")
-            t.add_argument("--epsilon", type=positive_float, default=None, help="pixel budget (pgd_at, rmd, combined; "
-                                                                                "default: 1.5)")
+            t.add_argument("--epsilon", type=positive_float, default=None, help="pixel budget (pgd_at, trades, fast, rmd, "
+                                                                                "combined; default: 1.5 in L2, 0.3 in "
+                                                                                "L-inf)")
             t.add_argument("--eta", type=positive_float, default=None, help="on-manifold budget (stutz, rmd, combined; default: 0.3 "
                                                                               "latent L-inf on a class-conditional "
                                                                               "generator, else 1.5 image L2)")
-            t.add_argument("--norm", choices=["l2", "linf"], default=None, help="pixel-space norm (pgd_at, rmd, combined; "
-                                                                                "default: l2)")
+            t.add_argument("--norm", choices=["l2", "linf"], default=None, help="pixel-space norm (pgd_at, trades, rmd, "
+                                                                                "combined; default: l2)")
             t.add_argument("--attack-steps", type=positive_int, default=None,
                            help="attack steps per batch (every adversarial preset; default: 10)")
             t.add_argument("--loss-weight", type=positive_float, default=None,
@@ -141,9 +149,13 @@ def run_classifier(args: argparse.Namespace) -> int:
         refuse_unused(args, PRESET_FLAGS[preset], _FLAG_NAMES, f"--preset {preset}")
         if "generator" in PRESET_FLAGS[preset] and args.generator is None:
             raise InputError(f"--preset {preset} needs --generator (a zoo name or checkpoint)")
+        if preset == "fast":
+            args.norm = "linf"
         for k, v in _PRESET_DEFAULTS.items():
             if getattr(args, k) is None:
                 setattr(args, k, v)
+        if args.epsilon is None:
+            args.epsilon = _EPSILON_DEFAULTS[args.norm]
     if (args.arch == "digits") != (args.dataset == "digits"):
         raise InputError(f"--arch {args.arch} does not fit --dataset {args.dataset} (digits CNN for digits, A-D for "
                          "MNIST)")
@@ -169,8 +181,9 @@ def run_classifier(args: argparse.Namespace) -> int:
                                          steps=args.attack_steps, weight=args.loss_weight)
             metadata.update({"preset": preset, "generator": args.generator})
         hist = train_classifier(model, train.images, train.labels, test=(test.images, test.labels),
-                                epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                                path=out, metadata=metadata, objective=objective, log_path=log, progress=rank == 0)
+                                epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
+                                seed=args.seed, path=out, metadata=metadata, objective=objective, log_path=log,
+                                progress=rank == 0)
         if rank == 0:
             print(json.dumps(hist[-1]))
             print(f"saved {out}" + (f" (trained on {world} processes)" if world > 1 else ""))

@@ -9,10 +9,13 @@ from manifold_defense.training.objectives import (
     StandardObjective,
     TrainingObjective,
     CombinedObjective,
+    FastObjective,
+    TradesObjective,
     default_eta,
     objective_preset,
 )
 
 __all__ = ["train_classifier", "random_shift", "TrainingObjective", "StandardObjective", "MadryObjective",
+           "TradesObjective", "FastObjective",
            "OnManifoldObjective", "RobustManifoldObjective", "CombinedObjective", "objective_preset", "default_eta",
            "PRESETS"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -60,7 +61,9 @@ def train_classifier(
     """Cross-entropy training with Adam (Defense-GAN: lr 1e-3, batch 128), standard or adversarial.
 
     ``schedule`` is 'cosine' (decay to 0 over ``epochs``; reaches the paper's accuracy in fewer
-    epochs) or 'constant'. With ``test`` the final test accuracy is stored as the model's quality.
+    epochs), 'cyclic' (per step, linearly from 0 up to ``lr`` at 2/5 of the epochs and back to 0 at the end:
+    Wong et al. 2020's schedule for fast adversarial training) or 'constant'. With ``test`` the final test
+    accuracy is stored as the model's quality.
     ``objective`` (a :class:`~manifold_defense.training.objectives.TrainingObjective`, default standard
     cross-entropy) plugs in an adversary: Madry PGD, on-manifold, the Robust Manifold Defense.
     ``log_path`` receives one JSON line of metrics per epoch.
@@ -72,8 +75,8 @@ def train_classifier(
     """
     check_images(x_train, model.input_shape, name="x_train")
     check_labels(y_train, len(x_train), model.num_classes, name="y_train")
-    if schedule not in ("cosine", "constant"):
-        raise InputError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
+    if schedule not in ("cosine", "cyclic", "constant"):
+        raise InputError(f"schedule must be 'cosine', 'cyclic' or 'constant', got {schedule!r}")
     objective = objective or StandardObjective()
     gen = seed_everything(seed)
     device = next(model.parameters()).device
@@ -105,7 +108,12 @@ def train_classifier(
         sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss · n, correct, n
         extra: dict[str, float] = {}
         extra_n: dict[str, float] = {}
-        for idx in batches(epoch):
+        order = list(batches(epoch))
+        for i, idx in enumerate(order):
+            if schedule == "cyclic":  # a function of the step alone, so a resumed run follows it exactly
+                t = epoch + (i + 1) / len(order)
+                for group in opt.param_groups:
+                    group["lr"] = lr * float(np.interp(t, [0, 0.4 * epochs, epochs], [0, 1, 0]))
             idx = idx.to(device)
             xb, yb = random_shift(x_train[idx], augment_shift, gen), y_train[idx]
             loss, logits, metrics = objective(net, model, xb, yb)
@@ -130,7 +138,7 @@ def train_classifier(
 
     config = {"trainer": "standard", "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
               "schedule": schedule, "augment_shift": augment_shift, "seed": seed, "n_train": len(x_train), "steps_per_epoch": steps_per_epoch}
-    if schedule == "cosine":
+    if schedule in ("cosine", "cyclic"):
         config["epochs"] = epochs  # the schedule depends on the total, so it is part of the configuration
     if objective.name != "standard":
         config.update({"trainer": "adversarial", **objective.config()})

@@ -31,8 +31,9 @@ from manifold_defense.robustness_adapter import madry_pgd
 from manifold_defense.utils import state_digest
 from manifold_defense.validation import InputError, check_compatible
 
-__all__ = ["TrainingObjective", "StandardObjective", "MadryObjective", "OnManifoldObjective",
-           "RobustManifoldObjective", "CombinedObjective", "objective_preset", "default_eta", "PRESETS"]
+__all__ = ["TrainingObjective", "StandardObjective", "MadryObjective", "TradesObjective", "FastObjective",
+           "OnManifoldObjective", "RobustManifoldObjective", "CombinedObjective", "objective_preset", "default_eta",
+           "PRESETS"]
 
 #: Projection used to find ẑ(x) during training: the encoder alone (one generator pass per batch).
 ENCODER_PROJECTION = ProjectionConfig(steps=0, restarts=1, init="encoder", prune_after=0)
@@ -103,6 +104,70 @@ class MadryObjective(TrainingObjective):
                  ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
         logits = model(self.craft(bare, x, y))
         return F.cross_entropy(logits, y), logits, {}
+
+
+class TradesObjective(TrainingObjective):
+    """TRADES (Zhang et al. 2019): ``CE(f(x), y) + beta · KL(f(x) ‖ f(x'))``, ``x'`` by PGD ascending the KL from
+    ``x`` + 0.001 · N(0, 1). Their MNIST setting: ℓ∞ ε = 0.3, 40 steps of 0.01, β = 1 (``train_trades_mnist.py``;
+    CIFAR-10 uses β = 6); the default step is the library's 2.5 ε / steps, as for :class:`MadryObjective`.
+    Accuracy is reported on the adversarial logits (as for :class:`MadryObjective`); the clean batch's accuracy
+    and the KL term are extra metrics."""
+
+    name = "trades"
+
+    def __init__(self, *, norm: str = "linf", epsilon: float = 0.3, steps: int = 40, step_size: float | None = None,
+                 beta: float = 1.0) -> None:
+        if norm not in ("l2", "linf"):
+            raise InputError(f"norm must be 'l2' or 'linf', got {norm!r}")
+        if not epsilon > 0 or steps < 1:
+            raise InputError(f"adversarial training needs epsilon > 0 and steps >= 1, got {epsilon}, {steps}")
+        if not beta >= 0:
+            raise InputError(f"beta must be >= 0, got {beta}")
+        self.norm, self.epsilon, self.steps, self.step_size, self.beta = norm, float(epsilon), int(steps), step_size, \
+            float(beta)
+
+    def config(self) -> dict[str, Any]:
+        return {"objective": self.name, "norm": self.norm, "epsilon": self.epsilon, "steps": self.steps,
+                "step_size": self.step_size, "beta": self.beta}
+
+    def craft(self, bare: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """TRADES' inner maximisation on ``bare`` in eval mode: the point of the ball whose prediction is
+        furthest (in KL) from the clean one."""
+        with _EvalMode(bare):
+            with torch.no_grad():
+                clean_log_p = F.log_softmax(bare(x), 1)
+
+            def negative_kl(xa: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+                lp = clean_log_p[rows]
+                return -(lp.exp() * (lp - F.log_softmax(bare(xa), 1))).sum(1)
+
+            return madry_pgd(bare, x, torch.zeros(len(x), dtype=torch.long, device=x.device), norm=self.norm,
+                             epsilon=self.epsilon, steps=self.steps, step_size=self.step_size,
+                             random_start="gaussian", data=negative_kl)
+
+    def __call__(self, model: nn.Module, bare: nn.Module, x: torch.Tensor, y: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        x_adv = self.craft(bare, x)
+        logits = model(torch.cat([x, x_adv]))  # one pass: DistributedDataParallel allows one forward per backward
+        clean, adv = logits[: len(x)], logits[len(x):]
+        kl = F.kl_div(F.log_softmax(adv, 1), F.log_softmax(clean, 1), reduction="batchmean", log_target=True)
+        loss = F.cross_entropy(clean, y) + self.beta * kl
+        return loss, adv, {"kl": float(kl.detach()), "clean_acc": float((clean.argmax(1) == y).float().mean())}
+
+
+class FastObjective(MadryObjective):
+    """"Fast is better than free" (Wong, Rice, Kolter 2020): cross-entropy on one FGSM step of ``step_size``
+    (default 1.25 ε) from a uniform random point of the ℓ∞ ball, projected back onto it and [0, 1]. Their
+    MNIST recipe: ε = 0.3, α = 0.375, 10 epochs with a cyclic learning rate up to 5e-3 (``schedule='cyclic'``
+    of :func:`~manifold_defense.training.train_classifier`), batch 100."""
+
+    name = "fast"
+
+    def __init__(self, *, epsilon: float = 0.3, step_size: float | None = None) -> None:
+        super().__init__(norm="linf", epsilon=epsilon, steps=1,
+                         step_size=1.25 * epsilon if step_size is None else step_size)
+        if not self.step_size > 0:
+            raise InputError(f"step_size must be > 0, got {self.step_size}")
 
 
 def _check_generator(generator: nn.Module, eta: float, *, conditional_ok: bool = False) -> None:
@@ -234,7 +299,7 @@ class CombinedObjective(TrainingObjective):
         return F.cross_entropy(adv, y) + self.weight * l_on, adv, {"on_manifold_loss": float(l_on.detach())}
 
 
-PRESETS = ("standard", "pgd_at", "stutz", "rmd", "combined")
+PRESETS = ("standard", "pgd_at", "trades", "fast", "stutz", "rmd", "combined")
 
 
 def default_eta(generator: nn.Module) -> float:
@@ -246,7 +311,8 @@ def default_eta(generator: nn.Module) -> float:
 def objective_preset(name: str, generator: nn.Module | None = None, *, epsilon: float = 1.5,
                      eta: float | None = None, norm: str = "l2", steps: int = 10,
                      weight: float | None = None) -> TrainingObjective:
-    """'standard'; 'pgd_at' (Madry, ``norm``, ε); 'stutz' (on-manifold latent PGD, η: the latent ℓ∞ budget of
+    """'standard'; 'pgd_at' (Madry, ``norm``, ε); 'trades' (Zhang et al. 2019, β = 1, ``norm``, ε); 'fast' (Wong et
+    al. 2020: one FGSM step of 1.25 ε from a random start, ℓ∞ only); 'stutz' (on-manifold latent PGD, η: the latent ℓ∞ budget of
     Stutz et al. 2019 on a class-conditional generator, the image ℓ2 one on an unconditional generator;
     default :func:`default_eta`);
     'rmd' (Madry ℓ2 ε = 1.5 plus the overpowered consistency term, weight 1e-2, as in Ilyas et al. 2017);
@@ -264,6 +330,12 @@ def objective_preset(name: str, generator: nn.Module | None = None, *, epsilon: 
         return StandardObjective()
     if name == "pgd_at":
         return MadryObjective(norm=norm, epsilon=epsilon, steps=steps)
+    if name == "trades":
+        return TradesObjective(norm=norm, epsilon=epsilon, steps=steps)
+    if name == "fast":
+        if norm != "linf":
+            raise InputError("preset 'fast' (FGSM with a random start, Wong et al. 2020) is an ℓ∞ recipe: pass norm='linf'")
+        return FastObjective(epsilon=epsilon)
     if name in ("stutz", "rmd", "combined") and generator is None:
         raise InputError(f"preset {name!r} needs a generator")
     if name == "rmd" and isinstance(generator, ClassConditional):

@@ -33,6 +33,18 @@ class TestSmoke:
         assert config["on"]["class_conditional"] and config["on"]["eta"] == 0.3  # Stutz et al.'s latent budget
 
 
+    @pytest.mark.parametrize("argv, config", [
+        (["--preset", "fast", "--schedule", "cyclic"], {"schedule": "cyclic", "objective": "fast", "norm": "linf", "epsilon": 0.3, "steps": 1, "step_size": 0.375}),
+        (["--preset", "trades", "--norm", "linf", "--attack-steps", "2"],
+         {"objective": "trades", "norm": "linf", "epsilon": 0.3, "steps": 2, "beta": 1.0}),
+    ], ids=["fast", "trades"])
+    def test_linf_presets_default_to_madrys_budget(self, argv, config, tmp_path):
+        out = tmp_path / "m.pt"
+        assert main(["adv-train", *argv, "--epochs", "1", "--out", str(out)]) == 0
+        stored = load_model(out).metadata["config"]
+        assert {k: stored[k] for k in config} == config
+
+
 class TestException:
     @pytest.mark.parametrize("argv, match", [
         (["train-classifier", "--epochs", "0"], "--epochs: must be an integer >= 1"),
@@ -46,6 +58,7 @@ class TestException:
         (["adv-train", "--preset", "stutz", "--norm", "linf", "--generator", "digits-vae"],
          "--norm is not used by --preset stutz"),
         (["adv-train", "--preset", "stutz"], "--preset stutz needs --generator"),
+        (["adv-train", "--preset", "fast", "--norm", "l2"], "--norm is not used by --preset fast"),
         (["adv-train", "--preset", "rmd", "--generator", "digits-classifier"],
          "--generator digits-classifier is a classifier in the zoo, not a generator"),
         (["adv-train", "--preset", "rmd", "--generator", "digits-class-vaes"], "pass an unconditional generator"),

@@ -4,12 +4,15 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from manifold_defense import data
-from manifold_defense.attacks import L2PGD
+from manifold_defense.attacks import L2PGD, LinfPGD
 from manifold_defense.classifiers import DefenseGANClassifier, DigitsCNN
 from manifold_defense.training import (
+    FastObjective,
     MadryObjective,
+    TradesObjective,
     OnManifoldObjective,
     RobustManifoldObjective,
     StandardObjective,
@@ -24,12 +27,13 @@ def digits_train():
     return data.load("digits", "train")
 
 
-def _train(objective, digits_train, digits_test, tmp_path, name, epochs=10):
+def _train(objective, digits_train, digits_test, tmp_path, name, epochs=10, schedule="cosine"):
     torch.manual_seed(0)
     model = DigitsCNN()
     log = tmp_path / f"{name}.jsonl"
     train_classifier(model, digits_train.images, digits_train.labels, epochs=epochs, batch_size=64, lr=3e-3, seed=0,
-                     objective=objective, path=tmp_path / f"{name}.pt", log_path=log, progress=False)
+                     objective=objective, path=tmp_path / f"{name}.pt", log_path=log, progress=False,
+                     schedule=schedule)
     assert len(log.read_text().splitlines()) == epochs
     return model.eval()
 
@@ -47,6 +51,37 @@ class TestSmoke:
         assert all(p.grad is not None for p in model.parameters())
         assert model.training  # crafting ran in eval mode and restored the mode
 
+
+    @pytest.mark.parametrize("preset", ["trades", "fast"])
+    def test_linf_presets(self, preset, digits_classifier, digits_test):
+        torch.manual_seed(0)
+        model = DigitsCNN()
+        obj = objective_preset(preset, epsilon=0.3, norm="linf", steps=5)
+        x, y = digits_test.images[:16], digits_test.labels[:16]
+        x_adv = obj.craft(digits_classifier, x) if preset == "trades" else obj.craft(digits_classifier, x, y)
+        assert float((x_adv - x).abs().max()) <= 0.3 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+        assert float((x_adv - x).abs().max()) > 0.1  # it moved
+        loss, logits, metrics = obj(model, model, x, y)
+        assert loss.dim() == 0 and torch.isfinite(loss) and logits.shape == (16, 10)
+        loss.backward()
+        assert all(p.grad is not None for p in model.parameters())
+        assert model.training
+
+    def test_trades_inner_maximisation_raises_the_kl(self, digits_classifier, digits_test):
+        """TRADES' adversary ascends KL(f(x) ‖ f(x')): after its steps the KL is far above the start's."""
+        x = digits_test.images[:64]
+        obj = TradesObjective(epsilon=0.3, steps=10)
+        with torch.no_grad():
+            lp = F.log_softmax(digits_classifier(x), 1)
+
+            def kl(xa):
+                return (lp.exp() * (lp - F.log_softmax(digits_classifier(xa), 1))).sum(1)
+
+            torch.manual_seed(0)
+            start = (x + 0.001 * torch.randn_like(x)).clamp(0, 1)
+            torch.manual_seed(0)
+            crafted = obj.craft(digits_classifier, x)
+            assert float(kl(crafted).mean()) > 10 * float(kl(start).mean()) + 0.1
 
     @pytest.mark.parametrize("preset", ["stutz", "combined"])
     def test_class_conditional_presets(self, preset, digits_class_vaes, digits_test):
@@ -79,6 +114,12 @@ class TestRobustness:
                      tmp_path, "onm")
         acc = {name: L2PGD(steps=10)(m, x, y, epsilon=1.0).robust_accuracy for name, m in (("std", std), ("pgd", pgd))}
         assert acc["pgd"] > acc["std"] + 0.15, acc      # Madry training: pixel-space robustness (.04 -> .42 measured)
+        # ℓ∞ 0.2: TRADES and FGSM with a random start (cyclic learning rate, Wong et al.'s) against standard training
+        linf = {"std": std}
+        linf["trades"] = _train(TradesObjective(epsilon=0.2, steps=5), digits_train, digits_test, tmp_path, "trades")
+        linf["fast"] = _train(FastObjective(epsilon=0.2), digits_train, digits_test, tmp_path, "fast", schedule="cyclic")
+        acc = {k: LinfPGD(steps=20)(m, x, y, epsilon=0.2).robust_accuracy for k, m in linf.items()}
+        assert acc["trades"] > acc["std"] + 0.15 and acc["fast"] > acc["std"] + 0.15, acc
         # On-manifold training drives down the loss on its own on-manifold adversarial examples.
         log = [json.loads(line) for line in (tmp_path / "onm.jsonl").read_text().splitlines()]
         assert log[-1]["on_manifold_loss"] < 0.8 * log[0]["on_manifold_loss"], log  # 2.06 -> 1.45 measured
@@ -97,7 +138,15 @@ class TestException:
         with pytest.raises(InputError, match="needs a generator"):
             objective_preset("combined")
         with pytest.raises(InputError, match="unknown training preset"):
-            objective_preset("trades")
+            objective_preset("madry")
+        with pytest.raises(InputError, match="L-inf recipe|ℓ∞ recipe"):
+            objective_preset("fast", norm="l2")
+        with pytest.raises(InputError, match="beta"):
+            TradesObjective(beta=-1.0)
+        with pytest.raises(InputError, match="epsilon"):
+            TradesObjective(epsilon=0.0)
+        with pytest.raises(InputError, match="step_size"):
+            FastObjective(step_size=-0.1)
         with pytest.raises(InputError, match="no second loss term"):
             objective_preset("stutz", digits_vae, weight=0.5)
         with pytest.raises(InputError, match="weight"):
