@@ -66,7 +66,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        help="Defense-GAN classifier A-D (MNIST) or the digits CNN")
         t.add_argument("--epochs", type=positive_int, default=10, help="epochs")
         t.add_argument("--batch-size", type=positive_int, default=128, help="global batch size")
-        t.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (the peak of --schedule)")
+        t.add_argument("--lr", type=positive_float, default=1e-3, help="peak Adam learning rate")
         t.add_argument("--schedule", choices=["cosine", "cyclic", "constant"], default="cosine",
                        help="learning-rate schedule: cosine decay, cyclic (up to --lr at 2/5 of the epochs and down "
                             "to 0, Wong et al. 2020's for --preset fast) or constant")
