@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from manifold_defense.ambient import RandomMeasurement
 from manifold_defense.checkpoint import train_epochs
 from manifold_defense.generators.dcgan import WGANCritic
 from manifold_defense.generators.base import SequentialGenerator
@@ -126,6 +127,9 @@ def train_wgan(
     progress: bool = True,
     loss: str = "wgan-gp",
     ema: float = 0.0,
+    measurement: RandomMeasurement | None = None,
+    measure: str = "ambient",
+    real_measured: bool = False,
 ) -> list[dict[str, float]]:
     """GAN training; WGAN-GP with Defense-GAN's settings by default (5 critic iterations, GP 10, Adam 1e-4
     (0.5, 0.9), batch 50).
@@ -135,14 +139,29 @@ def train_wgan(
     use a spectrally normalised critic, ``gp_weight`` is ignored). ``ema`` > 0 keeps an exponential
     moving average of the generator's weights with that decay (Yazıcı et al. 2019) and leaves it in
     ``generator`` (the trained weights are checkpointed beside it): averaged weights give better samples.
+
+    ``measurement`` (a :class:`~manifold_defense.ambient.RandomMeasurement`): AmbientGAN training (Bora, Price,
+    Dimakis 2018) with ``measure='ambient'``: the critic compares real measurements with measurements of the
+    generator's samples, fresh parameters θ for every sample and step (drawn from the checkpointed data
+    generator, so a resumed run draws what an uninterrupted one would); ``measure='ignore'`` is the paper's
+    baseline that compares real measurements with unmeasured samples. ``real_measured=True``: ``x_train``
+    already holds the measurements (a user's corrupted data); else each real batch is measured afresh.
     """
-    check_images(x_train, generator.output_shape, name="x_train")
+    # measured data need not lie in [0, 1] (noise; block-pixels' rescaled pixels)
+    check_images(x_train, generator.output_shape, name="x_train", **({"bounds": None} if real_measured else {}))
     if iterations % iterations_per_epoch:
         raise ValueError("iterations must be a multiple of iterations_per_epoch")
     if loss not in ("wgan-gp", "hinge"):
         raise ValueError(f"loss must be 'wgan-gp' or 'hinge', got {loss!r}")
     if not 0.0 <= ema < 1.0:
         raise ValueError(f"ema must be in [0, 1), got {ema}")
+    if measure not in ("ambient", "ignore"):
+        raise InputError(f"measure must be 'ambient' or 'ignore', got {measure!r}")
+    if measurement is not None and tuple(measurement.image_shape) != tuple(generator.output_shape):
+        raise InputError(f"the measurement takes images of shape {tuple(measurement.image_shape)} but the generator "
+                         f"makes {tuple(generator.output_shape)}")
+    if real_measured and measurement is None:
+        raise InputError("real_measured=True needs the measurement the data went through (measurement=...)")
     averaged = generator
     if ema > 0:  # train a copy, keep the average in `generator`
         generator = copy.deepcopy(averaged)
@@ -164,6 +183,13 @@ def train_wgan(
     def noise() -> torch.Tensor:
         return torch.randn(batch_size, generator.latent_dim, generator=gen).to(device)
 
+    def measured_real() -> torch.Tensor:
+        real = real_batch()
+        return real if measurement is None or real_measured else measurement(real, gen)
+
+    def measured_fake(fake: torch.Tensor) -> torch.Tensor:
+        return fake if measurement is None or measure == "ignore" else measurement(fake, gen)
+
     def epoch_fn(epoch: int) -> dict[str, float]:
         # Each epoch draws a fresh data order from the (checkpointed) data generator, so a run resumed at
         # an epoch boundary sees exactly the batches an uninterrupted one would.
@@ -175,9 +201,9 @@ def train_wgan(
             for p in critic.parameters():
                 p.requires_grad_(True)
             for _ in range(critic_iters):
-                real = real_batch()
+                real = measured_real()
                 with torch.no_grad():
-                    fake = generator(noise())
+                    fake = measured_fake(generator(noise()))
                 d_real, d_fake = critic(real), critic(fake)
                 w = d_real.mean() - d_fake.mean()
                 if loss == "hinge":
@@ -191,7 +217,7 @@ def train_wgan(
                 opt_c.step()
             for p in critic.parameters():
                 p.requires_grad_(False)
-            loss_g = -critic(generator(noise())).mean()
+            loss_g = -critic(measured_fake(generator(noise()))).mean()
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
             opt_g.step()
@@ -214,6 +240,9 @@ def train_wgan(
         g = torch.Generator().manual_seed(seed + 1)
         with torch.inference_mode():
             fake = averaged(torch.randn(len(ref), averaged.latent_dim, generator=g).to(device))
+            if measurement is not None:  # the critic judges measurements: measure both sides alike
+                ref = ref if real_measured else measurement(ref, g)
+                fake = fake if measure == "ignore" else measurement(fake, g)
             w = float(critic(ref).mean() - critic(fake).mean())
         return {"critic_wasserstein_test": w, "iterations": iterations}
 
@@ -224,6 +253,8 @@ def train_wgan(
     }
     if loss != "wgan-gp" or ema > 0:  # recorded only when set: earlier checkpoints' configs stay valid
         config.update(trainer=f"gan-{loss}", ema=ema)
+    if measurement is not None:
+        config.update(measurement=measurement.config(), measure=measure, real_measured=real_measured)
     modules = {"model": averaged, "critic": critic} | ({"trained_generator": generator} if ema > 0 else {})
     return train_epochs(
         path=path, modules=modules, optimizers={"g": opt_g, "c": opt_c},
