@@ -454,11 +454,50 @@ def defense_mnist_suite(d: dict) -> str:
             + table(["row", "n", "clean", "worst ℓ∞ 0.3", "worst ℓ2 3.8", "worst on-manifold 1.5"], rows))
 
 
+def robust_mnist_estimate(d: dict) -> str:
+    rows = [[f"`{k}`", v["description"], num(v["epoch_cpu_seconds"], 3), str(v["epochs"]),
+             num(v["training_cpu_hours"], 3)] for k, v in d["recipes"].items()]
+    return "\n\n".join([
+        ("CPU seconds per training epoch of each recipe of `benchmarks/robust_mnist.py` on classifier A (60,000 MNIST "
+         "images, both cores), timed on a few batches after two warm-up batches, and what the recipe's epochs cost."),
+        table(["recipe", "what", "CPU s / epoch", "epochs", "CPU h"], rows, left=2)])
+
+
+def robust_mnist(d: dict) -> str:
+    def acc(e) -> str:
+        return DASH if not e else ci(e["accuracy"], e.get("ci95"))
+
+    def worst(suite: dict | None, threat: str) -> str:
+        if not suite:
+            return DASH
+        hit = [v for k, v in suite["worst_case"].items() if k.startswith(threat + "@")]
+        return acc(hit[0]) if hit else DASH
+
+    published = [[p["name"], f"{p['threat_model']} {p['eps']:g}", num(p["clean_acc"]), num(p.get("autoattack_acc")),
+                  num(p.get("reported"))] for p in d.get("published", [])]
+    ours = []
+    for name, m in d.get("models", {}).items():
+        aa = m.get("autoattack", {})
+        ours.append([f"`{name}`", acc(m.get("clean")), acc((aa.get("linf") or {}).get("worst_case")),
+                     acc((aa.get("l2") or {}).get("worst_case")), worst(m.get("standard_suite"), "linf"),
+                     worst(m.get("standard_suite"), "l2"), num((m.get("training") or {}).get("cpu_hours"), 3)])
+    n = {m.get("clean", {}).get("n") for m in d.get("models", {}).values()} - {None}
+    return "\n\n".join([
+        "Published (percent; AutoAttack on 10,000 test images unless noted):",
+        table(["model", "threat", "clean", "AutoAttack", "reported"], published),
+        (f"Trained here (fractions with 95 % Wilson intervals; the first {', '.join(map(str, sorted(n))) or '—'} test "
+         "images; AutoAttack 'standard' at its published budget; the `standard` suite's worst case; training CPU "
+         "hours summed per epoch):"),
+        table(["model", "clean", "AA ℓ∞ 0.3", "AA ℓ2 2.0", "suite ℓ∞ 0.3", "suite ℓ2 2.0", "train CPU h"],
+              ours or [[DASH] * 7])])
+
+
 RENDERERS = {"projection_speed": projection_speed, "evaluation_speed": evaluation_speed, "cs_mnist": cs_mnist, "defense_mnist": defense_mnist,
              "manifold_at_mnist": manifold_at_mnist, "manifold_at_mnist_timing": manifold_at_mnist_timing,
              "guided_mnist": guided_mnist, "random_relu": random_relu, "attack_efficiency": attack_efficiency,
              "batch_invariance": batch_invariance, "generator_quality": generator_quality,
-             "gradient_agreement": gradient_agreement}
+             "gradient_agreement": gradient_agreement, "robust_mnist_estimate": robust_mnist_estimate,
+             "robust_mnist": robust_mnist}
 
 
 # ---------------------------------------------------------------------------------------------- README

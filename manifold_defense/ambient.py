@@ -46,12 +46,16 @@ class RandomMeasurement(nn.Module):
 
     def sample(self, n: int, generator: torch.Generator | None = None,
                device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        """Fresh parameters θ for ``n`` samples (tensors with a leading batch dimension), drawn on the CPU from
+        ``generator`` so that a seeded run is the same on every device."""
         raise NotImplementedError
 
     def apply(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``A_θ(x)`` with the given parameters, differentiable in ``x``."""
         raise NotImplementedError
 
     def config(self) -> dict[str, Any]:
+        """The family and its settings (stored in a training checkpoint's configuration)."""
         return {"measurement": self.name, "image_shape": list(self.image_shape)}
 
     def _check(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> None:
@@ -83,13 +87,17 @@ class BlockPixels(RandomMeasurement):
         self.p = float(p)
 
     def config(self) -> dict[str, Any]:
+        """The family, the image shape and ``p``."""
         return super().config() | {"p": self.p}
 
-    def sample(self, n, generator=None, device="cpu"):
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        """A 0/1 pixel mask per sample (1: kept, with probability 1 − p)."""
         _, h, w = self.image_shape
         return {"mask": (_uniform((n, 1, h, w), generator, device) >= self.p).float()}
 
-    def apply(self, x, params):
+    def apply(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The kept pixels, scaled by 1 / (1 − p); the others 0."""
         self._check(x, params)
         return x * params["mask"].to(x.dtype) / (1 - self.p)
 
@@ -109,12 +117,16 @@ class BlurNoise(RandomMeasurement):
         self.blur_sigma, self.size = float(blur_sigma), int(size)
 
     def config(self) -> dict[str, Any]:
+        """The family, the image shape, the noise and the blur."""
         return super().config() | {"sigma": self.sigma, "blur_sigma": self.blur_sigma, "size": self.size}
 
-    def sample(self, n, generator=None, device="cpu"):
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        """The additive noise of each sample."""
         return {"noise": self.sigma * torch.randn(n, *self.image_shape, generator=generator).to(device)}
 
-    def apply(self, x, params):
+    def apply(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The blurred image plus its noise."""
         self._check(x, params)
         return self.blur(x) + params["noise"].to(x.dtype)
 
@@ -133,9 +145,12 @@ class KeepPatch(RandomMeasurement):
         self.size = int(size)
 
     def config(self) -> dict[str, Any]:
+        """The family, the image shape and the patch size."""
         return super().config() | {"size": self.size}
 
-    def sample(self, n, generator=None, device="cpu"):
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        """The 0/1 mask of each sample's patch (its top-left corner uniform over the places it fits)."""
         _, h, w = self.image_shape
         top = (_uniform((n,), generator, "cpu") * (h - self.size + 1)).long().clamp(max=h - self.size)
         left = (_uniform((n,), generator, "cpu") * (w - self.size + 1)).long().clamp(max=w - self.size)
@@ -144,7 +159,8 @@ class KeepPatch(RandomMeasurement):
         in_cols = (cols[None] >= left[:, None]) & (cols[None] < left[:, None] + self.size)
         return {"mask": (in_rows[:, :, None] & in_cols[:, None, :]).float()[:, None].to(device)}
 
-    def apply(self, x, params):
+    def apply(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The patch; the rest 0."""
         self._check(x, params)
         return x * params["mask"].to(x.dtype)
 
