@@ -230,10 +230,12 @@ def evaluate_rows(args, started: dict) -> dict:
         with torch.inference_mode():
             correct = int((clf(x).argmax(1) == y).sum())
         row["clean"] = _acc(correct, len(y))
-        row["autoattack"] = {t: _attack(clf, x, y, f"autoattack_{t}", t, folder / name / f"autoattack_{t}", args)
-                             for t in ("linf", "l2")}
-        row["standard_suite"] = _suite(clf, x, y, folder / name / "standard", args, ("linf", "l2"), classifier=clf)
         models[name] = row
+        row["autoattack"] = {}
+        for t in ("linf", "l2"):  # each evaluation lands in the JSON as it finishes: a long row shows its progress
+            row["autoattack"][t] = _attack(clf, x, y, f"autoattack_{t}", t, folder / name / f"autoattack_{t}", args)
+            save()
+        row["standard_suite"] = _suite(clf, x, y, folder / name / "standard", args, ("linf", "l2"), classifier=clf)
         save()
         if args.defended_n:
             gen = zoo.get("mnist-vae20", progress=False)
