@@ -26,7 +26,7 @@ binarisation (the paper's "binary ABS" is a different model).
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from typing import Callable
 
 import torch
 from torch import nn
@@ -78,16 +78,30 @@ class AnalysisBySynthesis(nn.Module):
             int(steps), float(lr)
         self.encoder_start = bool(encoder_start) and all(isinstance(m, Encoded) for m in models)
         self.scale, self.seed, self.min_rows = float(scale), int(seed), int(min_rows)
-        self._cache: tuple | None = None  # (key, candidate latents, their images per class)
+        self._cache: tuple | None = None  # (key, candidate latents, their images per class, their squared norms)
+        self._decoder: tuple | None = None  # (key, the stacked decode)
 
     # ---------------------------------------------------------------------------------------------- pieces
     def _models(self) -> list[nn.Module]:
         return [self.generator.condition(c) for c in range(self.num_classes)]
 
-    def _decode(self) -> "callable":
-        """``decode(z)``: latents ``(rows, C, k)`` → images ``(rows, C, n)``, class c's generator on ``z[:, c]``."""
+    def __getstate__(self) -> dict:
+        """Pickled without the stacked decode (a closure; rebuilt on first use): worker processes get the model."""
+        return {**self.__dict__, "_decoder": None}
+
+    def _key(self) -> tuple:
+        """Changes whenever a weight of the generator does (in place or replaced): what the caches are keyed by."""
+        p = list(self.generator.parameters())
+        return (p[0].device, p[0].dtype, tuple(t._version for t in p), tuple(t.data_ptr() for t in p))
+
+    def _decode(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``decode(z)``: latents ``(rows, C, k)`` → images ``(rows, C, n)``, class c's generator on ``z[:, c]``
+        (the stacked weights are kept until a weight changes: every forward of an attack reuses them)."""
         from torch.func import functional_call, stack_module_state
 
+        key = self._key()
+        if self._decoder is not None and self._decoder[0] == key:
+            return self._decoder[1]
         models = self._models()
         try:
             params, buffers = stack_module_state(models)
@@ -100,14 +114,14 @@ class AnalysisBySynthesis(nn.Module):
             return functional_call(base, (p, b), (z,)).flatten(1)
 
         batched = torch.vmap(one, in_dims=(0, 0, 1), out_dims=1)
-        return lambda z: batched(params, buffers, z)
+        self._decoder = (key, lambda z: batched(params, buffers, z))
+        return self._decoder[1]
 
     def _starts(self, x: torch.Tensor, decode) -> torch.Tensor:
         """Starting latents ``(n · R, C, k)``: the best candidate per (input, class), then the encoder's code."""
         n, k = x.shape[0], self.latent_dim
         p = next(self.generator.parameters())
-        key = (p.device, p.dtype, tuple(t._version for t in self.generator.parameters()),
-               tuple(t.data_ptr() for t in self.generator.parameters()))
+        key = self._key()
         if self._cache is None or self._cache[0] != key:
             gen = torch.Generator().manual_seed(self.seed)
             draws = torch.randn(int(round(self.candidates / (1 - self.dismiss))), k, generator=gen)

@@ -40,6 +40,17 @@ class TestSmoke:
         torch.testing.assert_close(alone, together[:9], rtol=0, atol=0)
 
 
+    def test_pickles_after_use(self, abs_digits, digits_test):
+        """Evaluation workers receive the model pickled: the cached stacked decode must not travel."""
+        import pickle
+
+        x = digits_test.images[:20]
+        with torch.no_grad():
+            before = abs_digits(x)
+            again = pickle.loads(pickle.dumps(abs_digits))(x)
+        torch.testing.assert_close(again, before, rtol=0, atol=0)
+
+
 class TestGradient:
     def test_gradient_is_danskins(self, abs_digits, digits_test):
         """∂l_c/∂x = −scale · 2 (x − G_c(ẑ_c)) / n at the fitted latents (the envelope theorem)."""
