@@ -19,7 +19,7 @@ class TestSmoke:
         with torch.no_grad():
             logits = abs_digits(x)
         assert logits.shape == (100, 10) and bool(torch.isfinite(logits).all())
-        assert float((logits.argmax(1) == y).float().mean()) > 0.85  # 0.97 measured
+        assert float((logits.argmax(1) == y).float().mean()) > 0.85  # 0.95 measured
 
     def test_descent_improves_on_the_best_candidate(self, digits_class_vaes, digits_test):
         """From the best of a few random latents, the engine's Adam steps fit every class better (the true
