@@ -145,7 +145,8 @@ def train_wgan(
     generator's samples, fresh parameters θ for every sample and step (drawn from the checkpointed data
     generator, so a resumed run draws what an uninterrupted one would); ``measure='ignore'`` is the paper's
     baseline that compares real measurements with unmeasured samples. ``real_measured=True``: ``x_train``
-    already holds the measurements (a user's corrupted data); else each real batch is measured afresh.
+    already holds the measurements (a user's corrupted data; ``x_test`` then too); else each real batch is measured
+    afresh.
     """
     # measured data need not lie in [0, 1] (noise; block-pixels' rescaled pixels)
     check_images(x_train, generator.output_shape, name="x_train", **({"bounds": None} if real_measured else {}))
