@@ -67,6 +67,26 @@ class TestSmoke:
         assert all(p.grad is not None for p in model.parameters())
         assert model.training
 
+    @pytest.mark.parametrize("preset", ["pgd_at", "trades", "rmd", "combined"])
+    def test_preset_step_size_reaches_the_adversary(self, preset, digits_vae, digits_class_vaes, digits_classifier,
+                                                    digits_test):
+        """``step_size`` is the image PGD step of every preset that has one: the examples are the ones an objective
+        built with that step crafts, and differ from the default step's (2.5 ε / steps)."""
+        gen = digits_class_vaes if preset == "combined" else digits_vae
+        x, y = digits_test.images[:16], digits_test.labels[:16]
+
+        def crafted(obj):
+            inner = getattr(obj, "madry", obj)
+            torch.manual_seed(0)
+            return inner.craft(digits_classifier, x) if preset == "trades" else inner.craft(digits_classifier, x, y)
+
+        kw = dict(epsilon=0.3, norm="linf", steps=3)
+        obj = objective_preset(preset, gen, step_size=0.002, **kw)
+        ref = (TradesObjective if preset == "trades" else MadryObjective)(step_size=0.002, **kw)
+        assert obj.config().get("step_size", obj.config().get("off", {}).get("step_size")) == 0.002
+        assert torch.equal(crafted(obj), crafted(ref))
+        assert not torch.equal(crafted(obj), crafted(objective_preset(preset, gen, **kw)))
+
     def test_trades_inner_maximisation_raises_the_kl(self, digits_classifier, digits_test):
         """TRADES' adversary ascends KL(f(x) ‖ f(x')): after its steps the KL is far above the start's."""
         x = digits_test.images[:64]
