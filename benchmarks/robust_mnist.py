@@ -215,11 +215,17 @@ def _warm_start(model, init: str, seed: int, path: Path) -> dict:
     return ident
 
 
+def _probe_folder(name: str, digest: str) -> Path:
+    return RESULTS / "robust_mnist" / name / f"probe-{digest[:12]}"
+
+
 def probe(args, started: dict) -> dict:
     """APGD-CE (pyautoattack, 100 iterations) at ℓ∞ 0.3 on the first ``--n`` test images of each recipe's latest
     checkpoint, finished or not: a cheap upper bound on AutoAttack's robust accuracy, taken after an epoch to decide
-    whether more training is worth its CPU hours. Not a leaderboard number (that is ``evaluate``)."""
+    whether more training is worth its CPU hours. Recorded per sample (``<recipe>/probe-<weights digest>``), so the
+    finished model's worst case counts what it broke."""
     from manifold_defense.attacks import AutoAttack
+    from manifold_defense.eval import AttackSpec
 
     out_path = RESULTS / "robust_mnist_probe.json"
     result = json.loads(out_path.read_text()) if out_path.is_file() else {"probes": []}
@@ -233,14 +239,17 @@ def probe(args, started: dict) -> dict:
         ckpt = load_checkpoint(path)
         clf = load_model(path).eval()
         c0, t0 = _cpu(), time.perf_counter()
-        with torch.inference_mode():
-            clean = int((clf(x).argmax(1) == y).sum())
-        attack = AutoAttack(norm="linf", version="custom", attacks=["apgd-ce"], batch_size=args.batch_size)
-        robust = int((~attack(clf, x, y, epsilon=EPSILONS["linf"]).success).sum())
+        spec = AttackSpec("apgd_ce_linf", AutoAttack(norm="linf", version="custom", attacks=["apgd-ce"]),
+                          [EPSILONS["linf"]], "linf")
+        folder = _probe_folder(name, ckpt["digest"])
+        ev = evaluate(clf, x, y, [spec], batch_size=args.batch_size, out_dir=folder, progress=not args.quiet,
+                      dataset="mnist", workers=args.workers).to_dict()
+        (robust,) = ev["worst_case"].values()
         entry = {"recipe": name, "epochs_done": ckpt["metadata"]["epochs_done"], "complete": ckpt["complete"],
-                 "digest": ckpt["digest"], "clean": _acc(clean, len(y)), "apgd_ce_linf_0.3": _acc(robust, len(y)),
-                 "cpu_seconds": _cpu() - c0, "wall_seconds": time.perf_counter() - t0, "provenance": started}
-        result["probes"].append(entry)
+                 "digest": ckpt["digest"], "clean": ev["clean"], "apgd_ce_linf_0.3": robust,
+                 "folder": str(folder.relative_to(REPO_ROOT)), "cpu_seconds": _cpu() - c0,
+                 "wall_seconds": time.perf_counter() - t0, "provenance": started}
+        result["probes"] = [p for p in result["probes"] if p["digest"] != ckpt["digest"]] + [entry]
         atomic_write_text(out_path, json.dumps(result, indent=2))
         print(json.dumps({k: entry[k] for k in ("recipe", "epochs_done", "clean", "apgd_ce_linf_0.3")}))
     return result
@@ -258,6 +267,29 @@ def _attack(model, x, y, name: str, threat: str, folder: Path, args, **kw) -> di
                   dataset="mnist", workers=args.workers)
     (worst,) = ev.to_dict()["worst_case"].values()  # one attack at one ε
     return {"worst_case": worst, "folder": str(folder.relative_to(REPO_ROOT))}
+
+
+def _worst_over(folders: list[Path], threat: str, epsilon: float, n: int) -> dict:
+    """Per sample, robust only if clean-correct and unbroken by every attack at (``threat``, ``epsilon``) in every
+    folder: the worst case over separate evaluations of one model on the same first ``n`` images (AutoAttack and
+    the suite each miss points the other finds)."""
+    from manifold_defense.eval.records import read_records
+
+    correct: dict[int, bool] = {}
+    broken: set[int] = set()
+    for folder in folders:
+        for r in read_records(folder / "records.jsonl"):
+            if r["kind"] == "clean":
+                for i, c in zip(r["indices"], r.get("correct_all", r["correct"])):
+                    if correct.setdefault(i, bool(c)) != bool(c):
+                        raise RuntimeError(f"{folder}: sample {i}'s clean answer differs between evaluations")
+            elif r["threat"] == threat and math.isclose(r["epsilon"], epsilon):
+                broken.update(i for i, b in zip(r["indices"], r.get("broken_any", r["broken"])) if b)
+    if sorted(correct) != list(range(n)):
+        raise RuntimeError(f"the evaluations in {[str(f) for f in folders]} do not cover the first {n} images")
+    out = _acc(sum(c and i not in broken for i, c in correct.items()), n)
+    out["from"] = [str(f.relative_to(REPO_ROOT)) for f in folders]
+    return out
 
 
 def _suite(model, x, y, folder: Path, args, threats, **kw) -> dict:
@@ -307,6 +339,10 @@ def evaluate_rows(args, started: dict) -> dict:
             row["autoattack"][t] = _attack(clf, x, y, f"autoattack_{t}", t, folder / name / f"autoattack_{t}", args)
             save()
         row["standard_suite"] = _suite(clf, x, y, folder / name / "standard", args, ("linf", "l2"), classifier=clf)
+        probed = _probe_folder(name, load_checkpoint(path)["digest"])  # APGD-CE run on these weights, if any
+        row["worst_case"] = {t: _worst_over([folder / name / f"autoattack_{t}", folder / name / "standard"]
+                                            + ([probed] if t == "linf" and probed.is_dir() else []), t,
+                                            EPSILONS[t], len(y)) for t in ("linf", "l2")}
         save()
         if args.defended_n:
             gen = zoo.get("mnist-vae20", progress=False)
