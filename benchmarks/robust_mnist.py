@@ -250,6 +250,7 @@ def probe(args, started: dict) -> dict:
                  "folder": str(folder.relative_to(REPO_ROOT)), "cpu_seconds": _cpu() - c0,
                  "wall_seconds": time.perf_counter() - t0, "provenance": started}
         result["probes"] = [p for p in result["probes"] if p["digest"] != ckpt["digest"]] + [entry]
+        result["provenance"] = started  # the last probe's; each entry keeps its own
         atomic_write_text(out_path, json.dumps(result, indent=2))
         print(json.dumps({k: entry[k] for k in ("recipe", "epochs_done", "clean", "apgd_ce_linf_0.3")}))
     return result
