@@ -21,7 +21,7 @@ from manifold_defense.generators.base import SequentialGenerator
 from manifold_defense.generators.class_conditional import ClassVAEs
 from manifold_defense.protocols import ClassConditional, Encoded
 from manifold_defense.generators.vae import VAE
-from manifold_defense.utils import batched_apply, minibatches, seed_everything
+from manifold_defense.utils import batched_apply, evaluation_mode, minibatches, seed_everything
 from manifold_defense.validation import InputError, check_images, check_labels
 
 __all__ = ["train_vae", "train_wgan", "reconstruction_mse"]
@@ -148,8 +148,11 @@ def train_wgan(
     already holds the measurements (a user's corrupted data; ``x_test`` then too); else each real batch is measured
     afresh.
     """
-    # measured data need not lie in [0, 1] (noise; block-pixels' rescaled pixels)
-    check_images(x_train, generator.output_shape, name="x_train", **({"bounds": None} if real_measured else {}))
+    if real_measured and measurement is None:
+        raise InputError("real_measured=True needs the measurement the data went through (measurement=...)")
+    # measured data need not lie in [0, 1] (noise; block-pixels' rescaled pixels) nor be image-shaped
+    check_images(x_train, measurement.output_shape if real_measured else generator.output_shape, name="x_train",
+                 **({"bounds": None} if real_measured else {}))
     if iterations % iterations_per_epoch:
         raise ValueError("iterations must be a multiple of iterations_per_epoch")
     if loss not in ("wgan-gp", "hinge"):
@@ -161,8 +164,19 @@ def train_wgan(
     if measurement is not None and tuple(measurement.image_shape) != tuple(generator.output_shape):
         raise InputError(f"the measurement takes images of shape {tuple(measurement.image_shape)} but the generator "
                          f"makes {tuple(generator.output_shape)}")
-    if real_measured and measurement is None:
-        raise InputError("real_measured=True needs the measurement the data went through (measurement=...)")
+    if measurement is not None:
+        if measure == "ignore" and tuple(measurement.output_shape) != tuple(measurement.image_shape):
+            raise InputError(f"measure='ignore' shows the critic unmeasured samples beside measurements, but "
+                             f"{measurement.name!r} measurements are not images (shape {measurement.output_shape})")
+        # a critic of the wrong input shape fails here, not after the first epoch's work (eval mode: a spectral
+        # norm's power iteration is not advanced, so the training is the one it would have been)
+        with torch.no_grad(), evaluation_mode(critic):
+            try:
+                critic(torch.zeros(2, *measurement.output_shape, device=next(critic.parameters()).device))
+            except RuntimeError as e:
+                first = str(e).splitlines()[0]
+                raise InputError(f"the critic cannot take {measurement.name!r} measurements of shape "
+                                 f"{measurement.output_shape} ({first})") from None
     averaged = generator
     if ema > 0:  # train a copy, keep the average in `generator`
         generator = copy.deepcopy(averaged)
