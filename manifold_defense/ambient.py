@@ -23,8 +23,12 @@ corrupted data would be. ``make_measurement(name, shape, **kw)`` builds one by n
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -32,7 +36,7 @@ from manifold_defense.operators import Blur
 from manifold_defense.validation import InputError, check_images
 
 __all__ = ["RandomMeasurement", "BlockPixels", "BlurNoise", "KeepPatch", "GaussianProjection", "MEASUREMENTS",
-           "make_measurement", "measure_dataset"]
+           "make_measurement", "parse_measurement", "measure_dataset", "save_measured", "load_measured"]
 
 
 class RandomMeasurement(nn.Module):
@@ -43,6 +47,9 @@ class RandomMeasurement(nn.Module):
     training with another measurement is refused)."""
 
     name = "measurement"
+    #: the parameters a user may know of each measured image (a pixel mask: which pixels were kept), saved with
+    #: measured data and used by the 'unmeasure' baseline; the rest (noise) is never known
+    known_params: tuple[str, ...] = ()
 
     def __init__(self, image_shape: Sequence[int]) -> None:
         super().__init__()
@@ -95,6 +102,7 @@ class BlockPixels(RandomMeasurement):
     ``1 / (1 − p)`` (the measurement's mean is the image). ``params``: the 0/1 ``mask`` per sample."""
 
     name = "block_pixels"
+    known_params = ("mask",)
 
     def __init__(self, image_shape: Sequence[int], p: float = 0.5) -> None:
         super().__init__(image_shape)
@@ -167,6 +175,7 @@ class KeepPatch(RandomMeasurement):
     patch's ``mask``)."""
 
     name = "keep_patch"
+    known_params = ("mask",)
 
     def __init__(self, image_shape: Sequence[int], size: int = 14) -> None:
         super().__init__(image_shape)
@@ -248,6 +257,82 @@ def measure_dataset(measurement: RandomMeasurement, x: torch.Tensor, *, seed: in
             ys.append(measurement.apply(xb, params))
             ps.append(params)
     return torch.cat(ys), {k: torch.cat([p[k] for p in ps]) for k in ps[0]} if ps else {}
+
+
+def parse_measurement(spec: str, image_shape: Sequence[int]) -> RandomMeasurement:
+    """``"block_pixels:p=0.8"``, ``"blur_noise:sigma=0.1"``, ``"keep_patch:size=14"``, ``"gaussian_projection"``
+    → the measurement (numbers as ints where they are whole)."""
+    name, _, rest = spec.partition(":")
+    kwargs: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise InputError(f"measurement setting {item!r} is not key=value (e.g. block_pixels:p=0.8)")
+        try:
+            number = float(value)
+        except ValueError:
+            raise InputError(f"measurement setting {key}={value!r} is not a number") from None
+        kwargs[key.strip()] = int(number) if number.is_integer() and key.strip() == "size" else number
+    return make_measurement(name.strip(), image_shape, **kwargs)
+
+
+def _from_config(config: dict[str, Any]) -> RandomMeasurement:
+    kwargs = {k: v for k, v in config.items() if k not in ("measurement", "image_shape")}
+    return make_measurement(config.get("measurement", "?"), config.get("image_shape", ()), **kwargs)
+
+
+def save_measured(path: str | os.PathLike, y: torch.Tensor, measurement: RandomMeasurement,
+                  params: dict[str, torch.Tensor] | None = None) -> Path:
+    """Measured data as a user holds it: ``.npz`` with ``measurements`` (N, *output_shape), the measurement's
+    ``config`` (JSON) and, of ``params``, those a user could know per image (``known_params``: a pixel mask)."""
+    from manifold_defense.checkpoint import _atomic_write
+
+    path = Path(path)
+    if tuple(y.shape[1:]) != tuple(measurement.output_shape):
+        raise InputError(f"measurements of shape {tuple(y.shape[1:])} but {measurement.name!r} makes "
+                         f"{tuple(measurement.output_shape)}")
+    arrays = {"measurements": y.detach().cpu().float().numpy(),
+              "config": np.array(json.dumps(measurement.config()))}
+    for k in measurement.known_params:
+        if params is not None and k in params:
+            arrays[k] = params[k].detach().cpu().numpy().astype(np.uint8 if k == "mask" else np.float32)
+    _atomic_write(path, "wb", lambda f: np.savez_compressed(f, **arrays))
+    return path
+
+
+def load_measured(path: str | os.PathLike) -> tuple[torch.Tensor, RandomMeasurement, dict[str, torch.Tensor]]:
+    """``(measurements, measurement, known params)`` from a file of :func:`save_measured`; a file whose shapes
+    disagree with its measurement is a one-line error."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"measured data file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except Exception as e:  # not a zip, truncated ...
+        raise InputError(f"{path} is not a readable .npz of measurements ({type(e).__name__}: {e})") from None
+    missing = [k for k in ("measurements", "config") if k not in arrays]
+    if missing:
+        raise InputError(f"{path} lacks {' and '.join(missing)} (keys: measurements, config, and optional "
+                         "per-image parameters such as mask)")
+    try:
+        config = json.loads(str(arrays["config"]))
+    except json.JSONDecodeError:
+        raise InputError(f"{path}: config is not the JSON of a measurement") from None
+    measurement = _from_config(config)
+    y = torch.from_numpy(arrays["measurements"]).float()
+    if y.dim() != 1 + len(measurement.output_shape) or tuple(y.shape[1:]) != tuple(measurement.output_shape):
+        raise InputError(f"{path}: measurements of shape {tuple(y.shape)} but {measurement.name!r} on "
+                         f"{measurement.image_shape} images makes (N, {', '.join(map(str, measurement.output_shape))})")
+    params = {}
+    for k in measurement.known_params:
+        if k in arrays:
+            v = torch.from_numpy(arrays[k]).float()
+            expected = (len(y), 1, *measurement.image_shape[1:])
+            if tuple(v.shape) != expected:
+                raise InputError(f"{path}: {k} of shape {tuple(v.shape)}, expected {expected} (one per measurement)")
+            params[k] = v
+    return y, measurement, params
 
 
 def _skimage_restoration():

@@ -15,7 +15,7 @@ from manifold_defense.cli.common import (
     refuse_unused,
 )
 
-__all__ = ["add_parsers", "run_generator", "run_classifier", "PRESET_FLAGS"]
+__all__ = ["add_parsers", "run_generator", "run_classifier", "run_measure", "PRESET_FLAGS"]
 
 #: the flags each adv-train preset uses (argparse dests); any other preset flag given is refused
 PRESET_FLAGS = {"standard": set(), "pgd_at": {"epsilon", "norm", "attack_steps"},
@@ -56,7 +56,24 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="vae: hidden widths (default: 500 500 on MNIST, 256 256 on digits)")
     g.add_argument("--batch-size", type=positive_int, default=None, help="default: 100 vae / 50 wgan")
     g.add_argument("--lr", type=positive_float, default=None, help="Adam learning rate (default: 1e-3 vae / 1e-4 wgan)")
+    g.add_argument("--measured", default=None,
+                   help="wgan: train on measured (corrupted) data alone, an .npz of `manifold-defense measure` "
+                        "(AmbientGAN, Bora et al. 2018); --dataset is then unused")
+    g.add_argument("--measure", choices=["ambient", "ignore", "unmeasure"], default=None,
+                   help="with --measured: ambient (the critic sees measurements of the samples), ignore (raw samples), "
+                        "or unmeasure (invert each measurement, then a plain GAN) (default: ambient)")
     g.set_defaults(run=run_generator)
+    m = sub.add_parser("measure", help="measure a dataset once (AmbientGAN's corrupted data): an .npz for "
+                                       "train-generator --measured")
+    m.add_argument("--dataset", choices=["digits", "mnist"], default="mnist", help="the clean images measured")
+    m.add_argument("--data-path", default=None, help="MNIST file or folder (default: $MANIFOLD_DEFENSE_DATA)")
+    m.add_argument("--split", choices=["train", "test"], default="train", help="which split")
+    m.add_argument("--measurement", required=True,
+                   help="block_pixels:p=0.8, blur_noise:sigma=0.1, keep_patch:size=14 or gaussian_projection")
+    m.add_argument("--out", required=True, help="the .npz written (measurements, the measurement, known masks)")
+    m.add_argument("--seed", type=int, default=0, help="seed of the measurement parameters")
+    m.add_argument("--limit", type=positive_int, default=None, help="only the first N images (default: all)")
+    m.set_defaults(run=run_measure)
     for name, hlp in [("train-classifier", "train a classifier"),
                       ("adv-train", "adversarial training: Madry PGD, TRADES, fast FGSM, on-manifold, or the Robust "
                                     "Manifold Defense (torchrun-ready)")]:
@@ -102,8 +119,12 @@ def run_generator(args: argparse.Namespace) -> int:
     from manifold_defense.generators import VAE, DefenseGANGenerator, WGANCritic, train_vae, train_wgan
     from manifold_defense.validation import InputError
 
+    if args.measure is not None and args.measured is None:
+        raise InputError("--measure applies to measured data: give --measured FILE")
     if args.arch == "vae":
-        refuse_unused(args, set(), {"iterations": "--iterations"}, "--arch vae")
+        refuse_unused(args, set(), {"iterations": "--iterations", "measured": "--measured"}, "--arch vae")
+    elif args.measured is not None:
+        return _run_measured(args)
     else:
         refuse_unused(args, set(), {"epochs": "--epochs", "hidden": "--hidden"}, "--arch wgan")
         if args.dataset != "mnist":
@@ -131,6 +152,61 @@ def run_generator(args: argparse.Namespace) -> int:
                           lr=args.lr or 1e-4, seed=args.seed, path=out, metadata=meta)
     print(json.dumps(hist[-1]))
     print(f"saved {out}")
+    return 0
+
+
+def _run_measured(args: argparse.Namespace) -> int:
+    """WGAN-GP on measured data alone: AmbientGAN, or its 'ignore' / 'unmeasure' baselines (Bora et al. 2018)."""
+    import torch
+
+    from manifold_defense.ambient import load_measured
+    from manifold_defense.generators import DefenseGANGenerator, WGANCritic, train_wgan
+    from manifold_defense.validation import InputError
+
+    if args.iterations is not None and args.iterations > 100 and args.iterations % 100:
+        raise InputError(f"--iterations must be a multiple of 100 above 100 (checkpoints every 100), got "
+                         f"{args.iterations}")
+    device = check_device(args.device)
+    out = check_output_file(args.out)
+    y, measurement, params = load_measured(args.measured)
+    if tuple(measurement.image_shape) != (1, 28, 28):
+        raise InputError(f"the WGAN generator makes 1x28x28 images; {args.measured} measured "
+                         f"{'x'.join(map(str, measurement.image_shape))} ones")
+    mode = args.measure or "ambient"
+    if mode == "unmeasure":
+        missing = [k for k in measurement.known_params if k not in params]
+        if missing:
+            raise InputError(f"--measure unmeasure needs the {' and '.join(missing)} of every image; "
+                             f"{args.measured} does not hold it")
+        print(f"unmeasuring {len(y)} measurements ({measurement.name}) ...")
+        x, kwargs = measurement.unmeasure(y, params), {}
+    else:
+        x, kwargs = y, {"measurement": measurement, "measure": mode, "real_measured": True}
+    meta = {"dataset": f"measured:{args.measured}", "kind": "generator", "measured": measurement.config(),
+            "measure": mode}
+    torch.manual_seed(args.seed)
+    iterations = args.iterations or 2000
+    model = DefenseGANGenerator(latent_dim=args.latent_dim or 128).to(device)
+    critic = WGANCritic(channels=measurement.output_shape[0] if mode == "ambient" else 1).to(device)
+    hist = train_wgan(model, critic, x, iterations=iterations, iterations_per_epoch=min(100, iterations),
+                      batch_size=args.batch_size or 50, lr=args.lr or 1e-4, seed=args.seed, path=out, metadata=meta,
+                      **kwargs)
+    print(json.dumps(hist[-1]))
+    print(f"saved {out}")
+    return 0
+
+
+def run_measure(args: argparse.Namespace) -> int:
+    """Measure a dataset once with seeded parameters and save it as a user's corrupted data."""
+    from manifold_defense import data
+    from manifold_defense.ambient import measure_dataset, parse_measurement, save_measured
+
+    out = check_output_file(args.out)
+    measurement = parse_measurement(args.measurement, data.image_shape(args.dataset))
+    images = data.load(args.dataset, args.split, path=args.data_path, limit=args.limit).images
+    y, params = measure_dataset(measurement, images, seed=args.seed)
+    save_measured(out, y, measurement, params)
+    print(f"saved {len(y)} {measurement.name} measurements of {args.dataset} {args.split} -> {out}")
     return 0
 
 

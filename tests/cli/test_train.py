@@ -13,6 +13,67 @@ def _err(capsys) -> str:
     return err
 
 
+class TestMeasured:
+    """``measure`` then ``train-generator --measured``: AmbientGAN and its baselines from corrupted data alone."""
+
+    @pytest.mark.mnist
+    @pytest.mark.parametrize("spec, mode", [("block_pixels:p=0.8", "ambient"), ("block_pixels:p=0.8", "unmeasure"),
+                                            ("gaussian_projection", "ambient"), ("blur_noise:sigma=0.1", "ignore")])
+    def test_measure_then_train(self, spec, mode, tmp_path):
+        pytest.importorskip("skimage")
+        from manifold_defense.ambient import load_measured
+
+        data_file = tmp_path / "y.npz"
+        assert main(["measure", "--dataset", "mnist", "--split", "test", "--limit", "64", "--measurement", spec,
+                     "--out", str(data_file)]) == 0
+        y, m, params = load_measured(data_file)
+        assert len(y) == 64 and spec.startswith(m.name) and set(params) == set(m.known_params)
+        out = tmp_path / "g.pt"
+        assert main(["train-generator", "--arch", "wgan", "--measured", str(data_file), "--measure", mode,
+                     "--iterations", "4", "--batch-size", "16", "--latent-dim", "8", "--out", str(out)]) == 0
+        meta = load_model(out).metadata
+        assert meta["measure"] == mode and meta["measured"] == m.config()
+        config = meta["config"]
+        assert (config.get("measurement") == m.config()) == (mode != "unmeasure")
+
+    @pytest.mark.parametrize("argv, match", [
+        (["--measure", "ignore"], "--measure applies to measured data"),
+        (["--measured", "{missing}"], "not found"),
+        (["--measured", "{bad_shape}"], "measurements of shape"),
+        (["--measured", "{no_mask}", "--measure", "unmeasure"], "needs the mask"),
+        (["--measured", "{patch}", "--measure", "unmeasure"], "no inverse"),
+        (["--measured", "{small}"], "makes 1x28x28 images"),
+    ])
+    def test_bad_measured_data(self, argv, match, tmp_path, capsys):
+        import numpy as np
+        import torch
+
+        from manifold_defense.ambient import BlockPixels, KeepPatch, measure_dataset, save_measured
+
+        x = torch.rand(8, 1, 28, 28)
+        files = {"missing": tmp_path / "none.npz", "bad_shape": tmp_path / "bad.npz", "no_mask": tmp_path / "nm.npz",
+                 "patch": tmp_path / "patch.npz", "small": tmp_path / "small.npz"}
+        m = BlockPixels((1, 28, 28), p=0.5)
+        save_measured(files["no_mask"], m(x), m)
+        y, params = measure_dataset(KeepPatch((1, 28, 28)), x)
+        save_measured(files["patch"], y, KeepPatch((1, 28, 28)), params)
+        save_measured(files["small"], torch.rand(8, 1, 8, 8), BlockPixels((1, 8, 8)))
+        np.savez(files["bad_shape"], measurements=np.zeros((8, 1, 27, 28), np.float32),
+                 config=np.array('{"measurement": "block_pixels", "image_shape": [1, 28, 28], "p": 0.5}'))
+        argv = [a.format(**files) for a in argv]
+        assert main(["train-generator", "--arch", "wgan", *argv, "--iterations", "4", "--out",
+                     str(tmp_path / "g.pt")]) == 2
+        assert match in _err(capsys)
+        assert not (tmp_path / "g.pt").exists()
+
+    def test_bad_measurement_specs(self, tmp_path, capsys):
+        for spec, match in [("block_pixels:p=1.5", "[0, 1)"), ("blur:sigma=1", "unknown measurement"),
+                            ("block_pixels:p", "key=value"), ("keep_patch:size=big", "not a number")]:
+            assert main(["measure", "--dataset", "digits", "--measurement", spec, "--out",
+                         str(tmp_path / "y.npz")]) == 2
+            assert match in _err(capsys)
+
+
 class TestSmoke:
     def test_train_classifier_and_generator(self, tmp_path):
         assert main(["train-classifier", "--dataset", "digits", "--arch", "digits", "--epochs", "3",
