@@ -22,10 +22,11 @@ from manifold_defense.attacks.class_conditional import (
     ClassConditionalOverpowered,
     PerClassAttack,
 )
+from manifold_defense.attacks.latent_descent import LatentDescent
 from manifold_defense.attacks.on_manifold import LatentPGD, OnManifoldPGD, OverpoweredAttack
 from manifold_defense.attacks.pixel import FGSM, L2PGD, FastGradientSignMethod, LinfPGD, ProjectedGradientDescent
 from manifold_defense.attacks.range_target import RangeTarget, RangeTargetAttack, RangeTargetPGD
 
 __all__ = ["BPDA", "BackwardPassDifferentiableApproximation", "ImplicitPGD", "LatentReparam", "LatentReparameterization",
            "RangeTarget", "RangeTargetAttack", "RangeTargetPGD", "SurrogateTransfer", "UnrolledPGD", "margin_loss", "HopSkipJump", "OverpoweredAttack", "LatentPGD", "OnManifoldPGD", "AutoAttack", "CarliniWagnerL2", "Attack", "AttackResult", "Crafted", "FirstSuccess", "TransferAttack", "perturbation_norm", "FGSM", "FastGradientSignMethod", "LinfPGD", "L2PGD",
-           "ProjectedGradientDescent", "ClassConditionalLatentPGD", "ClassConditionalOverpowered", "PerClassAttack"]
+           "ProjectedGradientDescent", "LatentDescent", "ClassConditionalLatentPGD", "ClassConditionalOverpowered", "PerClassAttack"]

@@ -177,6 +177,14 @@ class AnalysisBySynthesis(nn.Module):
                 -1, 1, -1, self.latent_dim)).squeeze(1)
             return z[:n], obj.gather(1, pick[:, None]).squeeze(1)[:n]
 
+    def reconstructions(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every class's best fit of every input, ``(n, C, *input_shape)``, and the logits they give ``(n, C)``
+        (no gradient): the range points the latent-descent attack (Schott et al. 2019) walks towards."""
+        z, obj = self.fit(x)
+        with torch.no_grad():
+            images = self._decode()(self._padded(z))[: len(x)]
+        return images.view(len(x), self.num_classes, *self.input_shape), -self.scale * obj
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``−scale · (best fit of x by class c)``, differentiable in ``x`` (Danskin's gradient)."""
         z, _ = self.fit(x)
