@@ -303,7 +303,7 @@ def _worst_over(folders: list[Path], threat: str, epsilon: float, n: int, also_b
     if sorted(correct) != list(range(n)):
         raise RuntimeError(f"the evaluations in {[str(f) for f in folders]} do not cover the first {n} images")
     out = _acc(sum(c and i not in broken for i, c in correct.items()), n)
-    out["from"] = [str(f.relative_to(REPO_ROOT)) for f in folders]
+    out["from"] = [str(f.relative_to(REPO_ROOT)) if f.is_relative_to(REPO_ROOT) else str(f) for f in folders]
     return out
 
 
