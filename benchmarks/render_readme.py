@@ -495,6 +495,15 @@ def robust_mnist(d: dict) -> str:
                "**worst ℓ2 2.0**", "train CPU h"], ours or [[DASH] * 9])])
 
 
+def ambient_mnist_estimate(d: dict) -> str:
+    rows = [[f"`{k}`", num(v["cpu_seconds"], 3), str(v.get("iterations_timed", v.get("images_timed"))),
+             num(v.get("cpu_hours_per_run", v.get("cpu_hours_60000")), 3)] for k, v in d["runs"].items()]
+    return (f"What `benchmarks/ambient_mnist.py` costs here, timed on a few iterations or images and scaled: a training "
+            f"run of {d['iterations']:,} iterations, the 'unmeasure' inversion of 60,000 images, one generator's "
+            "CSGM / ILO evaluation (30 images × 3 m) and its defense's clean accuracy.\n\n"
+            + table(["part", "CPU s timed", "iterations / images timed", "CPU h scaled"], rows))
+
+
 def robust_mnist_probe(d: dict) -> str:
     rows = [[f"`{p['recipe']}`", str(p["epochs_done"]) + ("" if p["complete"] else " (unfinished)"),
              ci(p["clean"]["accuracy"], p["clean"].get("ci95")),
@@ -512,7 +521,8 @@ RENDERERS = {"projection_speed": projection_speed, "evaluation_speed": evaluatio
              "guided_mnist": guided_mnist, "random_relu": random_relu, "attack_efficiency": attack_efficiency,
              "batch_invariance": batch_invariance, "generator_quality": generator_quality,
              "gradient_agreement": gradient_agreement, "robust_mnist_estimate": robust_mnist_estimate,
-             "robust_mnist": robust_mnist, "robust_mnist_probe": robust_mnist_probe}
+             "robust_mnist": robust_mnist, "robust_mnist_probe": robust_mnist_probe,
+             "ambient_mnist_estimate": ambient_mnist_estimate}
 
 
 # ---------------------------------------------------------------------------------------------- README
