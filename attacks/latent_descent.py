@@ -16,15 +16,12 @@ import torch
 from torch import nn
 
 from manifold_defense.attacks.base import Attack, Crafted, FirstSuccess
+from manifold_defense.attacks.pixel import _identity
 from manifold_defense.inversion import descend
 from manifold_defense.inversion.constraints import ball_projection
 from manifold_defense.validation import InputError
 
 __all__ = ["LatentDescent"]
-
-
-def _identity(v: torch.Tensor) -> torch.Tensor:
-    return v
 
 
 class LatentDescent(Attack):

@@ -40,13 +40,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
-from common import REPO_ROOT, provenance, pyplot, save_figure
+from common import REPO_ROOT, cpu_seconds, provenance, pyplot, save_figure
 
 from manifold_defense import data, zoo
 from manifold_defense.ambient import load_measured, measure_dataset, parse_measurement, save_measured
@@ -86,9 +85,7 @@ def _methods(family: str) -> list[str]:
 RUNS = ["oracle"] + [f"{f}-{method}" for f in FAMILIES for method in _methods(f)]
 
 
-def _cpu() -> float:
-    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+_cpu = cpu_seconds
 
 
 def _folder() -> Path:

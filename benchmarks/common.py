@@ -113,3 +113,11 @@ def interval_yerr(values, intervals) -> list[list[float]]:
     # max(0, ·): a value stored in float32 can sit a rounding error outside its (float64) interval
     return [[max(0.0, v - lo) for v, (lo, _) in zip(values, intervals)],
             [max(0.0, hi - v) for v, (_, hi) in zip(values, intervals)]]
+
+
+def cpu_seconds() -> float:
+    """CPU seconds of this process and its finished children (worker processes), user + system."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime

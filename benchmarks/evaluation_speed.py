@@ -28,13 +28,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 from pathlib import Path
 
 import torch
-from common import REPO_ROOT, provenance, pyplot, save_figure
+from common import REPO_ROOT, cpu_seconds, provenance, pyplot, save_figure
 
 from manifold_defense import data, zoo
 from manifold_defense.checkpoint import atomic_write_text
@@ -54,9 +53,7 @@ EPSILONS = {"linf": [0.3], "l2": [3.8]}
 RESULTS = REPO_ROOT / "benchmarks" / "results"
 
 
-def _cpu() -> float:
-    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+_cpu = cpu_seconds
 
 
 def run_suite(row: str, suite: str, args, x, y, clf) -> dict:
