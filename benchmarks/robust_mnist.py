@@ -32,6 +32,8 @@ evaluations keep per-batch records under ``benchmarks/results/robust_mnist/``):
     python benchmarks/robust_mnist.py train --recipes pgd_at_linf [--epochs 20]
     python benchmarks/robust_mnist.py probe --recipes trades_linf_ft   # APGD-CE on the latest checkpoint
     python benchmarks/robust_mnist.py evaluate [--recipes ...] [--n 1000] [--defended-n 100] [--abs-n 100]
+    python benchmarks/robust_mnist.py export --recipes fast_linf trades_linf_ft   # -> the zoo's cache, checked
+    manifold-defense zoo ship mnist-fast-linf mnist-trades-linf                   # (maintainers) -> the package
 
 JSON: ``benchmarks/results/robust_mnist_estimate.json`` and ``benchmarks/results/robust_mnist.json``
 (``{"published": [...], "models": {row: {RobustBench fields, "n", "clean", "autoattack", "standard_suite",
@@ -53,11 +55,11 @@ import torch
 from common import REPO_ROOT, cpu_seconds, provenance
 
 from manifold_defense import data, zoo
-from manifold_defense.checkpoint import atomic_write_text, load_checkpoint
+from manifold_defense.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from manifold_defense.classifiers import DefenseGANClassifier
 from manifold_defense.defended import DefendedModel, ProjectionConfig
 from manifold_defense.eval import AttackBudget, build_attack, evaluate, sanity_checks, wilson_interval
-from manifold_defense.models import load_model
+from manifold_defense.models import build_model, load_model
 from manifold_defense.training import (FastObjective, MadryObjective, TradesObjective, objective_preset,
                                        train_classifier)
 from manifold_defense.utils import minibatches, seed_everything
@@ -226,6 +228,90 @@ def _warm_start(model, init: str, seed: int, path: Path) -> dict:
     return ident
 
 
+#: the recipes shipped with the package, by zoo name (``export`` checks that the zoo's recipe is this one)
+ZOO_NAMES = {"fast_linf": "mnist-fast-linf", "trades_linf_ft": "mnist-trades-linf"}
+
+
+def zoo_recipe_differences(name: str, entry: zoo.ZooEntry, config: dict, seed: int) -> dict:
+    """What differs between recipe ``name`` (as its checkpoint's ``config`` recorded it, with ``seed``) and zoo
+    ``entry``'s recipe: architecture, seed, start, training settings, objective (its ``config()``)."""
+    r, tc = RECIPES[name], entry.train_config
+    want = {"batch_size": tc["batch_size"], "lr": tc["lr"], "schedule": tc["schedule"], "seed": tc["seed"],
+            "epochs": tc["epochs"], "weight_decay": tc.get("weight_decay", 0.0),
+            "augment_shift": tc.get("augment_shift", 0), **zoo.objective_from_config(tc["objective"], progress=False).config()}
+    differ = {k: (config.get(k), v) for k, v in want.items() if config.get(k) != v}
+    if entry.arch_config != {"model": r.arch} or seed != tc["seed"]:
+        differ["architecture/seed"] = ((r.arch, seed), (entry.arch_config, tc["seed"]))
+    if ZOO_NAMES.get(r.init) != tc.get("init"):
+        differ["init"] = (r.init, tc.get("init"))
+    return differ
+
+
+def _check_zoo_recipe(name: str, entry: zoo.ZooEntry, ckpt: dict, seed: int) -> None:
+    """Refuse to export ``name``'s checkpoint as ``entry`` unless ``zoo build`` would train the same model: the same
+    recipe (:func:`zoo_recipe_differences`) from the same initial weights (from scratch: the seed's; warm: the zoo's
+    start, which must hold the weights this run started from)."""
+    r, tc = RECIPES[name], entry.train_config
+    differ = zoo_recipe_differences(name, entry, ckpt["metadata"]["config"], seed)
+    if differ:
+        raise SystemExit(f"{name}: the zoo's {entry.name} is another recipe (checkpoint, zoo): {differ}")
+    if r.init is None:  # from scratch: the zoo seeds and builds the model as train() does
+        torch.manual_seed(seed)
+        ours = DefenseGANClassifier(r.arch).state_dict()
+        torch.manual_seed(seed)
+        theirs = build_model(entry.arch, entry.arch_config).state_dict()
+        if any(not torch.equal(ours[k], theirs[k]) for k in ours):
+            raise SystemExit(f"{name}: the zoo builds other initial weights than train() for {entry.name}")
+    else:  # warm: started from the weights the zoo's start holds
+        start = load_checkpoint(checkpoint_path(r.init, seed))
+        if ckpt["metadata"]["init"]["digest"] != start["digest"]:
+            raise SystemExit(f"{name} was trained from other weights than {r.init}'s checkpoint holds now")
+        shipped = zoo.get(tc["init"], train=False, progress=False).state_dict()
+        if any(not torch.equal(v, shipped[k]) for k, v in start["modules"]["model"]["state_dict"].items()):
+            raise SystemExit(f"{name} starts from {r.init}, whose weights differ from the zoo's {tc['init']}: "
+                             f"export {r.init} first")
+
+
+def export(args) -> None:
+    """Each recipe's finished checkpoint as its zoo model, written to the zoo's cache (what ``manifold-defense zoo
+    build NAME`` would train; the recipe is checked to be the zoo's), with its leaderboard figures as its quality;
+    ``manifold-defense zoo ship NAME`` then puts it into the package."""
+    board = RESULTS / "robust_mnist.json"
+    rows = json.loads(board.read_text())["models"] if board.is_file() else {}
+    for name in args.recipes:
+        if name not in ZOO_NAMES:
+            raise SystemExit(f"{name} has no zoo name; exported recipes: {', '.join(ZOO_NAMES)}")
+        entry = zoo.ENTRIES[ZOO_NAMES[name]]
+        path = checkpoint_path(name, args.seed)
+        ckpt = load_checkpoint(path) if path.is_file() else None
+        if ckpt is None or not ckpt["complete"]:
+            raise SystemExit(f"{name}: no finished checkpoint at {path}; train it first")
+        _check_zoo_recipe(name, entry, ckpt, args.seed)
+        meta = ckpt["metadata"]
+        quality = dict(meta["quality"])
+        row = rows.get(name)
+        if row is not None and row.get("digest") == ckpt["digest"]:  # the leaderboard measured these weights
+            quality["leaderboard"] = "benchmarks/results/robust_mnist.json"
+            quality["training_cpu_hours"] = row["training"]["cpu_hours"]  # with the start's, for a warm start
+            for threat, res in row.get("autoattack", {}).items():
+                quality[f"autoattack_{threat}_{EPSILONS[threat]}"] = res["worst_case"]["accuracy"]
+                quality["autoattack_n"] = res["worst_case"]["n"]
+            for threat, res in row.get("worst_case", {}).items():
+                quality[f"worst_case_{threat}_{EPSILONS[threat]}"] = res["accuracy"]
+        zmeta = {"zoo_name": entry.name, "zoo_spec": entry.spec(), "dataset": "mnist", "kind": "classifier",
+                 "description": entry.description, "architecture": entry.arch, "config": meta["config"],
+                 "history": meta["history"], "epochs_done": meta["epochs_done"], "quality": quality,
+                 "train_seconds": float(sum(h.get("seconds", 0.0) for h in meta["history"])),
+                 "library_version": meta.get("library_version"),
+                 "exported_from": f"benchmarks/robust_mnist.py {name} (seed {args.seed}, digest {ckpt['digest'][:12]})"}
+        if "init" in meta:
+            zmeta["init"] = {**meta["init"], "zoo_name": entry.train_config["init"]}
+        out = zoo.path(entry.name)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(out, {**ckpt, "metadata": zmeta})
+        print(f"{name} -> {out}; ship it with `manifold-defense zoo ship {entry.name}`")
+
+
 def _probe_folder(name: str, digest: str) -> Path:
     return RESULTS / "robust_mnist" / name / f"probe-{digest[:12]}"
 
@@ -350,6 +436,7 @@ def evaluate_rows(args, started: dict) -> dict:
                "additional_data": False, "venue": "this repository", "recipe": RECIPES[name].description,
                "training": {"epochs": len(hist), "cpu_hours": sum(h.get("cpu_seconds", math.nan) for h in hist) / 3600,
                             "wall_hours": sum(h["seconds"] for h in hist) / 3600}}
+        row["digest"] = load_checkpoint(path)["digest"]  # the weights measured (export checks it)
         init = load_checkpoint(path)["metadata"].get("init")
         if init is not None:  # a warm start: the model it started from is part of what it cost
             row["training"].update(init=init, own_cpu_hours=row["training"]["cpu_hours"],
@@ -413,7 +500,7 @@ def evaluate_rows(args, started: dict) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("step", choices=["estimate", "train", "probe", "evaluate"])
+    p.add_argument("step", choices=["estimate", "train", "probe", "evaluate", "export"])
     p.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     p.add_argument("--epochs", type=int, default=None, help="train: override the recipe's epochs")
     p.add_argument("--seed", type=int, default=0)
@@ -436,6 +523,8 @@ def main(argv=None) -> int:
         train(args)
     elif args.step == "probe":
         probe(args, started)
+    elif args.step == "export":
+        export(args)
     else:
         evaluate_rows(args, started)
     return 0

@@ -23,10 +23,10 @@ from manifold_defense import data
 from manifold_defense.checkpoint import CheckpointError, file_lock, load_checkpoint, same_config, save_checkpoint
 from manifold_defense.models import build_model, load_model, model_from_payload
 from manifold_defense.shipped import manifest, shipped_payload
-from manifold_defense.utils import resolve_device
+from manifold_defense.utils import resolve_device, state_digest
 from manifold_defense.validation import InputError
 
-__all__ = ["ZooEntry", "ENTRIES", "get", "build", "path", "status", "names"]
+__all__ = ["ZooEntry", "ENTRIES", "get", "build", "path", "status", "names", "objective_from_config"]
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,10 @@ class ZooEntry:
     dataset: str
     arch: str
     arch_config: dict[str, Any]
-    trainer: str  # "vae", "wgan", "encoder" (for the generator named train_config["base"]) or "classifier"
+    #: "vae", "wgan", "encoder" (for the generator named train_config["base"]) or "classifier" (train_config may name
+    #: an ``objective``: :func:`~manifold_defense.training.objective_preset`'s arguments, its generator a zoo name;
+    #: and an ``init``: the zoo model whose weights it starts from)
+    trainer: str
     train_config: dict[str, Any]
     description: str
     budget_minutes: float
@@ -51,6 +54,11 @@ class ZooEntry:
                 "train_config": self.train_config, "dataset": self.dataset}
         if self.trainer == "encoder":  # an encoder fitted to another generator is another model
             spec["base_spec"] = ENTRIES[self.train_config["base"]].spec()
+        if "init" in self.train_config:  # a warm start: the model it starts from is part of the recipe
+            spec["init_spec"] = ENTRIES[self.train_config["init"]].spec()
+        generator = self.train_config.get("objective", {}).get("generator")
+        if generator is not None:  # an objective on a generator's range: that generator is part of the recipe
+            spec["generator_spec"] = ENTRIES[generator].spec()
         return spec
 
 
@@ -165,6 +173,27 @@ ENTRIES: dict[str, ZooEntry] = {
             budget_minutes=15.0,
         ),
         ZooEntry(
+            name="mnist-fast-linf", kind="classifier", dataset="mnist", arch="defensegan-classifier",
+            arch_config={"model": "A"}, trainer="classifier",
+            train_config={"epochs": 10, "batch_size": 100, "lr": 5e-3, "schedule": "cyclic", "seed": 0,
+                          "objective": {"preset": "fast", "norm": "linf", "epsilon": 0.3}},
+            description="Defense-GAN classifier A on MNIST, fast adversarial training (Wong, Rice, Kolter 2020: FGSM "
+                        "of 1.25 eps from a random start, Linf eps 0.3, cyclic lr up to 5e-3, batch 100, 10 epochs; "
+                        "benchmarks/robust_mnist.py fast_linf)",
+            budget_minutes=20.0,
+        ),
+        ZooEntry(
+            name="mnist-trades-linf", kind="classifier", dataset="mnist", arch="defensegan-classifier",
+            arch_config={"model": "A"}, trainer="classifier",
+            train_config={"epochs": 3, "batch_size": 128, "lr": 5e-4, "schedule": "cosine", "seed": 0,
+                          "init": "mnist-fast-linf",
+                          "objective": {"preset": "trades", "norm": "linf", "epsilon": 0.3, "steps": 40,
+                                        "step_size": 0.01}},
+            description="mnist-fast-linf fine-tuned with TRADES (Zhang et al. 2019: beta 1, Linf eps 0.3, 40 steps of "
+                        "0.01; Adam 5e-4, cosine, 3 epochs; benchmarks/robust_mnist.py trades_linf_ft)",
+            budget_minutes=150.0,
+        ),
+        ZooEntry(
             name="digits-class-vaes", kind="generator", dataset="digits", arch="class-vaes",
             arch_config={"image_shape": [1, 8, 8], "latent_dim": 4, "hidden": [128, 128], "num_classes": 10},
             trainer="vae", train_config={"epochs": 300, "batch_size": 64, "lr": 1e-3, "seed": 0},
@@ -186,6 +215,17 @@ ENTRIES: dict[str, ZooEntry] = {
         _classifier("mnist-classifier-d", "D", 20, 5.0),
     ]
 }
+
+
+def objective_from_config(config: dict[str, Any], *, device: str | torch.device = "cpu",
+                          progress: bool = True) -> Any:
+    """The training objective a zoo recipe names: ``{"preset": NAME, **objective_preset's keywords}``, its
+    ``generator`` (for 'stutz', 'rmd', 'combined') a zoo name, loaded (or built) on ``device``."""
+    from manifold_defense.training import objective_preset
+
+    kwargs = dict(config)
+    preset, generator = kwargs.pop("preset"), kwargs.pop("generator", None)
+    return objective_preset(preset, get(generator, device=device, progress=progress) if generator else None, **kwargs)
 
 
 def names() -> list[str]:
@@ -341,6 +381,13 @@ def _train(entry: ZooEntry, file: Path, device: torch.device, progress: bool) ->
             from manifold_defense.training import MadryObjective
 
             cfg["objective"] = MadryObjective(**adversary)
+        if "objective" in cfg:
+            cfg["objective"] = objective_from_config(cfg["objective"], device=device, progress=progress)
+        init = cfg.pop("init", None)
+        if init is not None:  # a warm start (a resumed build then continues from its own checkpoint)
+            start = get(init, device=device, progress=progress)
+            model.load_state_dict(start.state_dict())
+            meta["init"] = {"zoo_name": init, "state_digest": state_digest(start)}
         train_classifier(model, train.images, train.labels, test=(test.images, test.labels), path=file,
                          metadata=meta, progress=progress, **cfg)
     # Record the wall time of this (possibly resumed) build next to the quality numbers.

@@ -56,3 +56,39 @@ def test_worst_over_refuses_mixed_models_and_missing_samples(robust_mnist, digit
         robust_mnist._worst_over([tmp_path / "a", tmp_path / "b"], "linf", 0.1, 32)
     with pytest.raises(RuntimeError, match="do not cover"):
         robust_mnist._worst_over([tmp_path / "a"], "linf", 0.1, 40)
+
+
+def _recorded_config(robust_mnist, name: str, seed: int = 0) -> dict:
+    """The ``config`` train_classifier records for benchmark recipe ``name`` (as its checkpoint would hold it)."""
+    r = robust_mnist.RECIPES[name]
+    return {"batch_size": r.batch_size, "lr": r.lr, "schedule": r.schedule, "seed": seed, "epochs": r.epochs,
+            "weight_decay": 0.0, "augment_shift": 0, **r.objective().config()}
+
+
+@pytest.mark.parametrize("name", ["fast_linf", "trades_linf_ft"])
+def test_exported_recipes_are_the_zoo_recipes(robust_mnist, name):
+    """The zoo builds what the benchmark trained and exports (one edited without the other fails here)."""
+    from manifold_defense import zoo
+
+    entry = zoo.ENTRIES[robust_mnist.ZOO_NAMES[name]]
+    config = _recorded_config(robust_mnist, name)
+    assert robust_mnist.zoo_recipe_differences(name, entry, config, 0) == {}
+    assert set(robust_mnist.zoo_recipe_differences(name, entry, {**config, "lr": 1e-3}, 0)) == {"lr"}
+    assert set(robust_mnist.zoo_recipe_differences(name, entry, {**config, "step_size": 0.02}, 0)) == {"step_size"}
+    assert "architecture/seed" in robust_mnist.zoo_recipe_differences(name, entry, config, 1)
+
+
+def test_export_refuses_another_recipe_and_unfinished_runs(robust_mnist, monkeypatch, tmp_path):
+    from manifold_defense import zoo
+
+    entry = zoo.ENTRIES["mnist-fast-linf"]
+    ckpt = {"metadata": {"config": {**_recorded_config(robust_mnist, "fast_linf"), "epochs": 9}}}
+    with pytest.raises(SystemExit, match="another recipe.*epochs"):
+        robust_mnist._check_zoo_recipe("fast_linf", entry, ckpt, 0)
+    monkeypatch.setattr(robust_mnist, "checkpoint_path", lambda name, seed: tmp_path / f"{name}.pt")
+    args = type("Args", (), {"recipes": ["fast_linf"], "seed": 0})
+    with pytest.raises(SystemExit, match="no finished checkpoint"):
+        robust_mnist.export(args)
+    args.recipes = ["standard"]
+    with pytest.raises(SystemExit, match="no zoo name"):
+        robust_mnist.export(args)

@@ -72,6 +72,41 @@ class TestReproducibility:
         assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
+class TestWarmStart:
+    def test_a_classifier_recipe_starts_from_another_zoo_model_with_its_objective(self, tmp_path, monkeypatch):
+        """``init`` loads the named model's weights before training (with lr 0 they are what comes out) and
+        ``objective`` builds the named preset (recorded in the checkpoint's training config)."""
+        monkeypatch.setenv("MANIFOLD_DEFENSE_CACHE", str(tmp_path))
+        base = dataclasses.replace(zoo.ENTRIES["digits-classifier"],
+                                   train_config={**zoo.ENTRIES["digits-classifier"].train_config, "epochs": 1})
+        monkeypatch.setitem(zoo.ENTRIES, "digits-classifier", base)
+        tuned = dataclasses.replace(base, name="digits-tuned", train_config={
+            "epochs": 1, "batch_size": 128, "lr": 0.0, "schedule": "constant", "seed": 1, "init": "digits-classifier",
+            "objective": {"preset": "pgd_at", "norm": "l2", "epsilon": 0.5, "steps": 2}})
+        monkeypatch.setitem(zoo.ENTRIES, "digits-tuned", tuned)
+        start, model = zoo.get("digits-classifier", progress=False), zoo.get("digits-tuned", progress=False)
+        assert all(torch.equal(v, start.state_dict()[k]) for k, v in model.state_dict().items())
+        meta = load_checkpoint(zoo.path("digits-tuned"))["metadata"]
+        assert meta["init"]["zoo_name"] == "digits-classifier"
+        assert (meta["config"]["norm"], meta["config"]["epsilon"], meta["config"]["steps"]) == ("l2", 0.5, 2)
+        assert meta["zoo_spec"]["init_spec"] == base.spec()
+
+    def test_a_warm_start_of_another_model_is_another_recipe(self, monkeypatch):
+        start = zoo.ENTRIES["mnist-fast-linf"]
+        spec = zoo.ENTRIES["mnist-trades-linf"].spec()
+        assert spec["init_spec"] == start.spec()
+        longer = dataclasses.replace(start, train_config={**start.train_config, "epochs": 12})
+        monkeypatch.setitem(zoo.ENTRIES, "mnist-fast-linf", longer)
+        assert zoo.ENTRIES["mnist-trades-linf"].spec() != spec
+
+    def test_an_objective_names_a_zoo_generator(self):
+        objective = zoo.objective_from_config({"preset": "pgd_at", "norm": "linf", "epsilon": 0.3, "steps": 40,
+                                               "step_size": 0.01})
+        assert objective.config()["step_size"] == 0.01 and objective.config()["steps"] == 40
+        with pytest.raises(InputError, match="needs a generator"):
+            zoo.objective_from_config({"preset": "rmd", "norm": "linf", "epsilon": 0.3})
+
+
 class TestException:
     def test_unknown_name(self):
         with pytest.raises(InputError, match="unknown zoo model 'mnist-resnet'"):
