@@ -58,6 +58,21 @@ def test_worst_over_refuses_mixed_models_and_missing_samples(robust_mnist, digit
         robust_mnist._worst_over([tmp_path / "a"], "linf", 0.1, 40)
 
 
+def test_an_attack_on_the_survivors_counts_for_the_images_it_attacked(robust_mnist, digits_classifier, digits_test,
+                                                                     tmp_path):
+    """A folder of a subset (the survivors of earlier attacks) maps its samples back to their test images."""
+    x, y = digits_test.images[:48], digits_test.labels[:48]
+    a = _run(digits_classifier, x, y, FGSM(), "fgsm", tmp_path / "a")
+    alive = robust_mnist._survivors([tmp_path / "a"], "linf", 0.1, len(y))
+    assert alive == sorted(a)
+    b = _run(digits_classifier, x[alive], y[alive], LinfPGD(steps=5, random_start=True, seed=3), "pgd", tmp_path / "b")
+    assert 0 < len(b) < len(alive)  # PGD breaks some of FGSM's survivors, not all
+    both = robust_mnist._worst_over([tmp_path / "a", (tmp_path / "b", alive)], "linf", 0.1, len(y))
+    assert both["correct"] == len(b)
+    assert robust_mnist._survivors([tmp_path / "a", (tmp_path / "b", alive)], "linf", 0.1, len(y)) == \
+        sorted(alive[i] for i in b)
+
+
 def _recorded_config(robust_mnist, name: str, seed: int = 0) -> dict:
     """The ``config`` train_classifier records for benchmark recipe ``name`` (as its checkpoint would hold it)."""
     r = robust_mnist.RECIPES[name]
