@@ -458,8 +458,8 @@ def robust_mnist_estimate(d: dict) -> str:
     rows = [[f"`{k}`", v["description"], num(v["epoch_cpu_seconds"], 3), str(v["epochs"]),
              num(v["training_cpu_hours"], 3)] for k, v in d["recipes"].items()]
     return "\n\n".join([
-        ("CPU seconds per training epoch of each recipe of `benchmarks/robust_mnist.py` on classifier A (60,000 MNIST "
-         "images, both cores), timed on a few batches after two warm-up batches, and what the recipe's epochs cost."),
+        ("CPU seconds per training epoch of each recipe of `benchmarks/robust_mnist.py` (classifier A unless the "
+         "recipe says otherwise; 60,000 MNIST images, both cores), timed on a few batches after two warm-up batches, and what the recipe's epochs cost."),
         table(["recipe", "what", "CPU s / epoch", "epochs", "CPU h"], rows, left=2)])
 
 

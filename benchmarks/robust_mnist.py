@@ -15,7 +15,9 @@ repository use — with Adam and the recipe's epochs, all on the 60,000 MNIST tr
 - warm starts, ``*_ft``: a finished model (``fast_linf``: 0.7 CPU h; ``standard`` for ℓ2) fine-tuned for 3–4
   epochs with the 40-step adversaries (``trades_linf_ft``, ``pgd_at_linf_ft``, ``rmd_linf_ft``,
   ``combined_linf_ft``, ``pgd_at_l2_ft``) — what this machine affords (an epoch of 40-step PGD costs ~1.4 CPU h;
-  Madry et al. trained ~83 epochs, TRADES 100); the model they start from counts in their CPU hours.
+  Madry et al. trained ~83 epochs, TRADES 100); the model they start from counts in their CPU hours;
+- ``fast_linf_madry`` → ``trades_linf_madry_ft``: the same two steps on Madry et al.'s MNIST network (3.3 M weights,
+  four times classifier A's, for about the same arithmetic per image; the capacity their ℓ∞ 0.3 results needed).
 
 Each model is evaluated on the first ``--n`` test images (default 1,000): clean, AutoAttack 'standard' at its
 published budget (pyautoattack, 100 iterations) at ℓ∞ 0.3 and ℓ2 2.0, and the library's ``standard`` suite (its
@@ -56,7 +58,6 @@ from common import REPO_ROOT, cpu_seconds, provenance
 
 from manifold_defense import data, zoo
 from manifold_defense.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
-from manifold_defense.classifiers import DefenseGANClassifier
 from manifold_defense.defended import DefendedModel, ProjectionConfig
 from manifold_defense.eval import AttackBudget, build_attack, evaluate, sanity_checks, wilson_interval
 from manifold_defense.models import build_model, load_model
@@ -97,11 +98,26 @@ class Recipe:
     batch_size: int = 128
     lr: float = 1e-3
     schedule: str = "cosine"
+    #: a Defense-GAN classifier's letter ("A": the classifier the projection defenses use) or "madry" (Madry et al.'s
+    #: MNIST network, ``MadryMNISTClassifier``)
     arch: str = "A"
     description: str = ""
     extra: dict = field(default_factory=dict)
     #: another recipe whose finished checkpoint (same seed) the model starts from; its CPU hours count in this row's
     init: str | None = None
+
+
+def architecture(arch: str) -> tuple[str, dict]:
+    """A recipe's ``arch`` as the zoo names it: (registered architecture, its config)."""
+    return ("madry-mnist", {}) if arch == "madry" else ("defensegan-classifier", {"model": arch})
+
+
+def _classifier(arch: str) -> torch.nn.Module:
+    return build_model(*architecture(arch))
+
+
+def _architecture_name(arch: str) -> str:
+    return "Madry et al.'s MNIST network" if arch == "madry" else f"Defense-GAN classifier {arch}"
 
 
 def _rmd():
@@ -138,6 +154,16 @@ RECIPES: dict[str, Recipe] = {
     "combined_linf_ft": Recipe(_combined, epochs=3, lr=5e-4, init="fast_linf",
                                description="fast_linf, then 3 epochs of Madry Linf PGD (40 x 0.01) + 0.5 x on-manifold "
                                            "examples of mnist-class-vaes (Stutz et al. 2019) (Adam 5e-4, cosine)"),
+    # Madry et al.'s network (3.3 M weights, ~4x classifier A's, about the same arithmetic): the same two steps
+    "fast_linf_madry": Recipe(lambda: FastObjective(epsilon=0.3, step_size=0.375), epochs=10, batch_size=100,
+                              lr=5e-3, schedule="cyclic", arch="madry",
+                              description="Madry et al.'s network: FGSM alpha 0.375 from a random start, cyclic lr up "
+                                          "to 5e-3"),
+    "trades_linf_madry_ft": Recipe(lambda: TradesObjective(norm="linf", epsilon=0.3, steps=40, step_size=0.01,
+                                                           beta=1.0), epochs=3, lr=5e-4, init="fast_linf_madry",
+                                   arch="madry",
+                                   description="fast_linf_madry, then 3 epochs of TRADES beta 1, Linf 0.3, 40 steps "
+                                               "of 0.01 (Adam 5e-4, cosine)"),
     "pgd_at_l2_ft": Recipe(lambda: MadryObjective(norm="l2", epsilon=2.0, steps=40), epochs=4, lr=5e-4,
                            init="standard", description="standard, then 4 epochs of Madry PGD, L2 2.0, 40 steps of "
                                                         "2.5 eps / 40 (Adam 5e-4, cosine)"),
@@ -164,7 +190,7 @@ def estimate(args) -> dict:
     for name in args.recipes:
         r = RECIPES[name]
         seed_everything(0)
-        model = DefenseGANClassifier(r.arch)
+        model = _classifier(r.arch)
         objective = r.objective()
         opt = torch.optim.Adam(model.parameters(), lr=r.lr)
         per_epoch = math.ceil(len(train.images) / r.batch_size)
@@ -198,7 +224,7 @@ def train(args) -> None:
         path = checkpoint_path(name, args.seed)
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(args.seed)
-        model = DefenseGANClassifier(r.arch)
+        model = _classifier(r.arch)
         metadata = {"dataset": "mnist", "kind": "classifier", "recipe": name}
         if r.init is not None:
             metadata["init"] = _warm_start(model, r.init, args.seed, path)
@@ -241,8 +267,8 @@ def zoo_recipe_differences(name: str, entry: zoo.ZooEntry, config: dict, seed: i
             "augment_shift": tc.get("augment_shift", 0),
             **zoo.objective_from_config(tc["objective"], progress=False).config()}
     differ = {k: (config.get(k), v) for k, v in want.items() if config.get(k) != v}
-    if entry.arch_config != {"model": r.arch} or seed != tc["seed"]:
-        differ["architecture/seed"] = ((r.arch, seed), (entry.arch_config, tc["seed"]))
+    if (entry.arch, entry.arch_config) != architecture(r.arch) or seed != tc["seed"]:
+        differ["architecture/seed"] = ((architecture(r.arch), seed), ((entry.arch, entry.arch_config), tc["seed"]))
     if ZOO_NAMES.get(r.init) != tc.get("init"):
         differ["init"] = (r.init, tc.get("init"))
     return differ
@@ -258,7 +284,7 @@ def _check_zoo_recipe(name: str, entry: zoo.ZooEntry, ckpt: dict, seed: int) -> 
         raise SystemExit(f"{name}: the zoo's {entry.name} is another recipe (checkpoint, zoo): {differ}")
     if r.init is None:  # from scratch: the zoo seeds and builds the model as train() does
         torch.manual_seed(seed)
-        ours = DefenseGANClassifier(r.arch).state_dict()
+        ours = _classifier(r.arch).state_dict()
         torch.manual_seed(seed)
         theirs = build_model(entry.arch, entry.arch_config).state_dict()
         if any(not torch.equal(ours[k], theirs[k]) for k in ours):
@@ -458,7 +484,7 @@ def evaluate_rows(args, started: dict) -> dict:
             continue
         clf = load_model(path).eval()
         hist = load_checkpoint(path)["metadata"]["history"]
-        row = {"name": name, "dataset": "mnist", "architecture": f"Defense-GAN classifier {RECIPES[name].arch}",
+        row = {"name": name, "dataset": "mnist", "architecture": _architecture_name(RECIPES[name].arch),
                "additional_data": False, "venue": "this repository", "recipe": RECIPES[name].description,
                "training": {"epochs": len(hist), "cpu_hours": sum(h.get("cpu_seconds", math.nan) for h in hist) / 3600,
                             "wall_hours": sum(h["seconds"] for h in hist) / 3600}}
@@ -548,9 +574,14 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     started = provenance(args)
-    if args.step == "estimate":
-        res = {"recipes": estimate(args), "provenance": started}
-        atomic_write_text(RESULTS / "robust_mnist_estimate.json", json.dumps(res, indent=2))
+    if args.step == "estimate":  # recipes estimated before keep their entries (each with its own provenance)
+        path = RESULTS / "robust_mnist_estimate.json"
+        res = json.loads(path.read_text()) if path.is_file() else {"recipes": {}}
+        for k, v in res["recipes"].items():
+            v.setdefault("provenance", res.get("provenance"))
+        res["recipes"].update({k: {**v, "provenance": started} for k, v in estimate(args).items()})
+        res["provenance"] = started
+        atomic_write_text(path, json.dumps(res, indent=2))
     elif args.step == "train":
         train(args)
     elif args.step == "probe":

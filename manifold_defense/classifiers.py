@@ -1,5 +1,5 @@
-"""Classifiers: the Defense-GAN MNIST models A–D (Samangouei et al., ICLR 2018) and a small CNN for the
-8×8 digits (their trainer is :func:`manifold_defense.training.train_classifier`).
+"""Classifiers: the Defense-GAN MNIST models A–D (Samangouei et al., ICLR 2018), Madry et al.'s MNIST network
+(ICLR 2018) and a small CNN for the 8×8 digits (their trainer is :func:`manifold_defense.training.train_classifier`).
 
 Every classifier takes images in [0, 1] of shape ``input_shape`` and returns logits over
 ``num_classes`` classes.
@@ -17,7 +17,7 @@ from torch import nn
 from manifold_defense.validation import InputError, check_images, check_labels
 from manifold_defense.utils import evaluation_mode
 
-__all__ = ["Classifier", "DefenseGANClassifier", "DigitsCNN", "accuracy", "predict"]
+__all__ = ["Classifier", "DefenseGANClassifier", "MadryMNISTClassifier", "DigitsCNN", "accuracy", "predict"]
 
 
 class Classifier(nn.Module):
@@ -78,6 +78,29 @@ class DefenseGANClassifier(Classifier):
         if min(s if model != "D" else 1, t if model != "D" else 1) < 1:
             raise ValueError(f"input shape {input_shape} is too small for model {model}")
         self.net = nn.Sequential(*layers)
+
+
+class MadryMNISTClassifier(Classifier):
+    """Madry et al. 2018's MNIST network (their robust MNIST challenge model): conv32 5×5 → max-pool 2 → conv64 5×5
+    → max-pool 2 → FC1024 → FC10 (padding 'same', no dropout). 3.3 M weights, four times classifier A's, for about
+    the same arithmetic per image (most of them are in the first fully connected layer): the capacity that robust
+    training at ℓ∞ 0.3 needs (their Figure 4)."""
+
+    arch_name = "madry-mnist"
+
+    def __init__(self, input_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10) -> None:
+        super().__init__()
+        self.config = {"input_shape": list(input_shape), "num_classes": int(num_classes)}
+        self.input_shape = tuple(int(s) for s in input_shape)  # type: ignore[assignment]
+        self.num_classes = int(num_classes)
+        c, h, w = self.input_shape
+        if min(h, w) < 4:
+            raise ValueError(f"input shape {input_shape} is too small for two 2×2 poolings")
+        self.net = nn.Sequential(
+            nn.Conv2d(c, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(64 * (h // 4) * (w // 4), 1024), nn.ReLU(), nn.Linear(1024, num_classes),
+        )
 
 
 class DigitsCNN(Classifier):

@@ -41,8 +41,8 @@ def register_architecture(name: str) -> Callable[[type[nn.Module]], type[nn.Modu
     return deco
 
 
-for _cls in (classifiers.DefenseGANClassifier, classifiers.DigitsCNN, vae.VAE, dcgan.DefenseGANGenerator,
-             dcgan.WGANCritic, dip.DeepImagePrior, encoder.LatentEncoder, encoder.EncodedGenerator,
+for _cls in (classifiers.DefenseGANClassifier, classifiers.MadryMNISTClassifier, classifiers.DigitsCNN, vae.VAE,
+             dcgan.DefenseGANGenerator, dcgan.WGANCritic, dip.DeepImagePrior, encoder.LatentEncoder, encoder.EncodedGenerator,
              random_relu.RandomReLUGenerator, cifar.DCGANGenerator, cifar.DCGANCritic, class_conditional.ClassVAEs):
     register_architecture(_cls.arch_name)(_cls)
 

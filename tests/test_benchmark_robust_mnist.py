@@ -107,3 +107,12 @@ def test_export_refuses_another_recipe_and_unfinished_runs(robust_mnist, monkeyp
     args.recipes = ["standard"]
     with pytest.raises(SystemExit, match="no zoo name"):
         robust_mnist.export(args)
+
+
+def test_recipes_build_their_architecture(robust_mnist):
+    from manifold_defense.classifiers import DefenseGANClassifier, MadryMNISTClassifier
+
+    assert isinstance(robust_mnist._classifier(robust_mnist.RECIPES["trades_linf_madry_ft"].arch), MadryMNISTClassifier)
+    assert isinstance(robust_mnist._classifier(robust_mnist.RECIPES["trades_linf_ft"].arch), DefenseGANClassifier)
+    for name, r in robust_mnist.RECIPES.items():  # a warm start continues the weights of its own architecture
+        assert r.init is None or robust_mnist.RECIPES[r.init].arch == r.arch, name

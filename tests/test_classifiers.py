@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from manifold_defense import data
-from manifold_defense.classifiers import DefenseGANClassifier, DigitsCNN, accuracy, predict
+from manifold_defense.classifiers import DefenseGANClassifier, DigitsCNN, MadryMNISTClassifier, accuracy, predict
 from manifold_defense.training import train_classifier
 from manifold_defense.validation import InputError
 
@@ -15,6 +15,15 @@ class TestSmoke:
         clf = DefenseGANClassifier(model).to(device=device, dtype=dtype)
         out = clf(torch.rand(3, 1, 28, 28, device=device, dtype=dtype))
         assert out.shape == (3, 10) and out.dtype == dtype
+
+    def test_madry(self, device, dtype):
+        clf = MadryMNISTClassifier().to(device=device, dtype=dtype)
+        assert clf(torch.rand(3, 1, 28, 28, device=device, dtype=dtype)).shape == (3, 10)
+        assert sum(p.numel() for p in clf.parameters()) == 3_274_634  # Madry et al.'s MNIST network
+        from manifold_defense.models import build_model
+
+        again = build_model("madry-mnist", clf.config)  # rebuilt from its checkpoint's architecture and config
+        assert isinstance(again, MadryMNISTClassifier) and again.config == clf.config
 
     def test_digits(self, device):
         assert DigitsCNN().to(device)(torch.rand(2, 1, 8, 8, device=device)).shape == (2, 10)
@@ -76,6 +85,8 @@ class TestException:
             DigitsCNN()(torch.rand(2, 1, 28, 28))
         with pytest.raises(ValueError, match="one of A, B, C, D"):
             DefenseGANClassifier("E")
+        with pytest.raises(ValueError, match="too small"):
+            MadryMNISTClassifier((1, 3, 3))
         clf = DigitsCNN()
         with pytest.raises(InputError, match="outside"):
             accuracy(clf, torch.rand(2, 1, 8, 8) * 16, torch.tensor([0, 1]))
