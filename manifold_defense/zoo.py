@@ -38,9 +38,8 @@ class ZooEntry:
     dataset: str
     arch: str
     arch_config: dict[str, Any]
-    #: "vae", "wgan", "encoder" (for the generator named train_config["base"]) or "classifier" (train_config may name
-    #: an ``objective``: :func:`~manifold_defense.training.objective_preset`'s arguments, its generator a zoo name;
-    #: and an ``init``: the zoo model whose weights it starts from)
+    #: "vae", "wgan", "encoder" (of train_config["base"]) or "classifier" (train_config's ``objective``: the arguments
+    #: of :func:`~manifold_defense.training.objective_preset`; ``init``: the zoo model whose weights it starts from)
     trainer: str
     train_config: dict[str, Any]
     description: str
@@ -70,6 +69,11 @@ def _classifier(name: str, model: str, epochs: int, budget: float) -> ZooEntry:
         description=f"Defense-GAN classifier {model} on MNIST (Adam 1e-3, batch 128, cosine decay, {epochs} epochs)",
         budget_minutes=budget,
     )
+
+
+def _robust(name: str, train_config: dict[str, Any], what: str, budget: float) -> ZooEntry:
+    return ZooEntry(name, "classifier", "mnist", "defensegan-classifier", {"model": "A"}, "classifier",
+                    {**train_config, "seed": 0}, f"Defense-GAN classifier A on MNIST, {what}", budget)
 
 
 #: The fast projection tuned for the 128-d GAN latents with an encoder (see mnist-wgan-inv's entry for why)
@@ -172,27 +176,16 @@ ENTRIES: dict[str, ZooEntry] = {
                         "3 epochs): the robust classifier that guides ILO generation",
             budget_minutes=15.0,
         ),
-        ZooEntry(
-            name="mnist-fast-linf", kind="classifier", dataset="mnist", arch="defensegan-classifier",
-            arch_config={"model": "A"}, trainer="classifier",
-            train_config={"epochs": 10, "batch_size": 100, "lr": 5e-3, "schedule": "cyclic", "seed": 0,
-                          "objective": {"preset": "fast", "norm": "linf", "epsilon": 0.3}},
-            description="Defense-GAN classifier A on MNIST, fast adversarial training (Wong, Rice, Kolter 2020: FGSM "
-                        "of 1.25 eps from a random start, Linf eps 0.3, cyclic lr up to 5e-3, batch 100, 10 epochs; "
-                        "benchmarks/robust_mnist.py fast_linf)",
-            budget_minutes=20.0,
-        ),
-        ZooEntry(
-            name="mnist-trades-linf", kind="classifier", dataset="mnist", arch="defensegan-classifier",
-            arch_config={"model": "A"}, trainer="classifier",
-            train_config={"epochs": 3, "batch_size": 128, "lr": 5e-4, "schedule": "cosine", "seed": 0,
-                          "init": "mnist-fast-linf",
-                          "objective": {"preset": "trades", "norm": "linf", "epsilon": 0.3, "steps": 40,
-                                        "step_size": 0.01}},
-            description="mnist-fast-linf fine-tuned with TRADES (Zhang et al. 2019: beta 1, Linf eps 0.3, 40 steps of "
-                        "0.01; Adam 5e-4, cosine, 3 epochs; benchmarks/robust_mnist.py trades_linf_ft)",
-            budget_minutes=150.0,
-        ),
+        _robust("mnist-fast-linf", {"epochs": 10, "batch_size": 100, "lr": 5e-3, "schedule": "cyclic",
+                                    "objective": {"preset": "fast", "norm": "linf", "epsilon": 0.3}},
+                "fast adversarial training (Wong, Rice, Kolter 2020: FGSM of 1.25 eps from a random start, Linf eps "
+                "0.3, cyclic lr up to 5e-3, batch 100, 10 epochs; benchmarks/robust_mnist.py fast_linf)", 20.0),
+        _robust("mnist-trades-linf", {"epochs": 3, "batch_size": 128, "lr": 5e-4, "schedule": "cosine",
+                                      "init": "mnist-fast-linf", "objective": {"preset": "trades", "norm": "linf",
+                                                                               "epsilon": 0.3, "steps": 40,
+                                                                               "step_size": 0.01}},
+                "mnist-fast-linf fine-tuned with TRADES (Zhang et al. 2019: beta 1, Linf eps 0.3, 40 steps of 0.01; "
+                "Adam 5e-4, cosine, 3 epochs; benchmarks/robust_mnist.py trades_linf_ft)", 150.0),
         ZooEntry(
             name="digits-class-vaes", kind="generator", dataset="digits", arch="class-vaes",
             arch_config={"image_shape": [1, 8, 8], "latent_dim": 4, "hidden": [128, 128], "num_classes": 10},
