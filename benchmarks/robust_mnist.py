@@ -276,20 +276,14 @@ def zoo_recipe_differences(name: str, entry: zoo.ZooEntry, config: dict, seed: i
 
 def _check_zoo_recipe(name: str, entry: zoo.ZooEntry, ckpt: dict, seed: int) -> None:
     """Refuse to export ``name``'s checkpoint as ``entry`` unless ``zoo build`` would train the same model: the same
-    recipe (:func:`zoo_recipe_differences`) from the same initial weights (from scratch: the seed's; warm: the zoo's
-    start, which must hold the weights this run started from)."""
+    recipe (:func:`zoo_recipe_differences`) from the same initial weights."""
     r, tc = RECIPES[name], entry.train_config
     differ = zoo_recipe_differences(name, entry, ckpt["metadata"]["config"], seed)
     if differ:
         raise SystemExit(f"{name}: the zoo's {entry.name} is another recipe (checkpoint, zoo): {differ}")
-    if r.init is None:  # from scratch: the zoo seeds and builds the model as train() does
-        torch.manual_seed(seed)
-        ours = _classifier(r.arch).state_dict()
-        torch.manual_seed(seed)
-        theirs = build_model(entry.arch, entry.arch_config).state_dict()
-        if any(not torch.equal(ours[k], theirs[k]) for k in ours):
-            raise SystemExit(f"{name}: the zoo builds other initial weights than train() for {entry.name}")
-    else:  # warm: started from the weights the zoo's start holds
+    # from scratch, the same architecture and seed are the same initial weights: train() and the zoo both seed, then
+    # build_model; a warm start must have started from the weights the zoo's start holds
+    if r.init is not None:
         start = load_checkpoint(checkpoint_path(r.init, seed))
         if ckpt["metadata"]["init"]["digest"] != start["digest"]:
             raise SystemExit(f"{name} was trained from other weights than {r.init}'s checkpoint holds now")
