@@ -17,7 +17,8 @@ repository use — with Adam and the recipe's epochs, all on the 60,000 MNIST tr
   ``combined_linf_ft``, ``pgd_at_l2_ft``) — what this machine affords (an epoch of 40-step PGD costs ~1.4 CPU h;
   Madry et al. trained ~83 epochs, TRADES 100); the model they start from counts in their CPU hours;
 - ``fast_linf_madry`` → ``trades_linf_madry_ft``: the same two steps on Madry et al.'s MNIST network (3.3 M weights,
-  four times classifier A's, for about the same arithmetic per image; the capacity their ℓ∞ 0.3 results needed).
+  four times classifier A's, for about the same arithmetic per image; the capacity their ℓ∞ 0.3 results needed),
+  the TRADES step 2 epochs.
 
 Each model is evaluated on the first ``--n`` test images (default 1,000): clean, AutoAttack 'standard' at its
 published budget (pyautoattack, 100 iterations) at ℓ∞ 0.3 and ℓ2 2.0, and the library's ``standard`` suite (its
@@ -154,15 +155,16 @@ RECIPES: dict[str, Recipe] = {
     "combined_linf_ft": Recipe(_combined, epochs=3, lr=5e-4, init="fast_linf",
                                description="fast_linf, then 3 epochs of Madry Linf PGD (40 x 0.01) + 0.5 x on-manifold "
                                            "examples of mnist-class-vaes (Stutz et al. 2019) (Adam 5e-4, cosine)"),
-    # Madry et al.'s network (3.3 M weights, ~4x classifier A's, about the same arithmetic): the same two steps
+    # Madry et al.'s network (3.3 M weights, ~4x classifier A's, about the same arithmetic): the same two steps, the
+    # TRADES step 2 epochs (classifier A's probe gained nothing in its 3rd: results/robust_mnist_probe.json)
     "fast_linf_madry": Recipe(lambda: FastObjective(epsilon=0.3, step_size=0.375), epochs=10, batch_size=100,
                               lr=5e-3, schedule="cyclic", arch="madry",
                               description="Madry et al.'s network: FGSM alpha 0.375 from a random start, cyclic lr up "
                                           "to 5e-3"),
     "trades_linf_madry_ft": Recipe(lambda: TradesObjective(norm="linf", epsilon=0.3, steps=40, step_size=0.01,
-                                                           beta=1.0), epochs=3, lr=5e-4, init="fast_linf_madry",
+                                                           beta=1.0), epochs=2, lr=5e-4, init="fast_linf_madry",
                                    arch="madry",
-                                   description="fast_linf_madry, then 3 epochs of TRADES beta 1, Linf 0.3, 40 steps "
+                                   description="fast_linf_madry, then 2 epochs of TRADES beta 1, Linf 0.3, 40 steps "
                                                "of 0.01 (Adam 5e-4, cosine)"),
     "pgd_at_l2_ft": Recipe(lambda: MadryObjective(norm="l2", epsilon=2.0, steps=40), epochs=4, lr=5e-4,
                            init="standard", description="standard, then 4 epochs of Madry PGD, L2 2.0, 40 steps of "
