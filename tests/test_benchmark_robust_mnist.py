@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from manifold_defense.attacks import FGSM, LinfPGD
 from manifold_defense.eval import AttackSpec, evaluate
@@ -107,6 +108,21 @@ def test_export_refuses_another_recipe_and_unfinished_runs(robust_mnist, monkeyp
     args.recipes = ["standard"]
     with pytest.raises(SystemExit, match="no zoo name"):
         robust_mnist.export(args)
+
+
+def test_trained_models_outlive_the_training_cache(robust_mnist, monkeypatch, tmp_path):
+    """On a new machine (no training checkpoint) the leaderboard measures the zoo's export of the same weights, and
+    only an export of that recipe and seed."""
+    monkeypatch.setattr(robust_mnist, "checkpoint_path", lambda name, seed: tmp_path / f"{name}-{seed}.pt")
+    model = torch.nn.Linear(2, 2)
+    model.metadata = {"benchmark": {"recipe": "fast_linf", "seed": 0, "digest": "ab" * 32}, "history": [{}]}
+    monkeypatch.setattr(robust_mnist.zoo, "get", lambda name, **kw: model)
+    got, ident = robust_mnist._trained("fast_linf", 0)
+    assert got is model and ident["digest"] == "ab" * 32 and ident["complete"] and ident["history"] == [{}]
+    assert robust_mnist._trained("fast_linf", 1) is None  # another seed's run
+    assert robust_mnist._trained("standard", 0) is None  # a recipe the zoo does not hold
+    model.metadata = {"history": []}  # the zoo's own build from the recipe: not the weights the leaderboard measured
+    assert robust_mnist._trained("fast_linf", 0) is None
 
 
 def test_recipes_build_their_architecture(robust_mnist):
