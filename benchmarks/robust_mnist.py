@@ -348,22 +348,26 @@ def _trained(name: str, seed: int, *, finished: bool = True) -> tuple[torch.nn.M
         ckpt = load_checkpoint(path)
         if finished and not ckpt["complete"]:
             return None
-        return load_model(path).eval(), {"digest": ckpt["digest"], "history": ckpt["metadata"]["history"],
-                                         "init": ckpt["metadata"].get("init"), "complete": ckpt["complete"]}
-    if name not in ZOO_NAMES:
+        model, meta = load_model(path), ckpt["metadata"]
+        ident = {"digest": ckpt["digest"], "complete": ckpt["complete"]}
+    elif name in ZOO_NAMES:
+        try:
+            model = zoo.get(ZOO_NAMES[name], train=False, progress=False)
+        except CheckpointError:
+            return None
+        meta = model.metadata
+        bench = meta.get("benchmark", {})
+        if (bench.get("recipe"), bench.get("seed")) != (name, seed):  # an older export, or the zoo's own build
+            return None
+        print(f"{name}: no training checkpoint at {path}; measuring the zoo's {ZOO_NAMES[name]}, its export "
+              f"(digest {bench['digest'][:12]})")
+        ident = {"digest": bench["digest"], "complete": True}
+    else:
         return None
-    try:
-        model = zoo.get(ZOO_NAMES[name], train=False, progress=False)
-    except CheckpointError:
-        return None
-    bench = model.metadata.get("benchmark", {})
-    if (bench.get("recipe"), bench.get("seed")) != (name, seed):  # an older export, or the zoo's own build
-        return None
-    print(f"{name}: {path} is gone; measuring the zoo's {ZOO_NAMES[name]} (digest {bench['digest'][:12]}, the same "
-          f"weights)")
-    meta = model.metadata
-    return model.eval(), {"digest": bench["digest"], "history": meta["history"], "init": meta.get("init"),
-                          "complete": True}
+    ident.update(history=meta["history"], init=meta.get("init"))
+    # the records' model fingerprint covers public attributes: the same weights from either source are one model
+    model.metadata = {"recipe": name, "seed": seed, "digest": ident["digest"]}
+    return model.eval(), ident
 
 
 def _probe_folder(name: str, digest: str) -> Path:

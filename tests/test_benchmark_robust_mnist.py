@@ -111,17 +111,29 @@ def test_export_refuses_another_recipe_and_unfinished_runs(robust_mnist, monkeyp
 
 
 def test_trained_models_outlive_the_training_cache(robust_mnist, monkeypatch, tmp_path):
-    """On a new machine (no training checkpoint) the leaderboard measures the zoo's export of the same weights, and
-    only an export of that recipe and seed."""
+    """On a new machine (no training checkpoint) the leaderboard measures the zoo's export of the same weights — one
+    model for the records, so an evaluation begun on the checkpoint resumes on the export — and only an export of
+    that recipe and seed."""
+    from manifold_defense.eval.fingerprint import model_fingerprint
+    from manifold_defense.models import build_model, save_model
+
     monkeypatch.setattr(robust_mnist, "checkpoint_path", lambda name, seed: tmp_path / f"{name}-{seed}.pt")
-    model = torch.nn.Linear(2, 2)
-    model.metadata = {"benchmark": {"recipe": "fast_linf", "seed": 0, "digest": "ab" * 32}, "history": [{}]}
-    monkeypatch.setattr(robust_mnist.zoo, "get", lambda name, **kw: model)
-    got, ident = robust_mnist._trained("fast_linf", 0)
-    assert got is model and ident["digest"] == "ab" * 32 and ident["complete"] and ident["history"] == [{}]
+    trained = build_model("defensegan-classifier", {"model": "A"})
+    save_model(tmp_path / "fast_linf-0.pt", trained, {"history": [{"cpu_seconds": 1.0}], "config": {"lr": 1.0}})
+    from_checkpoint, ident = robust_mnist._trained("fast_linf", 0)
+
+    exported = build_model("defensegan-classifier", {"model": "A"})
+    exported.load_state_dict(trained.state_dict())
+    monkeypatch.setattr(robust_mnist.zoo, "get", lambda name, **kw: exported)
+    (tmp_path / "fast_linf-0.pt").unlink()  # the cache is gone
+    exported.metadata = {"benchmark": {"recipe": "fast_linf", "seed": 0, "digest": ident["digest"]},
+                         "history": [{"cpu_seconds": 1.0}], "quality": {}}
+    from_zoo, ident_zoo = robust_mnist._trained("fast_linf", 0)
+    assert from_zoo is exported and ident_zoo == ident
+    assert model_fingerprint(from_zoo) == model_fingerprint(from_checkpoint)
     assert robust_mnist._trained("fast_linf", 1) is None  # another seed's run
     assert robust_mnist._trained("standard", 0) is None  # a recipe the zoo does not hold
-    model.metadata = {"history": []}  # the zoo's own build from the recipe: not the weights the leaderboard measured
+    exported.metadata = {"history": []}  # the zoo's own build from the recipe: not the weights the leaderboard measured
     assert robust_mnist._trained("fast_linf", 0) is None
 
 
