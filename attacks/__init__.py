@@ -1,7 +1,7 @@
 """Attacks: off-manifold (pixel), adaptive (BPDA, EOT, latent reparameterisation) and on-manifold
 (unconditional, and label-preserving on a class-conditional generator).
 
-Against a :class:`~manifold_defense.defended.DefendedModel`, gradient attacks receive BPDA's
+Against a ``DefendedModel``, gradient attacks receive BPDA's
 straight-through gradient of the projection, so the pixel attacks here are adaptive by default.
 """
 

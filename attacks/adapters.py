@@ -1,9 +1,9 @@
-"""Attacks from the libraries the field uses, behind the library's :class:`Attack` interface.
+"""Attacks from the libraries the field uses, behind the library's ``Attack`` interface.
 
-- :class:`CarliniWagnerL2` — Carlini & Wagner 2017, through foolbox 3 (``L2CarliniWagnerAttack``).
-- :class:`AutoAttack` — Croce & Hein 2020, through pyautoattack: 'standard' (APGD-CE, APGD-T, FAB-T,
+- ``CarliniWagnerL2`` — Carlini & Wagner 2017, through foolbox 3 (``L2CarliniWagnerAttack``).
+- ``AutoAttack`` — Croce & Hein 2020, through pyautoattack: 'standard' (APGD-CE, APGD-T, FAB-T,
   Square) or 'rand' (APGD-CE, APGD-DLR with 20 EOT iterations, for randomised defenses).
-- :class:`HopSkipJump` — Chen, Jordan, Wainwright 2020, through foolbox: decision-based (labels only),
+- ``HopSkipJump`` — Chen, Jordan, Wainwright 2020, through foolbox: decision-based (labels only),
   so gradient masking cannot stop it; the sanity check that it is not stronger than the white-box attacks.
 """
 
@@ -35,7 +35,7 @@ def foolbox_model(model: nn.Module) -> Any:
 
 class CarliniWagnerL2(Attack):
     """C&W ℓ2 (foolbox): ``binary_search_steps`` × ``steps`` Adam iterations; a minimisation attack (run once
-    per sample, clipped per ε by :meth:`~manifold_defense.attacks.Attack.sweep`)."""
+    per sample, clipped per ε by ``sweep``)."""
 
     norm = "l2"
     minimization = True

@@ -1,16 +1,16 @@
 """Adaptive attacks on projection defenses (Athalye, Carlini, Wagner, "Obfuscated Gradients Give a False
 Sense of Security", ICML 2018).
 
-- :class:`BPDA` — PGD whose gradient passes the projection by the straight-through estimator, averaged
+- ``BPDA`` — PGD whose gradient passes the projection by the straight-through estimator, averaged
   over ``eot`` draws of a stochastic projection (BPDA + EOT).
-- :class:`ImplicitPGD` — PGD whose gradient is the exact local derivative of the converged projection
-  (implicit differentiation, :mod:`manifold_defense.implicit`): no approximation of the projection, no
+- ``ImplicitPGD`` — PGD whose gradient is the exact local derivative of the converged projection
+  (implicit differentiation, ``manifold_defense.implicit``): no approximation of the projection, no
   unrolling memory, no EOT for a deterministic projection.
-- :class:`UnrolledPGD` — PGD backpropagating end to end through a short unrolled projection.
-- :class:`LatentReparameterization` — search ``z`` near the projection ``ẑ(x)`` so that ``G(z)`` lies
+- ``UnrolledPGD`` — PGD backpropagating end to end through a short unrolled projection.
+- ``LatentReparameterization`` — search ``z`` near the projection ``ẑ(x)`` so that ``G(z)`` lies
   within ε of ``x`` and is misclassified; ``G(z)`` is on the generator's range, so the defense's own
   projection returns (close to) it. This is the attack that broke Defense-GAN.
-- :class:`~manifold_defense.attacks.range_target.RangeTargetAttack` (its own module) — through the
+- ``RangeTargetAttack`` (its own module) — through the
   projection's own loss, for projections whose loss masks gradients (a dead zone).
 
 Crafting may use a cheaper *surrogate* projection than the attacked model's (``projection=``). Success is
@@ -18,8 +18,8 @@ always checked on the attacked model itself, but a weaker surrogate makes a weak
 attack reports robustness that is too high; use one to save time only, and report it
 (the result's ``crafted_on`` says which projection was attacked; evaluation records carry it). Every
 attack keeps, per sample, the first iterate the attacked model misclassifies. On a model that is not a
-:class:`~manifold_defense.defended.DefendedModel`, :class:`BPDA`, :class:`ImplicitPGD` and
-:class:`UnrolledPGD` are plain PGD.
+``DefendedModel``, ``BPDA``, ``ImplicitPGD`` and
+``UnrolledPGD`` are plain PGD.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ margin_loss = margin  # the Carlini–Wagner margin, under its older name
 
 def crafting_model(model: nn.Module, projection: ProjectionConfig | None = None, *, gradient: str = "bpda",
                    stochastic: bool = False) -> nn.Module:
-    """The model an adaptive attack differentiates: for a :class:`DefendedModel`, the same classifier and
+    """The model an adaptive attack differentiates: for a ``DefendedModel``, the same classifier and
     generator behind ``projection`` (default: its own), with the given gradient mode and, if asked,
     fresh random restarts per call; any other model is returned as it is."""
     if not isinstance(model, DefendedModel):
@@ -90,7 +90,7 @@ def nearest_other_class(generator: nn.Module, classifier: nn.Module, x: torch.Te
 def range_starts(generator: nn.Module, classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float,
                  norm: str, k: int, *, pool: int = 4000, seed: int = 0) -> torch.Tensor:
     """``(n, k, …)`` starting points for an attack on a projection defense: per sample, the ``k`` images of the
-    generator's range nearest to ``x`` that the classifier labels differently (:func:`nearest_other_class`,
+    generator's range nearest to ``x`` that the classifier labels differently (``nearest_other_class``,
     radius ε), each projected onto the ε-ball around ``x``. A projection defense returns the nearest point of
     its range, so an input moved towards another class's part of the range is where its answer flips;
     gradient steps from there finish the job. ``pool`` seeded prior samples."""
@@ -131,10 +131,10 @@ class BackwardPassDifferentiableApproximation(Attack):
     per forward) and the gradient is averaged over ``eot`` draws. ``projection`` selects a surrogate
     projection for crafting (default: the attacked model's own). ``range_restarts`` > 0 adds that many
     restarts from the ε-ball's nearest points to other classes' parts of the generator's range
-    (:func:`range_starts`) — on a projection defense far stronger than random starts. Every iterate is
+    (``range_starts``) — on a projection defense far stronger than random starts. Every iterate is
     scored on the attacked model (``check_every`` = k: every k-th step, for a costly model behind a cheap
     surrogate; with ``warm_steps`` = m > 0 the steps in between craft on m-step projections warm-started at the
-    previous ``ẑ``, see :class:`~manifold_defense.attacks.pixel.ProjectedGradientDescent`). Keyword arguments
+    previous ``ẑ``, see ``ProjectedGradientDescent``). Keyword arguments
     of PGD otherwise (``loss='margin'`` for the Carlini–Wagner margin).
     """
 
@@ -151,7 +151,7 @@ class BackwardPassDifferentiableApproximation(Attack):
         self.range_restarts, self.range_pool = range_restarts, range_pool
 
     def crafting_model(self, model: nn.Module) -> nn.Module:
-        """The model whose gradients the attack follows (see :func:`crafting_model`)."""
+        """The model whose gradients the attack follows (see ``crafting_model``)."""
         return crafting_model(model, self.projection, gradient="bpda", stochastic=self.eot > 1)
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float, *,
@@ -178,7 +178,7 @@ class BackwardPassDifferentiableApproximation(Attack):
 
 
 class SurrogateTransfer(Attack):
-    """``attack`` (a :class:`BPDA` / :class:`ImplicitPGD` with a surrogate ``projection``) run *entirely* on the
+    """``attack`` (a ``BPDA`` / ``ImplicitPGD`` with a surrogate ``projection``) run *entirely* on the
     surrogate — its own logits decide when a sample is done, no query of the attacked model during the search —
     and its inputs scored once on the attacked model: a transfer from the cheap projection to the costly one.
 
@@ -207,7 +207,7 @@ class ImplicitPGD(BackwardPassDifferentiableApproximation):
     """PGD with the implicit derivative of the projection (``DefendedModel(gradient="implicit")``): at the
     converged projection ``ẑ(x)`` the gradient of ``classifier(G(ẑ(x)))`` is exact up to the projection's
     convergence (Amos & Kolter 2017; Blondel et al. 2022). A deterministic projection needs no EOT; a
-    stochastic one gets ``eot`` draws like :class:`BPDA`. Keyword arguments of PGD otherwise.
+    stochastic one gets ``eot`` draws like ``BPDA``. Keyword arguments of PGD otherwise.
     """
 
     def crafting_model(self, model: nn.Module) -> nn.Module:
@@ -243,7 +243,7 @@ class LatentReparameterization(Attack):
     ``max(margin(C(G(z)), y), −κ) + c · Σ excess²`` where the excess is how far ``G(z)`` lies outside the
     ε-ball around ``x`` (ℓ2 or ℓ∞; a slack keeps the target a little inside); ``c`` grows ×10 over
     ``rounds`` (a penalty method). The returned input is ``x + Π_ε(G(z) − x)``, which equals ``G(z)``
-    whenever the search ended inside the ball. On a :class:`DefendedModel` the generator and classifier
+    whenever the search ended inside the ball. On a ``DefendedModel`` the generator and classifier
     are the model's own, and the loop differentiates the classifier at ``G(z)`` (the projection of a
     point on the range is that point); success is scored on the full defended model.
     """

@@ -17,7 +17,7 @@ __all__ = ["Attack", "AttackResult", "Crafted", "TransferAttack", "perturbation_
 
 @dataclass
 class Crafted:
-    """What :meth:`Attack.run` returns: everything the search found, so nothing travels in attributes.
+    """What ``Attack.run`` returns: everything the search found, so nothing travels in attributes.
 
     ``adversarial``: the inputs. ``reference``: the centre of the ε-ball where it is not ``x`` (on the manifold,
     the projection ``G(ẑ(x))``). ``norms``: per-sample budget norms where the budget is not an image norm (a
@@ -34,8 +34,8 @@ class Crafted:
 
 
 def as_crafted(out: "Crafted | torch.Tensor | tuple") -> Crafted:
-    """A :class:`Crafted` from what ``run`` returned: itself, adversarial inputs alone, or the tuple
-    ``(adversarial, reference[, norms])`` of attacks written before :class:`Crafted`."""
+    """A ``Crafted`` from what ``run`` returned: itself, adversarial inputs alone, or the tuple
+    ``(adversarial, reference[, norms])`` of attacks written before ``Crafted``."""
     if isinstance(out, Crafted):
         return out
     if isinstance(out, torch.Tensor):
@@ -94,14 +94,14 @@ class FirstSuccess:
 
     ``scorer`` is the attacked model; ``transform(x, v, rows)`` maps the engine's decoded images (and
     variables) to the input the attacked model sees. With ``reuse`` the logits come from the objective's own
-    forward pass (record them with :meth:`record`): only when that forward *is* the attacked model (the same
+    forward pass (record them with ``record``): only when that forward *is* the attacked model (the same
     deterministic function). Otherwise the scorer runs on every unbroken row at every call; ``prefilter``
     with ``check_every`` = k > 1 (for a scorer far costlier than the crafting model, e.g. Defense-GAN's
     projection behind a fast surrogate) checks every row only every k-th call and, in between, the rows the
     cheap logits (recorded by the objective) already get wrong. Success is never judged on a surrogate.
-    :attr:`hit_rows` holds every row the scorer found misclassified. ``groups`` (row → sample, for restarts
+    ``hit_rows`` holds every row the scorer found misclassified. ``groups`` (row → sample, for restarts
     carried in the batch): once one row of a sample is misclassified, its other rows stop too (they are
-    returned as met, so the engine stops spending on them, but they are not in :attr:`hit_rows`, and they
+    returned as met, so the engine stops spending on them, but they are not in ``hit_rows``, and they
     are never scored): a broken sample costs nothing more. With ``reuse`` and ``prefilter`` both, the objective
     says per call whether its logits are the attacked model's (``record(logits, exact=True)``) or a cheaper
     model's (a warm-started crafting projection, ``exact=False``): those only pick the rows the scorer checks.
@@ -173,7 +173,7 @@ def on_rows(subset: torch.Tensor) -> Callable:
 
 
 class Attack:
-    """Base class. Subclasses set ``norm`` and implement ``run(model, x, y, epsilon) →`` :class:`Crafted` (or
+    """Base class. Subclasses set ``norm`` and implement ``run(model, x, y, epsilon) →`` ``Crafted`` (or
     the adversarial inputs alone). Attacks are stateless: what a search found comes back in its result.
 
     ``attack(model, x, y, epsilon=ε)`` validates the inputs, runs the attack, checks that every
@@ -183,15 +183,15 @@ class Attack:
 
     norm: str = "linf"
     #: a minimisation attack (C&W, HopSkipJump) finds each sample's smallest adversarial perturbation once;
-    #: :meth:`sweep` then clips it to every ε instead of rerunning the attack per ε
+    #: ``sweep`` then clips it to every ε instead of rerunning the attack per ε
     minimization: bool = False
     #: bumped when the attack's behaviour or scoring changes in a way its hyperparameters do not show; part of
-    #: the records' fingerprint when > 0 (:func:`manifold_defense.eval.records.attack_fingerprint`), so records
+    #: the records' fingerprint when > 0 (``manifold_defense.eval.records.attack_fingerprint``), so records
     #: made before the change are refused rather than mixed with new ones
     revision: int = 0
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float) -> Crafted | torch.Tensor:
-        """The attack itself on validated inputs (:class:`Crafted`); :meth:`__call__` checks the budget and
+        """The attack itself on validated inputs (``Crafted``); ``__call__`` checks the budget and
         scores them."""
         raise NotImplementedError
 

@@ -2,13 +2,13 @@
 
 Each sample is attacked in the range of *its own class's* generator: the adversarial image is
 ``G(z', y)`` with ``z'`` near the projection ``ẑ`` of ``x`` onto class ``y``'s range, so with
-class-specific generators (:class:`~manifold_defense.generators.class_conditional.ClassVAEs`) it is an
+class-specific generators (``ClassVAEs``) it is an
 image of class ``y`` by construction and the model's disagreement is a generalisation error, not a
 label change.
 
-- :class:`ClassConditionalLatentPGD` — latent PGD, latent-space ℓ∞ budget η (Stutz et al.: η = 0.3, 40
+- ``ClassConditionalLatentPGD`` — latent PGD, latent-space ℓ∞ budget η (Stutz et al.: η = 0.3, 40
   iterations) or the image-space ℓ2 budget of Ilyas et al. 2017;
-- :class:`ClassConditionalOverpowered` — the overpowered attack (Ilyas et al. 2017) inside one class's range.
+- ``ClassConditionalOverpowered`` — the overpowered attack (Ilyas et al. 2017) inside one class's range.
 
 Both group the batch by label and run the unconditional attack once per class present (a loop over
 classes, never over images). Success is scored on the attacked model, as everywhere.
@@ -81,7 +81,7 @@ class PerClassAttack(Attack):
 class ClassConditionalLatentPGD(PerClassAttack):
     """Latent PGD in the true class's latent space (Stutz et al. 2019): ``budget="latent_linf"`` (default,
     ``‖z' − ẑ‖∞ ≤ η``, 40 sign steps of 2.5 η / 40) or ``"image_l2"``; keyword options as
-    :class:`~manifold_defense.attacks.on_manifold.LatentPGD`. ``epsilon`` is η."""
+    ``LatentPGD``. ``epsilon`` is η."""
 
     attack_class = LatentPGD
 
@@ -89,7 +89,7 @@ class ClassConditionalLatentPGD(PerClassAttack):
         super().__init__(generator, steps=steps, budget=budget, **options)
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float) -> Crafted:
-        """As :meth:`PerClassAttack.run`; a budget η ≤ 0 is refused (no latent ball to search)."""
+        """As ``PerClassAttack.run``; a budget η ≤ 0 is refused (no latent ball to search)."""
         if not epsilon > 0:
             raise InputError(f"the on-manifold budget η must be > 0, got {epsilon}")
         return super().run(model, x, y, epsilon)
@@ -97,6 +97,6 @@ class ClassConditionalLatentPGD(PerClassAttack):
 
 class ClassConditionalOverpowered(PerClassAttack):
     """The overpowered attack (Ilyas et al. 2017) with both points in the true class's range; options as
-    :class:`~manifold_defense.attacks.on_manifold.OverpoweredAttack`. ``epsilon`` is the image-space η."""
+    ``OverpoweredAttack``. ``epsilon`` is the image-space η."""
 
     attack_class = OverpoweredAttack

@@ -1,7 +1,7 @@
 """The latent-descent attack of Schott, Rauber, Bethge, Brendel (ICLR 2019), made for analysis by synthesis.
 
-A model that classifies by which class's generator explains the input best (:class:`~manifold_defense.synthesis.
-AnalysisBySynthesis`) hands the attacker its own targets: the best fit of the input by every other class. Each
+A model that classifies by which class's generator explains the input best (``
+AnalysisBySynthesis``) hands the attacker its own targets: the best fit of the input by every other class. Each
 step moves the input a fraction of the way towards the reconstruction of the closest wrong class (the highest
 wrong logit) — ``v ← v + step · (G_c(ẑ_c(v)) − v)`` — then back into the ε-ball around ``x`` and ``[0, 1]``;
 the reconstructions are refitted at every step. No gradient of the model is used, so a gradient it masks does not
@@ -27,7 +27,7 @@ __all__ = ["LatentDescent"]
 class LatentDescent(Attack):
     """Schott et al. 2019's latent descent in an ℓ2 or ℓ∞ ball of ``epsilon``: ``steps`` moves of ``step_size``
     (a fraction of the way) towards the closest wrong class's reconstruction. The model must expose
-    ``reconstructions(x) -> (images (n, C, ...), logits (n, C))``, as :class:`AnalysisBySynthesis` does."""
+    ``reconstructions(x) -> (images (n, C, ...), logits (n, C))``, as ``AnalysisBySynthesis`` does."""
 
     def __init__(self, *, norm: str = "l2", steps: int = 50, step_size: float = 0.1) -> None:
         if norm not in ("l2", "linf"):

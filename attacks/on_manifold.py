@@ -1,15 +1,15 @@
 """On-manifold attacks: adversarial examples on the generator's range.
 
-:class:`LatentPGD` — Stutz, Hein, Schiele, "Disentangling Adversarial Robustness and Generalization",
+``LatentPGD`` — Stutz, Hein, Schiele, "Disentangling Adversarial Robustness and Generalization",
 CVPR 2019 (on-manifold PGD in latent space), with the image-space budget of Ilyas et al. 2017:
 ``x' = G(z')`` with ``‖G(z') − G(ẑ(x))‖₂ ≤ η``, where ``ẑ(x)`` is the projection of ``x`` (the shared
 inversion core). Success means the model misclassifies ``x'`` with respect to ``x``'s label.
 
-:class:`OverpoweredAttack` — Ilyas, Jalal, Asteri, Daskalakis, Dimakis, "The Robust Manifold Defense",
+``OverpoweredAttack`` — Ilyas, Jalal, Asteri, Daskalakis, Dimakis, "The Robust Manifold Defense",
 2017: a pair ``z1, z2`` with ``‖G(z1) − G(z2)‖₂ ≤ η`` on which the classifier disagrees, found by a
 penalty (Lagrangian) method with an increasing multiplier.
 
-On a :class:`~manifold_defense.defended.DefendedModel` both differentiate the model's classifier at
+On a ``DefendedModel`` both differentiate the model's classifier at
 ``G(z)`` — a point on the range is its own projection — and score success on the full defended model.
 """
 

@@ -4,9 +4,9 @@ Written here rather than taken from foolbox because the adaptive evaluation need
 foolbox's attacks lack: restarts carried in the batch dimension, and Expectation over
 Transformation (Athalye et al. 2018) — averaging input gradients over several forward passes of a
 randomised model such as a stochastic projection defense. Both run on the library's descent engine
-(:func:`~manifold_defense.inversion.descend`): the variables are the images, the data term the
+(``descend``): the variables are the images, the data term the
 negated cross-entropy, the step rule a sign (ℓ∞) or normalised (ℓ2) step, the projection the ε-ball
-intersected with [0, 1]. Against a :class:`DefendedModel` the gradient itself is BPDA's
+intersected with [0, 1]. Against a ``DefendedModel`` the gradient itself is BPDA's
 straight-through estimate, so ``LinfPGD(eot=k)`` is BPDA + EOT.
 """
 
@@ -69,10 +69,10 @@ class ProjectedGradientDescent(Attack):
     keep their highest-loss iterate over all steps and restarts. ``get_step_rule()`` is the hook for another
     ascent direction.
 
-    ``warm_steps`` = m > 0 against a deterministic :class:`~manifold_defense.defended.DefendedModel` (BPDA or
+    ``warm_steps`` = m > 0 against a deterministic ``DefendedModel`` (BPDA or
     implicit gradient): every ``check_every``-th step crafts on — and is scored by — the model itself (its cold
     projection); the steps in between craft on a projection warm-started at each row's previous ``ẑ`` (m
-    steps of the model's optimizer, :meth:`~manifold_defense.defended.DefendedModel.classify_from`), and the
+    steps of the model's optimizer, ``classify_from``), and the
     rows whose warm logits are already wrong are scored on the model. Cheaper crafting, same scoring: a
     success still needs the model's own answer. Behind the default projection the projection is only part of
     a step's cost, and the warm one crafts a little worse: implicit PGD at ℓ∞ 0.3 on 60 BPDA survivors of
@@ -187,14 +187,14 @@ class ProjectedGradientDescent(Attack):
 
 
 class LinfPGD(ProjectedGradientDescent):
-    """PGD in ℓ∞ (keyword arguments as :class:`ProjectedGradientDescent`)."""
+    """PGD in ℓ∞ (keyword arguments as ``ProjectedGradientDescent``)."""
 
     def __init__(self, **kwargs) -> None:
         super().__init__(norm="linf", **kwargs)
 
 
 class L2PGD(ProjectedGradientDescent):
-    """PGD in ℓ2 (keyword arguments as :class:`ProjectedGradientDescent`)."""
+    """PGD in ℓ2 (keyword arguments as ``ProjectedGradientDescent``)."""
 
     def __init__(self, **kwargs) -> None:
         super().__init__(norm="l2", **kwargs)

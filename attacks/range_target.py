@@ -1,9 +1,9 @@
 """An ℓ∞ attack on a projection defense through the projection's own loss, not its gradient.
 
-- :class:`RangeTargetAttack` — other-class points of the generator's range that the projection's loss can
+- ``RangeTargetAttack`` — other-class points of the generator's range that the projection's loss can
   reach from the ε-ball, and per pixel the input that makes such a point fit better than the true class's
   projections. For projections whose loss masks gradients (ILO's dead zone); on a smooth projection the
-  implicit-gradient attack (:class:`~manifold_defense.attacks.adaptive.ImplicitPGD`) is the stronger one.
+  implicit-gradient attack (``ImplicitPGD``) is the stronger one.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class RangeTargetAttack(Attack):
     needs no gradient of the projection, and is where such a defense is attacked as Tramèr et al. (2020,
     "On Adaptive Attacks to Adversarial Example Defenses") ask — through the defense's own objective.
     Success is scored on the attacked model; each sample keeps its first breaking input. On a smooth
-    (squared-error) projection :class:`ImplicitPGD` is the stronger attack; without a projection (``generator=``
+    (squared-error) projection ``ImplicitPGD`` is the stronger attack; without a projection (``generator=``
     given, any classifier) the projection is the identity and the targets' own class is the classifier's.
     """
 
@@ -164,7 +164,7 @@ class RangeTargetAttack(Attack):
 
 
 class RangeTargetPGD(Attack):
-    """:class:`RangeTargetAttack`, then :class:`ImplicitPGD` (margin loss) on the samples it left unbroken, started
+    """``RangeTargetAttack``, then ``ImplicitPGD`` (margin loss) on the samples it left unbroken, started
     also from its ``target_starts`` inputs of lowest margin on the attacked model (besides PGD's own random and
     range restarts).
 

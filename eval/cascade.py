@@ -1,16 +1,16 @@
 """What a plan still has to attack, and what its records say — one function for both, so the run and the
 report can never disagree about which samples were attacked.
 
-:func:`cascade_state` walks a :class:`~manifold_defense.eval.suites.Plan` over the records of a run, per threat
+``cascade_state`` walks a ``Plan`` over the records of a run, per threat
 model and ε (ε ascending), attack by attack, then escalation round by escalation round:
 
 - the samples an attack *must* have attacked: every sample of the run (columns), or — in a survivor cascade —
   exactly the samples that are correct (in every attempt) and that no earlier attack of the threat, at this
   ε or a smaller one, broke; the escalation rounds always take the survivors of everything before them;
 - the records of that attack must cover those samples (otherwise this is the work still to do, and no
-  number exists: :class:`~manifold_defense.eval.records.IncompleteEvaluation`) and, in a cascade, claim no
+  number exists: ``IncompleteEvaluation``) and, in a cascade, claim no
   other sample (a record that says it attacked a sample the cascade had already dropped is not a record of
-  this cascade: :class:`~manifold_defense.eval.records.RecordError`);
+  this cascade: ``RecordError``);
 - escalation: after the suite's attacks, the iterative attack that broke the largest share of the samples
   it attacked runs again at 2×, 4× … its iterations with fresh restarts, on the survivors, until a round
   breaks none (converged) or the rounds run out (not converged: the worst case is an upper bound).

@@ -2,7 +2,7 @@
 number, so that a resumed run with anything else is refused rather than mixed with the old records.
 
 - a model: its type, the state digest of every weight, and the public settings of *every* submodule (a
-  :class:`~manifold_defense.defended.DefendedModel` wrapped in any ``nn.Module`` still shows its projection);
+  ``DefendedModel`` wrapped in any ``nn.Module`` still shows its projection);
 - a setting that is a function (e.g. a learning-rate schedule): its qualified name, a digest of its code
   (constants and nested functions included), its defaults, its closure and the globals it reads — not just
   ``"function"``, so a swapped callable is another run;
@@ -109,7 +109,7 @@ def _settings(module: nn.Module) -> dict[str, Any]:
 def model_fingerprint(model: nn.Module) -> dict[str, Any]:
     """What is evaluated: the classifier's (and generator's) weights, the projection and the gradient mode of
     the defended model (found anywhere inside ``model``), and every submodule's type and public settings — so
-    a wrapper around a :class:`~manifold_defense.defended.DefendedModel`, or a projection changed inside
+    a wrapper around a ``DefendedModel``, or a projection changed inside
     one, is another model, not the same weights."""
     defended = next((m for m in model.modules() if hasattr(m, "projection") and hasattr(m, "generator")
                      and hasattr(m, "classifier")), None)
@@ -130,7 +130,7 @@ SCORING_VERSION = 2
 
 def attack_fingerprint(spec: Any) -> dict[str, Any]:
     """An attack spec's identity: name, threat model, class and every hyperparameter (budget and seed included),
-    the library's scoring rules (:data:`SCORING_VERSION`) and the attack's own ``revision`` when it has one."""
+    the library's scoring rules (``SCORING_VERSION``) and the attack's own ``revision`` when it has one."""
     out = {"name": spec.name, "threat": spec.threat, "iterative": spec.iterative, "class": type(spec.attack).__name__,
            "hyperparameters": jsonable(spec.attack), "scoring": SCORING_VERSION}
     revision = getattr(spec.attack, "revision", 0)

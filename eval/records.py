@@ -8,14 +8,14 @@ hyperparameters, budget, seed — its note, e.g. which projection it crafted on,
 itself). Everything that could make a number wrong is an error, never a silent "robust":
 
 - resuming into a folder of another run (another model, projection, data, batch size, suite) or of an older
-  record format → :class:`RecordError` naming what differs; nothing recorded is touched (use another folder);
-- two processes writing one folder at once → :class:`RecordError` (the store holds a lock while open);
+  record format → ``RecordError`` naming what differs; nothing recorded is touched (use another folder);
+- two processes writing one folder at once → ``RecordError`` (the store holds a lock while open);
 - records of an attack whose fingerprint differs (another budget, e.g. ``--quick`` before) → error;
 - a line whose digest does not match its content (hand-edited, corrupted), or whose fields contradict
   each other (samples out of order, per-sample fields of another length, a perturbation above its ε) →
   error; a garbled line before the last → error (only a torn *last* line, an interrupted append, is dropped);
-- a sample a suite should have attacked without a record → :class:`IncompleteEvaluation` listing the gaps;
-- shards merged with different fingerprints or overlapping samples → :class:`RecordError`.
+- a sample a suite should have attacked without a record → ``IncompleteEvaluation`` listing the gaps;
+- shards merged with different fingerprints or overlapping samples → ``RecordError``.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def seal(record: dict) -> dict:
 
 
 def check_record(r: dict, *, batch_size: int | None = None, require_digest: bool = False, where: str = "") -> None:
-    """A :class:`RecordError` unless ``r`` is a well-formed record: its digest matches its content (required
+    """A ``RecordError`` unless ``r`` is a well-formed record: its digest matches its content (required
     with ``require_digest``), its samples are sorted, distinct and start at ``start``, no more than
     ``batch_size``, every per-sample field has one entry per sample, and an attack's largest perturbation is
     within its ε."""
@@ -111,10 +111,10 @@ def check_record(r: dict, *, batch_size: int | None = None, require_digest: bool
 
 def read_records(path: str | os.PathLike, *, repair: bool = False, require_digest: bool | None = None,
                  batch_size: int | None = None) -> list[dict]:
-    """The records of ``records.jsonl``, each checked (:func:`check_record`). A torn last line (an interrupted
+    """The records of ``records.jsonl``, each checked (``check_record``). A torn last line (an interrupted
     append) is dropped (and, with ``repair``, removed from the file); a line that does not parse anywhere else
-    is a :class:`RecordError`. ``require_digest`` (default: when the folder's ``run.json`` is of the current
-    :data:`FORMAT`): every record must carry its digest."""
+    is a ``RecordError``. ``require_digest`` (default: when the folder's ``run.json`` is of the current
+    ``FORMAT``): every record must carry its digest."""
     path = Path(path)
     if not path.is_file():
         return []
@@ -143,7 +143,7 @@ def read_records(path: str | os.PathLike, *, repair: bool = False, require_diges
 
 
 def _load_run(meta: Path) -> dict:
-    """``run.json``, or a :class:`RecordError` naming the file when it is not a JSON object."""
+    """``run.json``, or a ``RecordError`` naming the file when it is not a JSON object."""
     try:
         run = json.loads(meta.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -163,7 +163,7 @@ class RecordStore:
 
     ``run`` is the run fingerprint (model, data, batch size, attempts, suite). A folder holding another run's
     records is refused with the fields that differ; an empty folder starts a new run. While open (until
-    :meth:`close`, or the end of a ``with`` block) the store holds an exclusive lock on the folder
+    ``close``, or the end of a ``with`` block) the store holds an exclusive lock on the folder
     (``lock=False``: read and check only, e.g. another rank's shard): a second process writing the same
     folder is refused instead of duplicating records.
     """
@@ -204,7 +204,7 @@ class RecordStore:
         self.close()
 
     def close(self) -> None:
-        """Release the folder's lock (the records stay readable in :attr:`records`)."""
+        """Release the folder's lock (the records stay readable in ``records``)."""
         if self._lock is not None:
             self._lock.close()
             self._lock = None
@@ -221,7 +221,7 @@ class RecordStore:
                                   "hyperparameters, e.g. a --quick run); evaluate into another folder")
 
     def append(self, record: dict) -> dict:
-        """Seal (:func:`seal`) and append one record (flushed and fsynced: a crash loses at most the line being
+        """Seal (``seal``) and append one record (flushed and fsynced: a crash loses at most the line being
         written); returns the sealed record."""
         if self._lock is None:
             raise RecordError(f"{self.folder}: this store is closed or read-only; nothing was written")
@@ -237,7 +237,7 @@ class RecordStore:
 
 def _lock(folder: Path) -> Any:
     """An open file holding an exclusive, non-blocking lock on ``folder/.lock`` (released when closed or when the
-    process ends, even by a crash); a :class:`RecordError` when another process holds it."""
+    process ends, even by a crash); a ``RecordError`` when another process holds it."""
     f = open(folder / ".lock", "a+")
     try:
         import fcntl
@@ -263,7 +263,7 @@ def merge_records(folders: Sequence[str | os.PathLike], out: str | os.PathLike) 
     """Join shard folders into ``out`` (``run.json`` + ``records.jsonl``) after checking that every shard ran
     the same evaluation (run and attack fingerprints), that every record is intact and that no sample is
     recorded twice. Returns the merged records; coverage is checked when an
-    :class:`~manifold_defense.eval.Evaluation` is built from them."""
+    ``Evaluation`` is built from them."""
     if not folders:
         raise RecordError("merge_records needs at least one shard folder")
     runs, merged, seen, shas = [], [], {}, {}
@@ -316,7 +316,7 @@ def record_status(folder: str | os.PathLike) -> dict[str, Any]:
     not know which attacks a run will add.
 
     Counts only: a column with missing samples is not a robust accuracy, so none is computed here
-    (:func:`~manifold_defense.eval.evaluate` on the same folder reports the numbers once nothing is missing).
+    (``evaluate`` on the same folder reports the numbers once nothing is missing).
     """
     folder = Path(folder)
     meta = folder / "run.json"

@@ -2,8 +2,8 @@
 ``evaluate`` CLI, the demo and every benchmark build their attacks from.
 
 ``build_attack("pgd_linf", [0.3], classifier=..., generator=..., budget=AttackBudget.quick())`` → an
-:class:`~manifold_defense.eval.robustness.AttackSpec`. Every gradient attack on a
-:class:`~manifold_defense.defended.DefendedModel` is adaptive (BPDA, optionally EOT, on the model's own
+``AttackSpec``. Every gradient attack on a
+``DefendedModel`` is adaptive (BPDA, optionally EOT, on the model's own
 projection or a named surrogate; the unrolled projection; latent reparameterisation), and every result
 is scored on the attacked model itself. An unknown name is an error.
 """
@@ -43,8 +43,8 @@ __all__ = ["ATTACKS", "RegisteredAttack", "AttackBudget", "build_attack", "parse
 
 @dataclass(frozen=True)
 class AttackBudget:
-    """Iteration budgets of the registered attacks. The defaults are the benchmarks'; :meth:`quick` is for
-    smoke runs, :meth:`demo` for the digits demo."""
+    """Iteration budgets of the registered attacks. The defaults are the benchmarks'; ``quick`` is for
+    smoke runs, ``demo`` for the digits demo."""
 
     pgd_steps: int = 40
     eot: int = 2
@@ -285,7 +285,7 @@ ATTACKS: dict[str, RegisteredAttack] = {a.name: a for a in [
 def build_attack(name: str, epsilons: Sequence[float] | None = None, *, classifier: nn.Module | None = None,
                  generator: nn.Module | None = None, surrogate: ProjectionConfig | None = None,
                  budget: AttackBudget | None = None, label: str | None = None) -> AttackSpec:
-    """An :class:`AttackSpec` for a registered attack (see :data:`ATTACKS`).
+    """An ``AttackSpec`` for a registered attack (see ``ATTACKS``).
 
     ``classifier``: the undefended classifier (source of ``fgsm_transfer``). ``generator``: needed by the
     on-manifold attacks (a class-conditional one by ``on_manifold_cc`` and ``overpowered_cc``) (and latent reparameterisation of an undefended model). ``surrogate``: the

@@ -2,8 +2,8 @@
 intervals that hold at small n, one-attempt and N-attempt numbers for randomised defenses, and — for a suite
 — what each attack added (its marginal breaks and seconds) and whether the escalation converged.
 
-An :class:`Evaluation` is only ever built from complete records (:meth:`Evaluation.from_records`, through
-the same walk that decides what a run attacks: :func:`~manifold_defense.eval.cascade.cascade_state`).
+An ``Evaluation`` is only ever built from complete records (``Evaluation.from_records``, through
+the same walk that decides what a run attacks: ``cascade_state``).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class Evaluation:
     attack's own outcome. In a survivor cascade (suite ``standard`` / ``rand``) an attack only ever saw the
     samples every earlier one left, so ``robust[(name, eps)]`` is the robust accuracy *after* it and every
     earlier attack of its threat model, as AutoAttack reports it; an escalation round (``name×2`` …) is always
-    read that way. :attr:`stages` says what each attack added.
+    read that way. ``stages`` says what each attack added.
     """
 
     indices: list[int]
@@ -93,14 +93,14 @@ class Evaluation:
         return _summary(list(self._table(key, attempts).values()))
 
     def interval(self, key: tuple[str, float] | None = None, *, attempts: int = 1) -> tuple[float, float]:
-        """95 % Wilson interval of :meth:`accuracy`."""
+        """95 % Wilson interval of ``accuracy``."""
         vals = list(self._table(key, attempts).values())
         return wilson_interval(sum(vals), len(vals))
 
     def worst_case_samples(self, *, attempts: int = 1) -> dict[tuple[str, float], list[bool]]:
         """Per threat model and ε, per sample: robust only if every attack of that threat at that ε *or any
         smaller ε* failed (an adversarial input within ε' ≤ ε of x is one within ε too), the sanity checks'
-        attacks included (:attr:`check_broken`)."""
+        attacks included (``check_broken``)."""
         out = {}
         for threat in sorted(set(self.threats.values())):
             for eps in sorted({e for (a, e) in self.robust if self.threats[a] == threat}):
@@ -111,7 +111,7 @@ class Evaluation:
         return out
 
     def add_breaks(self, threat: str, eps: float, idx: Sequence[int], broken: Sequence[bool]) -> int:
-        """Count samples an attack beside the columns broke (:attr:`check_broken`) in the worst case at ``eps``
+        """Count samples an attack beside the columns broke (``check_broken``) in the worst case at ``eps``
         and above; returns how many the worst case had left robust."""
         before = dict(zip(self.indices, self.worst_case_samples().get((threat, float(eps)), [])))
         table = self.check_broken.setdefault((threat, float(eps)), {})
@@ -193,9 +193,9 @@ class Evaluation:
     @classmethod
     def from_records(cls, records: list[dict], indices: Sequence[int],
                      plan: "Plan | Sequence[tuple[str, float]]", *, attempts: int = 1) -> "Evaluation":
-        """The evaluation of ``indices`` under ``plan`` (a :class:`~manifold_defense.eval.suites.Plan`, or
+        """The evaluation of ``indices`` under ``plan`` (a ``Plan``, or
         ``(attack, ε)`` pairs: a per-attack table of those records) from records; a sample an attack should have
-        attacked without a record is an :class:`~manifold_defense.eval.records.IncompleteEvaluation`, never a
+        attacked without a record is an ``IncompleteEvaluation``, never a
         robust sample."""
         if not isinstance(plan, Plan):
             plan = _plan_of_jobs(records, plan)
@@ -207,7 +207,7 @@ class Evaluation:
     @classmethod
     def from_state(cls, state: CascadeState, indices: Sequence[int], plan: Plan, *, attempts: int = 1
                    ) -> "Evaluation":
-        """The evaluation of a complete :class:`~manifold_defense.eval.cascade.CascadeState`."""
+        """The evaluation of a complete ``CascadeState``."""
         idx = sorted(set(indices))
         clean, clean_all = state.clean, state.clean_all
         correct = {i for i in idx if clean_all[i]}

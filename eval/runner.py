@@ -1,11 +1,11 @@
 """Run an evaluation: a suite (or the caller's attacks) over a range of samples, resumably, in one process, in
 local worker processes or under ``torchrun``.
 
-The work is decided by one walk of the plan over the records (:func:`~manifold_defense.eval.cascade.cascade_state`):
+The work is decided by one walk of the plan over the records (``cascade_state``):
 clean answers per batch first, then, attack by attack in the suite's order, exactly the samples that walk
 says are still to attack — in a survivor cascade only those every earlier attack of the threat model left
 standing — in batches, then the escalation rounds on the survivors. Every finished batch is appended to the
-fail-closed record store (:mod:`manifold_defense.eval.records`), so a killed run (or a dead worker) loses
+fail-closed record store (``manifold_defense.eval.records``), so a killed run (or a dead worker) loses
 only the batches in flight, and a rerun into the same folder does only what is missing. A number is only
 ever computed from complete records.
 """
@@ -211,10 +211,10 @@ def evaluate(
     workers: int = 1,
 ) -> Evaluation:
     """Evaluate ``model`` on samples ``start … stop`` of ``(x, y)`` with a suite (default ``"standard"``,
-    :mod:`manifold_defense.eval.suites`) or with the caller's ``attacks`` (every attack on every sample; the
+    ``manifold_defense.eval.suites``) or with the caller's ``attacks`` (every attack on every sample; the
     report says the worst case covers only those).
 
-    Suite options: ``epsilons`` per threat model, ``threats`` (a subset), ``budget`` (:class:`AttackBudget`),
+    Suite options: ``epsilons`` per threat model, ``threats`` (a subset), ``budget`` (``AttackBudget``),
     ``classifier`` (the transfer attack's undefended source), ``generator`` (for latent and on-manifold
     attacks on an undefended model), ``surrogate`` (the projection adaptive attacks craft on),
     ``escalation_rounds`` (default: the suite's). With ``out_dir`` every finished batch is recorded there; a

@@ -105,22 +105,22 @@ def sanity_checks(ev: Evaluation, model: nn.Module | None = None, x: torch.Tenso
       single-step one.
     - with ``model``, ``x``, ``y``: ``large_epsilon_breaks_all`` (ℓ∞ PGD at ε = 1 leaves ≤ 5 %);
       ``gradients_informative`` (the attacks' gradient — the model's own, BPDA's or the implicit one —
-      agrees with finite differences of the *true* loss of the attacked model, :func:`gradient_agreement`;
+      agrees with finite differences of the *true* loss of the attacked model, ``gradient_agreement``;
       fails when, for every such gradient, the mean agreement is below 0.1 or not above zero by 2 SE: masked
       or useless gradients);
       ``attack_converged`` (Carlini et al. 2019's "more iterations and restarts stop helping": after a suite,
       the run's own escalation — its last round broke nothing, per threat model and ε; after attacks chosen
       by the caller, per threat model the strongest iterative attack at twice its iterations and restarts
-      (:func:`scaled_attack`) on ``convergence_subset`` samples changes robust accuracy by at most one point
+      (``scaled_attack``) on ``convergence_subset`` samples changes robust accuracy by at most one point
       or one sample);
       ``decision_based_not_stronger`` (HopSkipJump, labels only, on up to ``decision_subset`` of the samples
       the white-box attacks left, breaks at most one of them).
 
     Every sample a check's own attack breaks (ε = 1 PGD, the convergence reruns, the decision-based attack)
-    goes to ``ev.check_broken`` and counts in :meth:`Evaluation.worst_case` at that ε and above: an adversarial
+    goes to ``ev.check_broken`` and counts in ``Evaluation.worst_case`` at that ε and above: an adversarial
     input a check found is as real as the evaluation's own.
 
-    The checks' attacks run through :func:`~manifold_defense.eval.evaluate` in batches of ``batch_size`` (default:
+    The checks' attacks run through ``evaluate`` in batches of ``batch_size`` (default:
     the whole subset); with ``out_dir`` each finished batch is recorded under ``out_dir/<check>/<samples>``, so a
     killed run resumes its checks (hours behind a costly projection) from their records, fingerprint-checked like
     any, and the same check on other samples (another ``--stop``) has a folder of its own.

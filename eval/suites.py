@@ -1,4 +1,4 @@
-"""Named, versioned attack suites: what :func:`~manifold_defense.eval.evaluate` runs unless told otherwise.
+"""Named, versioned attack suites: what ``evaluate`` runs unless told otherwise.
 
 Like AutoAttack's ``version`` (Croce & Hein 2020, ``run_standard_evaluation``), a suite is a fixed, ordered
 list of attacks per threat model, and its name and version go into the run's fingerprint and its report.
@@ -121,7 +121,7 @@ _EPSILONS = {8: {"linf": (0.3,), "l2": (1.0,), "on_manifold": (1.0,)},
 
 
 def default_epsilons(input_shape: Sequence[int]) -> dict[str, tuple[float, ...]]:
-    """The default ε per threat model for images of ``input_shape`` (see :data:`_EPSILONS`)."""
+    """The default ε per threat model for images of ``input_shape`` (see ``_EPSILONS``)."""
     side = int(input_shape[-1])
     if side not in _EPSILONS:
         raise InputError(f"no default epsilons for {side}×{side} images; give epsilons={{'linf': [...], ...}}")
@@ -207,13 +207,13 @@ def build_plan(suite: "str | Suite | Plan | None", model: nn.Module, *, attacks:
                surrogate: ProjectionConfig | None = None, budget: AttackBudget | None = None,
                epsilons: Mapping[str, Sequence[float]] | None = None, threats: Sequence[str] | None = None,
                escalation_rounds: int | None = None) -> Plan:
-    """The :class:`Plan` of a suite on ``model`` (or of the caller's ``attacks``, run as columns without escalation;
-    a :class:`Plan` is returned as it is).
+    """The ``Plan`` of a suite on ``model`` (or of the caller's ``attacks``, run as columns without escalation;
+    a ``Plan`` is returned as it is).
 
     ``classifier``: the undefended source of the transfer attack (default: the defended model's own classifier,
     or ``model``); ``generator``: the range the latent and on-manifold attacks search (default: the defended
     model's); ``surrogate``: the projection adaptive attacks craft on (default: the attacked model's own);
-    ``epsilons``: ε per threat model (default :func:`default_epsilons`); ``threats``: a subset of the suite's."""
+    ``epsilons``: ε per threat model (default ``default_epsilons``); ``threats``: a subset of the suite's."""
     if isinstance(suite, Plan):
         if attacks is not None:
             raise InputError("give a suite or attacks, not both")

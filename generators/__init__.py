@@ -1,6 +1,6 @@
 """Generators: the architectures (VAE, the Defense-GAN WGAN, DCGAN for 32×32, random ReLU networks, Deep
-Image Prior networks, per-class VAEs), encoders for GANs, and their trainers. :class:`Generator` and the other protocols
-(:mod:`manifold_defense.protocols`) say what the rest of the library asks of a generator."""
+Image Prior networks, per-class VAEs), encoders for GANs, and their trainers. ``Generator`` and the other protocols
+(``manifold_defense.protocols``) say what the rest of the library asks of a generator."""
 
 from manifold_defense.generators.base import Chain, SequentialGenerator
 from manifold_defense.generators.class_conditional import ClassVAEs, class_groups

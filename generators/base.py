@@ -18,13 +18,13 @@ class Chain(nn.Sequential):
 
 class SequentialGenerator(nn.Module):
     """A map ``G: R^latent_dim → [0, 1]^output_shape`` built as a chain of blocks: the base class of the
-    library's generators (it meets the :class:`~manifold_defense.protocols.Generator` and
-    :class:`~manifold_defense.protocols.Splittable` protocols).
+    library's generators (it meets the ``Generator`` and
+    ``Splittable`` protocols).
 
     Subclasses fill ``self.blocks`` (an ``nn.ModuleList``) and set ``latent_dim`` and
     ``output_shape``. ``split(i)`` cuts the chain after block ``i`` into ``(G1, G2)`` with
     ``G2(G1(z)) == G(z)``; this is what intermediate layer optimisation (Daras et al. 2021) searches
-    over. Generators with an encoder add ``encode(x)`` (:class:`~manifold_defense.protocols.Encoded`).
+    over. Generators with an encoder add ``encode(x)`` (``Encoded``).
     """
 
     latent_dim: int

@@ -4,8 +4,8 @@ Generator: Linear ``latent_dim`` → 4×4×4·``dim`` (batch norm, ReLU) → thr
 convolutions to 8×8×2·``dim``, 16×16×``dim`` (batch norm, ReLU) and 32×32×``channels`` (sigmoid, so
 images are in [0, 1] like every generator here). Critic: three stride-2 4×4 convolutions with LeakyReLU
 0.2 and a linear score, no normalisation (it suits WGAN-GP's per-sample gradient penalty and the
-hinge loss alike). Pair the generator with :class:`~manifold_defense.generators.encoder.EncodedGenerator`
-for encoder warm starts; its :class:`~manifold_defense.generators.encoder.LatentEncoder` takes 32×32 inputs.
+hinge loss alike). Pair the generator with ``EncodedGenerator``
+for encoder warm starts; its ``LatentEncoder`` takes 32×32 inputs.
 """
 
 from __future__ import annotations

@@ -1,14 +1,14 @@
 """Class-conditional generators: one generative model per class.
 
-:class:`ClassVAEs` — one MLP VAE per class, the class-specific generators of Stutz, Hein, Schiele,
+``ClassVAEs`` — one MLP VAE per class, the class-specific generators of Stutz, Hein, Schiele,
 "Disentangling Adversarial Robustness and Generalization", CVPR 2019 (they use VAE-GANs; a VAE keeps the
 encoder the projection starts from and trains in minutes on a CPU). Each VAE only ever sees images of its
 own class, so an on-manifold perturbation of a "3" stays in the range of the "3" model: the label holds by
 construction, which a conditional VAE/GAN (one decoder that may ignore its label input) does not promise.
 
-``condition(c)`` returns class ``c``'s VAE, a plain :class:`~manifold_defense.protocols.Generator`, so every
+``condition(c)`` returns class ``c``'s VAE, a plain ``Generator``, so every
 inversion, projection and attack of the library runs on it unchanged; the class-conditional attacks
-(:mod:`manifold_defense.attacks.class_conditional`) group a batch by label and run once per class.
+(``manifold_defense.attacks.class_conditional``) group a batch by label and run once per class.
 """
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ def class_groups(labels: torch.Tensor, num_classes: int) -> Iterator[tuple[int, 
 
 
 class ClassVAEs(nn.Module):
-    """``num_classes`` independent :class:`~manifold_defense.generators.vae.VAE` s; ``G(z, y) = VAE_y(z)``.
+    """``num_classes`` independent ``VAE`` s; ``G(z, y) = VAE_y(z)``.
 
-    It meets :class:`~manifold_defense.protocols.ClassConditional` and deliberately not
-    :class:`~manifold_defense.protocols.Generator` (no unconditional ``sample_latent``): passing it where
+    It meets ``ClassConditional`` and deliberately not
+    ``Generator`` (no unconditional ``sample_latent``): passing it where
     one range is expected is an error that says to call ``condition(label)``.
     """
 

@@ -4,7 +4,7 @@ DCGAN-like and small, as in Van Veen et al., "Compressed Sensing with Deep Image
 Regularization" (2018): a fixed random input ``z0`` of shape ``(latent_channels, s, s)`` followed
 by ``upsamples`` stages of [nearest ×2 upsampling, 3×3 convolution, instance normalisation with an
 affine map, ReLU] and a final 3×3 convolution with a sigmoid. ``s = H / 2**upsamples`` (7 for 28×28
-images, 2 for 8×8). It is never trained on data: :func:`manifold_defense.inversion.dip` fits its
+images, 2 for 8×8). It is never trained on data: ``manifold_defense.inversion.dip`` fits its
 weights to one image's measurements.
 
 Instance normalisation (GroupNorm with one group per channel) stands in for the batch normalisation
@@ -36,7 +36,7 @@ class DeepImagePrior(nn.Module):
     """Untrained DIP network ``G(z0; w)`` for ``output_shape`` images (see the module docstring).
 
     ``flat_init(n, generator)`` draws ``n`` independent weight vectors with PyTorch's default
-    initialisation; :meth:`unflatten` / :meth:`functional_forward` map a flat weight vector back to
+    initialisation; ``unflatten`` / ``functional_forward`` map a flat weight vector back to
     the network, which is how the inversion core batches one network per image.
     """
 
@@ -80,7 +80,7 @@ class DeepImagePrior(nn.Module):
         return self.net(self.z0 if z is None else z)
 
     def flat_weights(self) -> torch.Tensor:
-        """This network's weights as one flat vector (the layout :meth:`unflatten` reads)."""
+        """This network's weights as one flat vector (the layout ``unflatten`` reads)."""
         return torch.cat([p.detach().reshape(-1) for p in self.parameters()])
 
     def unflatten(self, w: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -2,9 +2,9 @@
 
 Invert-and-Defend (Lin, Balaji, Samangouei, Chellappa 2019) trains an encoder ``E`` for a fixed GAN
 generator ``G`` so that ``G(E(x)) ≈ x``, and starts the latent search from ``E(x)``; a few descent
-steps then reach the accuracy of many random restarts. :class:`EncodedGenerator` is a generator with
+steps then reach the accuracy of many random restarts. ``EncodedGenerator`` is a generator with
 such an encoder attached (same ``blocks``, so its generator weights load from the bare generator's
-checkpoint and ILO's ``split`` works unchanged); :func:`train_encoder` fits the encoder with the
+checkpoint and ILO's ``split`` works unchanged); ``train_encoder`` fits the encoder with the
 generator frozen, on a latent-space loss ``‖E(G(z)) − z‖²`` over prior samples plus an image-space
 loss ``‖G(E(x)) − x‖²`` over real images.
 """
@@ -61,10 +61,10 @@ class LatentEncoder(nn.Module):
 
 
 class EncodedGenerator(SequentialGenerator):
-    """A generator (any registered ``generator_arch``) with a trained :class:`LatentEncoder`.
+    """A generator (any registered ``generator_arch``) with a trained ``LatentEncoder``.
 
     ``forward`` is the generator's; ``encode`` is the encoder's. Build one from a trained generator with
-    :meth:`from_generator`, then fit the encoder with :func:`train_encoder`.
+    ``from_generator``, then fit the encoder with ``train_encoder``.
     """
 
     arch_name = "encoded-generator"

@@ -1,7 +1,7 @@
 """Trainers for the generators: VAE (ELBO), WGAN-GP (Gulrajani et al. 2017) and the hinge-loss GAN with a
 spectrally normalised critic (Miyato et al. 2018).
 
-Both run through :func:`manifold_defense.checkpoint.train_epochs`: seeded, tqdm progress, an atomic
+Both run through ``manifold_defense.checkpoint.train_epochs``: seeded, tqdm progress, an atomic
 checkpoint after every epoch, and resumption after an interruption.
 """
 
@@ -30,7 +30,7 @@ __all__ = ["train_vae", "train_wgan", "reconstruction_mse"]
 def reconstruction_mse(model: Encoded, x: torch.Tensor, batch_size: int = 1000,
                        labels: torch.Tensor | None = None) -> float:
     """Mean per-pixel squared error of ``G(encode(x))`` against ``x``, for any generator with an encoder
-    (a VAE, an :class:`~manifold_defense.generators.encoder.EncodedGenerator`); a class-conditional one
+    (a VAE, an ``EncodedGenerator``); a class-conditional one
     encodes and decodes each image with its class's model (``labels``)."""
     p = next(model.parameters())
     x = x.to(p.device)
@@ -61,7 +61,7 @@ def train_vae(
     progress: bool = True,
 ) -> list[dict[str, float]]:
     """Train a VAE with Adam on the negative ELBO (CSGM settings by default: lr 1e-3, batch 100). A
-    class-conditional :class:`~manifold_defense.generators.class_conditional.ClassVAEs` takes the labels
+    class-conditional ``ClassVAEs`` takes the labels
     ``y_train`` (and ``y_test``): each image trains its own class's VAE."""
     check_images(x_train, model.output_shape, name="x_train")
     conditional = isinstance(model, ClassConditional)
@@ -140,7 +140,7 @@ def train_wgan(
     moving average of the generator's weights with that decay (Yazıcı et al. 2019) and leaves it in
     ``generator`` (the trained weights are checkpointed beside it): averaged weights give better samples.
 
-    ``measurement`` (a :class:`~manifold_defense.ambient.RandomMeasurement`): AmbientGAN training (Bora, Price,
+    ``measurement`` (a ``RandomMeasurement``): AmbientGAN training (Bora, Price,
     Dimakis 2018) with ``measure='ambient'``: the critic compares real measurements with measurements of the
     generator's samples, fresh parameters θ for every sample and step (drawn from the checkpointed data
     generator, so a resumed run draws what an uninterrupted one would); ``measure='ignore'`` is the paper's

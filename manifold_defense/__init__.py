@@ -7,7 +7,7 @@ sensing (CSGM, ILO, Deep Image Prior) on one inversion core::
     from manifold_defense import DefendedModel, ProjectionConfig, zoo, data, evaluate, invert, guided_generate
 
 The names load on first use (``import manifold_defense`` stays light); attacks live in
-:mod:`manifold_defense.attacks`.
+``manifold_defense.attacks``.
 """
 
 from __future__ import annotations

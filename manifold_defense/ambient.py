@@ -1,16 +1,16 @@
 """Random measurement models for AmbientGAN (Bora, Price, Dimakis, "AmbientGAN: Generative models from lossy
 measurements", ICLR 2018).
 
-A :class:`RandomMeasurement` is a family ``A_θ``: every call draws fresh parameters ``θ`` for every sample
+A ``RandomMeasurement`` is a family ``A_θ``: every call draws fresh parameters ``θ`` for every sample
 (``sample``) and applies them (``apply``), differentiably in the images, so a generator can be trained on
 what its samples look like *after* measurement — the discriminator compares ``A_θ(G(z))`` with real
 measurements ``A_θ'(x)`` and never sees a clean image. The paper's MNIST families:
 
-- :class:`BlockPixels` — each pixel dropped independently with probability ``p`` (the kept ones scaled by
+- ``BlockPixels`` — each pixel dropped independently with probability ``p`` (the kept ones scaled by
   ``1 / (1 − p)``, as the paper's code does);
-- :class:`BlurNoise` — a fixed Gaussian blur (5×5, σ = 1) and fresh additive Gaussian noise;
-- :class:`KeepPatch` — everything outside a ``size`` × ``size`` patch at a random place set to zero;
-- :class:`GaussianProjection` — the image projected on a fresh Gaussian direction ``θ``, which the critic is
+- ``BlurNoise`` — a fixed Gaussian blur (5×5, σ = 1) and fresh additive Gaussian noise;
+- ``KeepPatch`` — everything outside a ``size`` × ``size`` patch at a random place set to zero;
+- ``GaussianProjection`` — the image projected on a fresh Gaussian direction ``θ``, which the critic is
   shown with the projection (the paper's "Gaussian-Projection": one number per image, and θ).
 
 The first three keep the image's shape (the library's critics apply unchanged); ``output_shape`` says what a
@@ -247,7 +247,7 @@ MEASUREMENTS = {c.name: c for c in (BlockPixels, BlurNoise, KeepPatch, GaussianP
 def measure_dataset(measurement: RandomMeasurement, x: torch.Tensor, *, seed: int = 0,
                     batch_size: int = 1000) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Every image measured once, with parameters drawn from ``seed`` (the same data for every method compared):
-    ``(y, params)``, ``params`` per image as :meth:`RandomMeasurement.sample` gives them."""
+    ``(y, params)``, ``params`` per image as ``RandomMeasurement.sample`` gives them."""
     check_images(x, measurement.image_shape, name="x")
     gen = torch.Generator().manual_seed(seed)
     ys, ps = [], []
@@ -301,7 +301,7 @@ def save_measured(path: str | os.PathLike, y: torch.Tensor, measurement: RandomM
 
 
 def load_measured(path: str | os.PathLike) -> tuple[torch.Tensor, RandomMeasurement, dict[str, torch.Tensor]]:
-    """``(measurements, measurement, known params)`` from a file of :func:`save_measured`; a file whose shapes
+    """``(measurements, measurement, known params)`` from a file of ``save_measured``; a file whose shapes
     disagree with its measurement is a one-line error."""
     path = Path(path)
     if not path.is_file():

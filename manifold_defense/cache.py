@@ -3,13 +3,13 @@
 The clean inputs of an evaluation are projected by the clean pass, then again by every attack that starts
 from the projection (latent reparameterisation, on-manifold PGD, the range-target attack's anchors), every
 escalation round of those, the sanity checks and the report's example grid. Inside
-``with ProjectionCache():`` :meth:`~manifold_defense.defended.ProjectionConfig.project` keeps each
+``with ProjectionCache():`` ``project`` keeps each
 deterministic projection per input row and hands it back when the *exact same bytes* are projected again
 with the same settings onto the same generator.
 
 Fail-closed by construction: a row is looked up by a 64-bit key of its content, and a hit is returned only
 after the stored input is compared with the new one value for value; a mismatch (two inputs sharing a key)
-is a :class:`ProjectionCacheError`, never another input's projection. Stochastic projections (fresh
+is a ``ProjectionCacheError``, never another input's projection. Stochastic projections (fresh
 restarts per call) and differentiable (unrolled) projections are never cached. What an attack *scores* on
 — the defended model's forward pass — does not read the cache (it may fill it): a success is judged by a
 cold projection, as without the cache.

@@ -2,7 +2,7 @@
 
 A checkpoint is a plain dict of tensors, numbers and strings, loaded with
 ``torch.load(weights_only=True)`` so a file from elsewhere cannot execute code. It records each
-module's architecture name and constructor arguments (:mod:`manifold_defense.models` rebuilds the
+module's architecture name and constructor arguments (``manifold_defense.models`` rebuilds the
 module from them) and the training configuration, so resuming a run with a different configuration
 fails instead of silently mixing the two.
 """
@@ -42,7 +42,7 @@ class CheckpointError(RuntimeError):
 def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> None:
     """Write ``payload`` with ``torch.save`` atomically: a reader sees the old file or the new one, never half.
     A checkpoint of this library (``payload["format"]``) carries the digest of its tensors, checked by
-    :func:`load_checkpoint`: weights changed on disk are an error, not a silently different model."""
+    ``load_checkpoint``: weights changed on disk are an error, not a silently different model."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = dict(payload)
@@ -95,7 +95,7 @@ def _atomic_write(path: Path, mode: str, write: Callable[[Any], Any]) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
+    """Load a checkpoint written by ``save_checkpoint`` (``weights_only=True``)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -186,7 +186,7 @@ def train_epochs(
     The one training loop of the library. If ``path`` holds an unfinished run with the same
     ``config`` it resumes after the last finished epoch (modules, optimizers, schedulers, the
     data-order ``generator`` and the global RNG are restored); a finished run with fewer epochs is
-    extended. A different ``config`` raises :class:`CheckpointError` rather than mixing two runs.
+    extended. A different ``config`` raises ``CheckpointError`` rather than mixing two runs.
     ``finalize()`` runs once at the end; its dict (e.g. test accuracy) is stored as
     ``metadata["quality"]``. Returns the per-epoch metrics history. ``log_path`` gets one JSON line of
     metrics per finished epoch. Only a ``writer`` (rank 0 of a distributed run) writes files.

@@ -1,5 +1,5 @@
 """Classifiers: the Defense-GAN MNIST models A–D (Samangouei et al., ICLR 2018), Madry et al.'s MNIST network
-(ICLR 2018) and a small CNN for the 8×8 digits (their trainer is :func:`manifold_defense.training.train_classifier`).
+(ICLR 2018) and a small CNN for the 8×8 digits (their trainer is ``manifold_defense.training.train_classifier``).
 
 Every classifier takes images in [0, 1] of shape ``input_shape`` and returns logits over
 ``num_classes`` classes.

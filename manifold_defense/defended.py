@@ -1,7 +1,7 @@
 """Projection defenses: classify ``G(ẑ(x))`` instead of ``x`` (Samangouei et al. 2018; Ilyas et al. 2017).
 
 ``ẑ(x) = argmin_z ‖G(z) − x‖² / n + λ‖z‖²`` comes from the shared inversion core with the identity
-operator. :class:`ProjectionConfig` says how; ``ProjectionConfig.defense_gan()`` is the published
+operator. ``ProjectionConfig`` says how; ``ProjectionConfig.defense_gan()`` is the published
 recipe, the default is a cheaper encoder-started one.
 
 Gradients: the projection is an argmin, so ``∂G(ẑ(x))/∂x`` is not available by backpropagation.
@@ -32,15 +32,15 @@ from manifold_defense.validation import InputError, check_compatible, check_imag
 
 __all__ = ["ProjectionConfig", "DefendedModel", "PROJECTIONS", "GRADIENTS"]
 
-#: named projections (:meth:`ProjectionConfig.preset`)
+#: named projections (``ProjectionConfig.preset``)
 PROJECTIONS = ("default", "defense_gan", "dead_zone")
-#: gradient modes of :class:`DefendedModel`
+#: gradient modes of ``DefendedModel``
 GRADIENTS = ("bpda", "implicit", "unrolled", "none")
 
 
 @dataclass(frozen=True)
 class ProjectionConfig:
-    """Settings of the projection onto the generator's range (keyword arguments of :func:`~manifold_defense.inversion.csgm`).
+    """Settings of the projection onto the generator's range (keyword arguments of ``csgm``).
 
     The default is the fast projection: restart 0 at the generator's encoder (the VAE's, or one trained
     for a GAN as in Invert-and-Defend, e.g. zoo ``mnist-wgan-inv``), restarts 1–2 at the 2 best of
@@ -49,17 +49,17 @@ class ProjectionConfig:
     schedule and per-sample early stopping (``tol``/``patience``). On MNIST with mnist-vae20 it reaches
     Defense-GAN's L × R = 200 × 10 projection error with 28× fewer generator evaluations and 20× the images
     per second (benchmarks/results/projection_speed.json); generators may carry tuned settings
-    (:meth:`for_generator`).
+    (``for_generator``).
 
     ``init``: 'encoder' (restart 0 at the encoder, others perturb it), 'search' (the ``restarts`` best
     of ``search_candidates`` random latents), 'encoder+search', or 'random'; without an encoder
     'encoder' falls back to 'random' and 'encoder+search' to 'search'. ``stochastic=True`` draws fresh
     random restarts on every call (a randomised defense: attack it with EOT). ``dead_zone`` > 0
-    replaces the squared error by :func:`~manifold_defense.inversion.dead_zone_loss` (residuals up
+    replaces the squared error by ``dead_zone_loss`` (residuals up
     to that size per pixel are free, so bounded pixel noise does not pull the projection). ``min_rows``
     pads every network pass to that many rows so that an input's projection — and the defended model's
     answer — does not depend on the rest of its batch (float32 kernels for a few rows round differently;
-    :func:`~manifold_defense.utils.rows_at_least`); 1 turns it off.
+    ``rows_at_least``); 1 turns it off.
     """
 
     steps: int = 70
@@ -130,8 +130,8 @@ class ProjectionConfig:
 
     @classmethod
     def preset(cls, name: str, generator: nn.Module, **overrides) -> "ProjectionConfig":
-        """A projection by name for ``generator``: 'default' (:meth:`for_generator`), 'defense_gan'
-        (:meth:`defense_gan` at the generator's latent size) or 'dead_zone' (:meth:`dead_zone_search`)."""
+        """A projection by name for ``generator``: 'default' (``for_generator``), 'defense_gan'
+        (``defense_gan`` at the generator's latent size) or 'dead_zone' (``dead_zone_search``)."""
         if name == "default":
             return cls.for_generator(generator, **overrides)
         if name == "defense_gan":
@@ -145,7 +145,7 @@ class ProjectionConfig:
         return asdict(self)
 
     def csgm_kwargs(self, generator: nn.Module, call: int = 0) -> dict:
-        """Keyword arguments of :func:`~manifold_defense.inversion.csgm` for projecting onto ``generator``.
+        """Keyword arguments of ``csgm`` for projecting onto ``generator``.
 
         Falls back to random starts when the generator has no encoder; in stochastic mode the seed
         changes with ``call`` so every call draws fresh restarts.
@@ -168,7 +168,7 @@ class ProjectionConfig:
 
         Each input's random restarts are keyed by its own content (and ``call`` in stochastic mode), so its
         projection does not depend on what else is in the batch. Inside ``with ProjectionCache():``
-        (:mod:`manifold_defense.cache`) a deterministic projection is kept per input row: ``cache='read'``
+        (``manifold_defense.cache``) a deterministic projection is kept per input row: ``cache='read'``
         returns rows projected before (exact inputs only) and projects the rest, ``'store'`` always projects
         (a cold answer, e.g. the one an attack is scored on) and keeps the result, ``'off'`` neither."""
         if cache not in ("read", "store", "off"):
@@ -239,7 +239,7 @@ class DefendedModel(nn.Module):
 
     An ``nn.Module`` returning logits for images in [0, 1], usable unchanged by foolbox, AutoAttack
     and torchattacks. ``gradient`` is 'bpda' (straight-through, the default), 'implicit' (the exact local
-    derivative of the converged projection by implicit differentiation, :mod:`manifold_defense.implicit`),
+    derivative of the converged projection by implicit differentiation, ``manifold_defense.implicit``),
     'unrolled' (backpropagate through the projection's steps) or 'none' (zero gradient, for comparison).
     Each input's answer does not depend on the rest of its batch (see ``ProjectionConfig.min_rows``).
     """
@@ -297,8 +297,8 @@ class DefendedModel(nn.Module):
     def classify_from(self, x: torch.Tensor, z_start: torch.Tensor, *, steps: int
                       ) -> tuple[torch.Tensor, InversionResult]:
         """``(logits, projection)`` through a projection warm-started at ``z_start``
-        (:meth:`ProjectionConfig.refine`), with this model's gradient: what an attack crafts on between the
-        steps where it asks the model itself (:meth:`classify`). Not this model's answer."""
+        (``ProjectionConfig.refine``), with this model's gradient: what an attack crafts on between the
+        steps where it asks the model itself (``classify``). Not this model's answer."""
         if self.gradient not in ("bpda", "implicit"):
             raise InputError(f"a warm-started projection supports the bpda and implicit gradients, not {self.gradient!r}")
         check_images(x, self.input_shape, dtype=model_dtype(self.generator))

@@ -4,7 +4,7 @@ Load (or train) a generator and a classifier, report their quality, then attack 
 defended classifier with the non-adaptive transfer attack of the Defense-GAN paper, adaptive attacks
 (BPDA, implicit differentiation of the projection, latent reparameterisation; Athalye et al. 2018) and an
 on-manifold attack, run the sanity checks and write reports, plots and image grids. The attacks come from
-the registry (:mod:`manifold_defense.eval.registry`) with :meth:`~manifold_defense.eval.AttackBudget.demo`
+the registry (``manifold_defense.eval.registry``) with ``demo``
 budgets. ``dataset='digits'`` (embedded) or ``'mnist'`` (classifier A of Defense-GAN behind the CSGM VAE,
 at the threat models of the Defense-GAN and Athalye et al. evaluations; needs ``mnist.npz``).
 """
@@ -42,7 +42,7 @@ def run_demo(out: str | Path, *, dataset: str = "digits", n: int = 100, device: 
              workers: int = 1, batch_size: int = 25) -> dict:
     """Run the demo on ``n`` test images of ``dataset``, writing into ``out``; returns the summary
     (also written to ``out/demo.json``). ``data_path``: where MNIST is (default ``$MANIFOLD_DEFENSE_DATA``);
-    ``workers`` and ``batch_size``: as :func:`~manifold_defense.eval.evaluate`'s (``workers`` at most the number
+    ``workers`` and ``batch_size``: as ``evaluate``'s (``workers`` at most the number
     of batches; > 1 spawns processes: call it under ``if __name__ == "__main__":``)."""
     if dataset not in _MODELS:
         raise InputError(f"dataset must be one of {', '.join(_MODELS)}, got {dataset!r}")

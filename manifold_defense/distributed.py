@@ -1,7 +1,7 @@
 """Multi-process training under ``torchrun`` (DistributedDataParallel; gloo on CPU, nccl on GPU).
 
 ``torchrun --nproc_per_node=N --no-python manifold-defense adv-train ...`` starts N processes with
-``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` set; :func:`init_from_environment` joins them into one process
+``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` set; ``init_from_environment`` joins them into one process
 group. Outside torchrun it does nothing and training runs in one process.
 """
 

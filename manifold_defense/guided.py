@@ -6,8 +6,8 @@ target class; optimising through the generator's intermediate layers within ℓ1
 it beyond its range while staying close to natural images. The authors never released that code;
 this module builds it on the library's one optimisation loop:
 
-- ``method="ilo"`` — :func:`~manifold_defense.inversion.ilo` with the cross-entropy to the target;
-- ``method="latent"`` — :func:`~manifold_defense.inversion.csgm` with the same loss (first layer only:
+- ``method="ilo"`` — ``ilo`` with the cross-entropy to the target;
+- ``method="latent"`` — ``csgm`` with the same loss (first layer only:
   the range-limited baseline);
 - ``method="pixel"`` — Santurkar et al., "Image Synthesis with a Single (Robust) Classifier",
   NeurIPS 2019: descent in pixel space from the start image within an ℓ2 ball, under the robust
@@ -40,7 +40,7 @@ METHODS = ("ilo", "latent", "pixel")
 
 @dataclass
 class GuidedResult:
-    """What :func:`guided_generate` returns, one row per (start, target) pair.
+    """What ``guided_generate`` returns, one row per (start, target) pair.
 
     ``images``: the results. ``start``: the start images (given, or ``G(z)`` of random latents).
     ``start_range``: the start as the optimisation began (its projection ``G(ẑ)`` for ``ilo``/``latent``,
@@ -164,7 +164,7 @@ def guided_generate(
     ``0.3·√n`` for n pixels: 8.4 on MNIST, 2.4 on the 8×8 digits).
 
     ``start``: ``(N, C, H, W)`` images in [0, 1]; for ``ilo``/``latent`` they are projected onto the
-    generator first (``projection``: a :class:`~manifold_defense.defended.ProjectionConfig`, default the
+    generator first (``projection``: a ``ProjectionConfig``, default the
     generator's fast projection). Without ``start``, pairs begin at ``G(z)``, ``z ~ N(0, I)`` (seeded),
     one per entry of ``target``. ``frames`` > 0 keeps that many snapshots along the way (morphing).
     """

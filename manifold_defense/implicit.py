@@ -7,7 +7,7 @@ Differentiation", NeurIPS 2022). Here ``∂²F/∂z∂x = −(1/n) Jᵀ diag(ρ'
 
     dG(ẑ(x))/dx = J H⁻¹ (1/n) Jᵀ diag(ρ''),        H = ∂²F/∂z²  (k × k, curvature of G included)
 
-(``ρ'' = 2`` for the squared error; for :func:`~manifold_defense.inversion.dead_zone_loss` it is 2 outside
+(``ρ'' = 2`` for the squared error; for ``dead_zone_loss`` it is 2 outside
 the dead zone and 0 inside). ``curvature=False`` uses the Gauss–Newton ``H ≈ (1/n) Jᵀ diag(ρ'') J + 2λI``,
 i.e. ``J (JᵀDJ + nλI)⁻¹ JᵀD``, which drops the second derivatives of ``G`` (measured on the digits VAE: the
 exact form matches finite differences of a converged projection to ~1 %, Gauss–Newton is off by up to 2×).

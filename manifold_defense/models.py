@@ -1,9 +1,9 @@
 """Architectures by name: every model the library saves rebuilds itself from a checkpoint.
 
 A checkpoint stores a module's ``arch_name`` and constructor arguments (``model.config``);
-:func:`load_model` looks the name up here, builds the module and loads its weights
+``load_model`` looks the name up here, builds the module and loads its weights
 (``torch.load(weights_only=True)``), so a caller needs no knowledge of how the model was made.
-The library's own classifiers and generators are registered on import; :func:`register_architecture`
+The library's own classifiers and generators are registered on import; ``register_architecture``
 adds a user's class.
 """
 
@@ -66,7 +66,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", *, k
 
 def model_from_payload(payload: Mapping[str, Any], device: str | torch.device = "cpu", *, key: str = "model",
                        source: str | os.PathLike = "checkpoint") -> nn.Module:
-    """Rebuild a model from an already loaded checkpoint ``payload`` (see :func:`load_model`)."""
+    """Rebuild a model from an already loaded checkpoint ``payload`` (see ``load_model``)."""
     entry = payload["modules"].get(key)
     if entry is None:
         raise CheckpointError(f"{source} holds no module named {key!r} (has: {', '.join(payload['modules'])})")

@@ -6,7 +6,7 @@ image-valued ones (identity, inpainting, blur, super-resolution) return images. 
 m×n matrix where a fast transform exists (``PartialCirculant`` and ``FourierSubsampling`` are O(n)
 memory); ``GaussianMeasurements`` is dense by definition.
 
-Noise is a separate, seeded model: :class:`GaussianNoise`.
+Noise is a separate, seeded model: ``GaussianNoise``.
 """
 
 from __future__ import annotations

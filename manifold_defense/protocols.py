@@ -3,13 +3,13 @@
 Everything that inverts, defends or attacks checks these with ``isinstance`` (they are
 ``runtime_checkable``) instead of probing attributes one by one:
 
-- :class:`Generator` — ``G: R^latent_dim → [0, 1]^output_shape`` with a latent prior to sample from;
-- :class:`Splittable` — ``split(i) → (G1, G2)`` with ``G2(G1(z)) == G(z)`` and ``segment(i, j)`` (the
+- ``Generator`` — ``G: R^latent_dim → [0, 1]^output_shape`` with a latent prior to sample from;
+- ``Splittable`` — ``split(i) → (G1, G2)`` with ``G2(G1(z)) == G(z)`` and ``segment(i, j)`` (the
   blocks between two split points), for intermediate layer optimisation (Daras et al. 2021);
-- :class:`Encoded` — ``encode(x) → z``, a warm start for inversion (a VAE's encoder, or one trained for
+- ``Encoded`` — ``encode(x) → z``, a warm start for inversion (a VAE's encoder, or one trained for
   a GAN as in Lin et al. 2019);
-- :class:`ClassConditional` — ``G(z, y)``: one manifold per class (Stutz, Hein, Schiele 2019);
-  ``condition(c)`` returns class ``c``'s generator, a plain :class:`Generator`.
+- ``ClassConditional`` — ``G(z, y)``: one manifold per class (Stutz, Hein, Schiele 2019);
+  ``condition(c)`` returns class ``c``'s generator, a plain ``Generator``.
 
 A runtime check sees only that the members exist; their meaning is the contract written here.
 """
@@ -68,7 +68,7 @@ class ClassConditional(Protocol):
     num_classes: int
 
     def condition(self, label: int) -> Generator:
-        """The generator ``z ↦ G(z, label)`` of one class (a plain :class:`Generator`)."""
+        """The generator ``z ↦ G(z, label)`` of one class (a plain ``Generator``)."""
 
 
 def describe(model: object) -> str:

@@ -5,7 +5,7 @@ Scale conventions (CSGM, Bora et al. 2017). The paper's constants were set for `
 *mean* squared residual. Here Gaussian and partial-circulant measurements are normalised,
 ``A ~ N(0, 1/m)``, and the same problems read ``‖y − A G(z)‖² + λ‖z‖²`` (``loss="sum"``) and Lasso
 with ``α / m``. So every recipe takes its constants in the paper's units — ``prior_weight=0.1`` is
-"VAE+Reg", ``alpha=0.1`` the paper's Lasso — and :func:`lasso_alpha` converts α for the operator at
+"VAE+Reg", ``alpha=0.1`` the paper's Lasso — and ``lasso_alpha`` converts α for the operator at
 hand (÷ m for the normalised ensembles, as is for the others, whose entries are O(1)).
 """
 
@@ -97,7 +97,7 @@ class Recovery:
 def recover(name: str, y: torch.Tensor, operator: Operator, *, generator: nn.Module | None = None,
             noise: float = 0.0, weight_prior: Any = None, seed: int = 0, progress: bool = False,
             **overrides: Any) -> Recovery:
-    """Recover images from ``y = A(x) + η`` with recipe ``name`` (see :data:`RECIPES`).
+    """Recover images from ``y = A(x) + η`` with recipe ``name`` (see ``RECIPES``).
 
     ``noise`` is the total noise norm σ (‖η‖ ≈ σ): DIP stops at the noise energy σ² (Morozov's
     discrepancy principle). ``overrides`` change the recipe's tunable settings (``recipe.tunable``).

@@ -147,12 +147,12 @@ def load_robustness_checkpoint(
 ) -> RobustnessClassifier:
     """Load a MadryLab robustness checkpoint (``{'model': state_dict, 'epoch': …, …}`` whose keys carry the
     ``module.model.`` / ``module.attacker.`` / ``module.normalizer.`` prefixes of a DataParallel-wrapped
-    ``AttackerModel``) into a :class:`RobustnessClassifier` on ``device``.
+    ``AttackerModel``) into a ``RobustnessClassifier`` on ``device``.
 
-    ``arch`` names a robustness architecture (see :func:`robustness_architecture`) or is an ``nn.Module``
+    ``arch`` names a robustness architecture (see ``robustness_architecture``) or is an ``nn.Module``
     to load the ``model.`` weights into. Loads with ``torch.load(weights_only=True)``; the attacker's
     copy of the weights is ignored. A checkpoint that does not fit the architecture raises
-    :class:`~manifold_defense.checkpoint.CheckpointError` naming the missing / unexpected / mis-shaped keys.
+    ``CheckpointError`` naming the missing / unexpected / mis-shaped keys.
     """
     from robustness.tools.helpers import InputNormalize
 

@@ -8,8 +8,8 @@ One generator per class; class ``c``'s logit is minus how well its generator exp
 (the ELBO-style bound of the paper's code with a unit-variance posterior: the squared error per pixel plus
 β × the KL to the prior per pixel), the minimum found by inference rather than by the encoder: the best of a
 fixed set of random latents (the paper's 8000), then Adam steps. It is a projection onto every class's
-manifold, so it runs on the descent engine (:func:`~manifold_defense.inversion.descend`), all classes and
-restarts of a batch in one descent (the class generators are stacked with :mod:`torch.func`).
+manifold, so it runs on the descent engine (``descend``), all classes and
+restarts of a batch in one descent (the class generators are stacked with ``torch.func``).
 
 Gradients: the logits are recomputed at the (detached) optimal latents, so autograd gives
 ``∂l_c/∂x = −scale · 2 (x − G_c(ẑ_c)) / n`` — the exact derivative of the minimum's value where ẑ_c is
@@ -47,7 +47,7 @@ class AnalysisBySynthesis(nn.Module):
     ``steps`` Adam steps of ``lr`` on every start, and each class keeps its best. ``beta`` weighs the prior
     (ABS: 1). ``scale`` multiplies the logits (a softmax temperature: it changes cross-entropy, not the
     prediction). ``num_classes``, when given, must be the generator's. ``min_rows`` pads every pass so that an
-    input's logits do not depend on the rest of its batch (see :func:`~manifold_defense.utils.rows_at_least`).
+    input's logits do not depend on the rest of its batch (see ``rows_at_least``).
     """
 
     def __init__(self, generator: nn.Module, *, beta: float = 1.0, candidates: int = 8000, dismiss: float = 0.2,

@@ -1,6 +1,6 @@
 """Input checks shared by every public entry point.
 
-Each check raises :class:`InputError` (a ``ValueError``) with a message that names the argument and
+Each check raises ``InputError`` (a ``ValueError``) with a message that names the argument and
 what is wrong with it, so a bad batch fails loudly instead of producing silent garbage.
 """
 

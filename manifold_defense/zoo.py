@@ -1,7 +1,7 @@
 """Model zoo: trained generators and classifiers, shipped with the package or trained on first use and cached.
 
 ``get(name)`` returns a trained model in eval mode: the weights shipped inside the package when there are
-(hash-verified, :mod:`manifold_defense.shipped`), else the cached build under
+(hash-verified, ``manifold_defense.shipped``), else the cached build under
 ``$MANIFOLD_DEFENSE_CACHE/zoo/NAME.pt`` (default ``~/.cache/manifold-defense``), else it trains the recipe
 (seeded, a checkpoint per epoch, resumable) into the cache. Everything loads with
 ``torch.load(weights_only=True)``. No weights are ever downloaded.

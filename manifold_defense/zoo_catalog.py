@@ -1,6 +1,6 @@
 """The zoo's catalogue: every model it knows, as a recipe (architecture, data, trainer and its settings).
 
-:mod:`manifold_defense.zoo` loads, builds and ships them; a recipe's :meth:`ZooEntry.spec` is what a cached or
+``manifold_defense.zoo`` loads, builds and ships them; a recipe's ``ZooEntry.spec`` is what a cached or
 shipped model is checked against.
 """
 
@@ -22,7 +22,7 @@ class ZooEntry:
     arch: str
     arch_config: dict[str, Any]
     #: "vae", "wgan", "encoder" (of train_config["base"]) or "classifier" (train_config's ``objective``: the arguments
-    #: of :func:`~manifold_defense.training.objective_preset`; ``init``: the zoo model whose weights it starts from)
+    #: of ``objective_preset``; ``init``: the zoo model whose weights it starts from)
     trainer: str
     train_config: dict[str, Any]
     description: str

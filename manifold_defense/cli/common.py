@@ -70,7 +70,7 @@ def add_device(p: argparse.ArgumentParser) -> None:
 
 
 def check_device(name: str) -> torch.device:
-    """A usable torch device, or an :class:`InputError` saying why not (no GPU, a bad name)."""
+    """A usable torch device, or an ``InputError`` saying why not (no GPU, a bad name)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

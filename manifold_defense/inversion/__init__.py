@@ -5,13 +5,13 @@
 Used by the defense (A = identity), by compressed sensing and other inverse problems, by
 classifier-guided generation (A = a classifier, loss = cross-entropy to a target class), and — with
 the sign flipped — by the attacks. Every method is a thin recipe over one loop,
-:func:`~manifold_defense.inversion.engine.descend`:
+``descend``:
 
-- :func:`csgm` — Bora, Jalal, Price, Dimakis 2017; restarts in the batch, the best kept per sample.
-- :func:`ilo` — Daras, Dean, Jalal, Dimakis 2021: intermediate layers within ℓ1 balls, radii chosen
+- ``csgm`` — Bora, Jalal, Price, Dimakis 2017; restarts in the batch, the best kept per sample.
+- ``ilo`` — Daras, Dean, Jalal, Dimakis 2021: intermediate layers within ℓ1 balls, radii chosen
   per sample on held-out measurements.
-- :func:`subgradient` — Hand & Voroninski 2018: gradient descent with the negation step.
-- :func:`dip` — Ulyanov et al. 2018; Van Veen et al. 2018: the weights of an untrained network.
+- ``subgradient`` — Hand & Voroninski 2018: gradient descent with the negation step.
+- ``dip`` — Ulyanov et al. 2018; Van Veen et al. 2018: the weights of an untrained network.
 """
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ METHODS = {"csgm": csgm, "ilo": ilo, "subgradient": subgradient, "dip": dip}
 
 def invert(generator: nn.Module, y: torch.Tensor, operator: Operator | None = None, *, method: str = "csgm",
            **kwargs) -> InversionResult:
-    """Recover images from measurements ``y = A(x) + η`` with :func:`csgm`, :func:`ilo`, :func:`subgradient`
-    or :func:`dip` (``generator`` is then the untrained network), chosen by name; keyword arguments go to
+    """Recover images from measurements ``y = A(x) + η`` with ``csgm``, ``ilo``, ``subgradient``
+    or ``dip`` (``generator`` is then the untrained network), chosen by name; keyword arguments go to
     the method."""
     if method not in METHODS:
         raise InputError(f"unknown inversion method {method!r}; use one of {', '.join(METHODS)}")

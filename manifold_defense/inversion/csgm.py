@@ -155,7 +155,7 @@ def csgm(
     ``optimizer``: 'adam', 'sgd' (heavy ball with ``momentum``), 'gd' or a step rule of the engine.
     ``tol``/``patience`` enable per-sample early stopping. ``weights`` (0/1, the shape of ``y``) restrict
     a squared-error loss to some measurement entries (the search too). ``negation`` tries ``−z`` before
-    every step (see :func:`~manifold_defense.inversion.subgradient`). ``differentiable=True`` keeps the
+    every step (see ``subgradient``). ``differentiable=True`` keeps the
     graph from ``y`` (and the encoder start) to the result, for attacks through the unrolled inversion.
     ``init`` is 'random', 'encoder', 'search' (the ``restarts`` best of ``search_candidates`` random
     latents by the objective, forward passes only), 'encoder+search' (restart 0 at the encoder's code,
@@ -165,7 +165,7 @@ def csgm(
     continues, for the remaining ``steps − prune_after`` steps under ``schedule`` (successive halving
     down to one restart: all restarts explore, one converges); 0 or ≥ ``steps`` never prunes.
     ``min_rows`` > 1 pads every generator and encoder pass to that many rows and ``sample_keys`` (one
-    64-bit key per sample, e.g. :func:`~manifold_defense.utils.content_keys`) draws each sample's random
+    64-bit key per sample, e.g. ``content_keys``) draws each sample's random
     restarts from its own key; with both, each sample's result is the same whatever else is in the batch.
     The search's candidates come from a stream of their own (seeded by ``seed``), shared by every batch.
     """

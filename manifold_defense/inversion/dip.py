@@ -26,7 +26,7 @@ __all__ = ["dip", "fit_dip_prior", "DIPWeightPrior"]
 class DIPWeightPrior:
     """Learned regularisation of Van Veen et al. 2018: per convolution ℓ, the vector of per-output-channel
     mean weights ``w̄ℓ ∈ R^{Cℓ}`` is modelled as ``N(μℓ, Σℓ)``, fitted from DIP fits to a few training
-    images (:func:`fit_dip_prior`); the penalty is ``Σℓ (w̄ℓ − μℓ)ᵀ Σℓ⁻¹ (w̄ℓ − μℓ)``."""
+    images (``fit_dip_prior``); the penalty is ``Σℓ (w̄ℓ − μℓ)ᵀ Σℓ⁻¹ (w̄ℓ − μℓ)``."""
 
     means: list[torch.Tensor]
     precisions: list[torch.Tensor]
@@ -53,7 +53,7 @@ class _WeightPenalty:
 
 def fit_dip_prior(network: nn.Module, images: torch.Tensor, *, steps: int = 500, lr: float = 0.01,
                   seed: int = 0, progress: bool = False) -> DIPWeightPrior:
-    """Fit :class:`DIPWeightPrior` (Van Veen et al. 2018): DIP on each fully observed training image,
+    """Fit ``DIPWeightPrior`` (Van Veen et al. 2018): DIP on each fully observed training image,
     then per convolution the mean and covariance of the per-channel mean weights across the fits.
     The covariance is Ledoit–Wolf shrunk (scikit-learn): a handful of images estimate a ``Cℓ × Cℓ``
     matrix, and the plain sample covariance would be singular."""
@@ -94,13 +94,13 @@ def dip(
 ) -> InversionResult:
     """Deep Image Prior for inverse problems (CS-DIP): ``argmin_w loss(A(G(z0; w)), y) + τ·TV(G(z0; w)) +
     λ·R(w)`` over the weights ``w`` of an *untrained* network
-    (:class:`~manifold_defense.generators.DeepImagePrior`) with its input ``z0`` fixed.
+    (``DeepImagePrior``) with its input ``z0`` fixed.
 
     One network per sample and restart, all in one batch, on the engine (Adam) with its per-sample
     early stopping: ``tol``/``patience`` on stalls, and ``stop_at`` (in the loss's units, e.g. the noise
     energy ``‖η‖²`` with ``loss='sum'``) stops a sample once its data term reaches the noise level,
     before DIP starts fitting the noise. ``weight_prior`` with ``prior_weight`` > 0 adds the learned
-    regularisation (:func:`fit_dip_prior`). Restarts draw fresh initial weights; the restart with the
+    regularisation (``fit_dip_prior``). Restarts draw fresh initial weights; the restart with the
     lowest objective is kept. ``InversionResult.z`` holds the kept flat weights, ``loss`` its data term.
     """
     for attr in ("functional_forward", "flat_init", "output_shape"):

@@ -6,7 +6,7 @@ Projection and compressed sensing (``decode`` = a generator, ``v`` = latents), I
 tail of a generator, ``v`` = an intermediate code in an ℓ1 ball), the Deep Image Prior (``decode`` =
 an untrained network, ``v`` = its weights), guided generation, and every attack and training
 adversary (``decode`` = the identity or a generator, the data term a negated classification loss,
-the step rule a sign or normalised step) are calls of :func:`descend` with other arguments.
+the step rule a sign or normalised step) are calls of ``descend`` with other arguments.
 
 Rows are independent problems (samples × restarts × candidates): each has its own optimiser state,
 learning rate and stopping; a row that has converged (``tol``/``patience``), reached ``stop_at`` or
@@ -38,7 +38,7 @@ Term = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 @dataclass
 class Descent:
-    """What :func:`descend` returns, one entry per row.
+    """What ``descend`` returns, one entry per row.
 
     ``variables``: the kept iterate (the best by objective; the first that met ``until`` for rows that
     did; the last with ``keep='last'``). ``objective`` and ``data``: the objective and its data term at
@@ -232,7 +232,7 @@ def descend(
 
     ``decode(v)`` maps variables to images; every term is called as ``term(x, v, rows)`` and returns
     one value per row. ``step_rule``: 'adam', 'sgd' (heavy ball, momentum 0.9), 'gd', 'sign', 'l2' or
-    a :class:`StepRule`; ``lr`` a number or one per row, scaled by ``schedule``. ``project(v, rows)``
+    a ``StepRule``; ``lr`` a number or one per row, scaled by ``schedule``. ``project(v, rows)``
     maps each updated row back to its feasible set (an ℓp ball, the box [0, 1] …): projected descent.
     ``negation`` tries ``−v`` before every step and keeps it when its objective is lower (Hand &
     Voroninski 2018).
@@ -250,7 +250,7 @@ def descend(
     ``differentiable=True`` unrolls the loop: updates are out of place and gradients are taken with
     ``create_graph``, so the result is a differentiable function of whatever ``start`` and the terms
     depend on (no early stopping then; memory grows with ``steps``). ``min_rows`` pads every evaluation
-    (decode and terms) to at least that many rows (as :func:`~manifold_defense.utils.rows_at_least`), so
+    (decode and terms) to at least that many rows (as ``rows_at_least``), so
     each row's arithmetic — and therefore its whole descent — is the same whatever else is in the batch.
     """
     if steps < 0:

@@ -57,7 +57,7 @@ def device_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:
 
 
 def check_generator(generator: object) -> None:
-    """``generator`` must meet the :class:`~manifold_defense.protocols.Generator` protocol."""
+    """``generator`` must meet the ``Generator`` protocol."""
     if isinstance(generator, ClassConditional) and not isinstance(generator, Generator):
         raise InputError(f"{type(generator).__name__} is class-conditional (one range per class); this needs one "
                          f"range: pass generator.condition(label), or use a class-conditional attack")

@@ -31,7 +31,7 @@ def subgradient(
 ) -> InversionResult:
     """Subgradient descent on ``f(z) = ½‖A G(z) − y‖²``: each iteration replaces ``z`` by ``−z`` when
     ``f(−z) < f(z)``, then takes a plain (sub)gradient step. No prior. This is
-    :func:`~manifold_defense.inversion.csgm` with the 'sse' loss, plain gradient descent and the negation step.
+    ``csgm`` with the 'sse' loss, plain gradient descent and the negation step.
     """
     res = csgm(generator, y, operator, loss="sse", optimizer="gd", negation=negation, steps=steps, lr=lr,
                restarts=restarts, init_scale=init_scale, tol=tol, patience=patience, seed=seed, progress=progress)

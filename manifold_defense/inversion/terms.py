@@ -1,7 +1,7 @@
 """Loss terms of the descent engine, composable: a data term (with an optional mask) plus penalties.
 
 Each term is called as ``term(x, v, rows)`` — decoded images, variables, and the rows' indices in
-the batch — and returns one value per row (see :func:`~manifold_defense.inversion.engine.descend`).
+the batch — and returns one value per row (see ``descend``).
 """
 
 from __future__ import annotations
@@ -42,12 +42,12 @@ def per_sample_loss(loss: str | LossFn) -> LossFn:
 def projection_residual(r: torch.Tensor, dead_zone: float = 0.0) -> torch.Tensor:
     """Per entry, the projection's loss ρ of a residual ``r = G(z) − x``: ``r²``, or with a dead zone τ > 0
     ``max(|r| − τ, 0)²`` (ILO, Daras et al. 2021). The one definition the projection (through
-    :func:`dead_zone_loss`), its implicit derivative and the range-target attack share."""
+    ``dead_zone_loss``), its implicit derivative and the range-target attack share."""
     return torch.relu(r.abs() - dead_zone).pow(2) if dead_zone > 0 else r.pow(2)
 
 
 def dead_zone_loss(tau: float) -> LossFn:
-    """Mean over entries of ``max(|pred − y| − τ, 0)²`` (:func:`projection_residual`): residuals up to τ cost
+    """Mean over entries of ``max(|pred − y| − τ, 0)²`` (``projection_residual``): residuals up to τ cost
     nothing.
 
     The dead-zone term of ILO's public code (Daras et al. 2021): a projection with this loss ignores
@@ -105,7 +105,7 @@ class LatentPrior:
 
 
 class TotalVariation:
-    """``weight · TV(x)`` per row (:func:`total_variation`), an image-smoothness penalty for the Deep Image Prior."""
+    """``weight · TV(x)`` per row (``total_variation``), an image-smoothness penalty for the Deep Image Prior."""
 
     def __init__(self, weight: float) -> None:
         if weight < 0:

@@ -1,8 +1,8 @@
 """The classifier training loop: seeded, resumable, standard or adversarial, one process or torchrun.
 
-Every epoch ends with an atomic checkpoint (:func:`~manifold_defense.checkpoint.train_epochs`); rerunning
+Every epoch ends with an atomic checkpoint (``train_epochs``); rerunning
 the same call resumes after the last finished epoch. The adversary is a
-:class:`~manifold_defense.training.objectives.TrainingObjective` (Madry PGD, on-manifold, the Robust
+``TrainingObjective`` (Madry PGD, on-manifold, the Robust
 Manifold Defense).
 """
 
@@ -64,7 +64,7 @@ def train_classifier(
     epochs), 'cyclic' (per step, linearly from 0 up to ``lr`` at 2/5 of the epochs and back to 0 at the end:
     Wong et al. 2020's schedule for fast adversarial training) or 'constant'. With ``test`` the final test
     accuracy is stored as the model's quality.
-    ``objective`` (a :class:`~manifold_defense.training.objectives.TrainingObjective`, default standard
+    ``objective`` (a ``TrainingObjective``, default standard
     cross-entropy) plugs in an adversary: Madry PGD, on-manifold, the Robust Manifold Defense.
     ``log_path`` receives one JSON line of metrics per epoch.
 

@@ -1,12 +1,12 @@
-"""Training objectives with pluggable adversaries, for :func:`manifold_defense.training.train_classifier`.
+"""Training objectives with pluggable adversaries, for ``manifold_defense.training.train_classifier``.
 
-- :class:`StandardObjective` — cross-entropy on the clean batch.
-- :class:`MadryObjective` — PGD adversarial training in pixel space (Madry et al. 2018), ℓ2 or ℓ∞,
-  with the robustness library's attack steps (through :mod:`manifold_defense.robustness_adapter`).
-- :class:`OnManifoldObjective` — on-manifold adversarial training (Stutz, Hein, Schiele 2019; Ilyas et
+- ``StandardObjective`` — cross-entropy on the clean batch.
+- ``MadryObjective`` — PGD adversarial training in pixel space (Madry et al. 2018), ℓ2 or ℓ∞,
+  with the robustness library's attack steps (through ``manifold_defense.robustness_adapter``).
+- ``OnManifoldObjective`` — on-manifold adversarial training (Stutz, Hein, Schiele 2019; Ilyas et
   al. 2017): latent-PGD (or overpowered-attack) examples ``G(z')`` with ``‖G(z') − G(ẑ)‖₂ ≤ η``,
   weighted into the loss.
-- :class:`RobustManifoldObjective` — the Robust Manifold Defense's training (Ilyas, Jalal, Asteri,
+- ``RobustManifoldObjective`` — the Robust Manifold Defense's training (Ilyas, Jalal, Asteri,
   Daskalakis, Dimakis 2017): Madry PGD loss plus a weighted consistency term on overpowered-attack
   pairs ``(G(z1), G(z2))``, ``‖G(z1) − G(z2)‖₂ ≤ η``.
 
@@ -109,8 +109,8 @@ class MadryObjective(TrainingObjective):
 class TradesObjective(TrainingObjective):
     """TRADES (Zhang et al. 2019): ``CE(f(x), y) + beta · KL(f(x) ‖ f(x'))``, ``x'`` by PGD ascending the KL from
     ``x`` + 0.001 · N(0, 1). Their MNIST setting: ℓ∞ ε = 0.3, 40 steps of 0.01, β = 1 (``train_trades_mnist.py``;
-    CIFAR-10 uses β = 6); the default step is the library's 2.5 ε / steps, as for :class:`MadryObjective`.
-    Accuracy is reported on the adversarial logits (as for :class:`MadryObjective`); the clean batch's accuracy
+    CIFAR-10 uses β = 6); the default step is the library's 2.5 ε / steps, as for ``MadryObjective``.
+    Accuracy is reported on the adversarial logits (as for ``MadryObjective``); the clean batch's accuracy
     and the KL term are extra metrics."""
 
     name = "trades"
@@ -159,7 +159,7 @@ class FastObjective(MadryObjective):
     """"Fast is better than free" (Wong, Rice, Kolter 2020): cross-entropy on one FGSM step of ``step_size``
     (default 1.25 ε) from a uniform random point of the ℓ∞ ball, projected back onto it and [0, 1]. Their
     MNIST recipe: ε = 0.3, α = 0.375, 10 epochs with a cyclic learning rate up to 5e-3 (``schedule='cyclic'``
-    of :func:`~manifold_defense.training.train_classifier`), batch 100."""
+    of ``train_classifier``), batch 100."""
 
     name = "fast"
 
@@ -314,12 +314,12 @@ def objective_preset(name: str, generator: nn.Module | None = None, *, epsilon: 
     """'standard'; 'pgd_at' (Madry, ``norm``, ε); 'trades' (Zhang et al. 2019, β = 1, ``norm``, ε); 'fast' (Wong et
     al. 2020: one FGSM step of 1.25 ε from a random start, ℓ∞ only); 'stutz' (on-manifold latent PGD, η: the latent ℓ∞ budget of
     Stutz et al. 2019 on a class-conditional generator, the image ℓ2 one on an unconditional generator;
-    default :func:`default_eta`);
+    default ``default_eta``);
     'rmd' (Madry ℓ2 ε = 1.5 plus the overpowered consistency term, weight 1e-2, as in Ilyas et al. 2017);
     'combined' (Madry, ``norm``, ε, plus 'stutz' weighted 0.5). ``steps``: attack steps per batch. ``weight``: the
     second term's weight of 'rmd' (consistency) and 'combined' (on-manifold loss); the other presets have none.
     ``step_size``: the image-space PGD step of 'pgd_at', 'trades', 'rmd' and 'combined' (default 2.5 ε / steps, as
-    :class:`MadryObjective`; Madry et al.'s MNIST recipe is 40 steps of 0.01 at ε = 0.3).
+    ``MadryObjective``; Madry et al.'s MNIST recipe is 40 steps of 0.01 at ε = 0.3).
 
     Why 0.5 for 'combined': on MNIST (classifier A, 3 epochs, η = 0.5, two seeds, first 500 test images) weight 1.0
     cost 2.8 / 6.8 points of ℓ2 PGD (ε = 2.5) accuracy against 'pgd_at', weight 0.5 cost 0.4 / 2.8 and kept most
