@@ -18,7 +18,8 @@ repository use — with Adam and the recipe's epochs, all on the 60,000 MNIST tr
   Madry et al. trained ~83 epochs, TRADES 100); the model they start from counts in their CPU hours;
 - ``fast_linf_madry`` → ``trades_linf_madry_ft``: the same two steps on Madry et al.'s MNIST network (3.3 M weights,
   four times classifier A's, for about the same arithmetic per image; the capacity their ℓ∞ 0.3 results needed),
-  the TRADES step 2 epochs.
+  the TRADES step 2 epochs; ``standard_madry`` → ``trades_linf_madry_std``: that TRADES step from the network
+  trained on clean images (the fast start overfit to FGSM on this network).
 
 Each model is evaluated on the first ``--n`` test images (default 1,000): clean, AutoAttack 'standard' at its
 published budget (pyautoattack, 100 iterations) at ℓ∞ 0.3 and ℓ2 2.0, and the library's ``standard`` suite (its
@@ -166,6 +167,13 @@ RECIPES: dict[str, Recipe] = {
                                    arch="madry",
                                    description="fast_linf_madry, then 2 epochs of TRADES beta 1, Linf 0.3, 40 steps "
                                                "of 0.01 (Adam 5e-4, cosine)"),
+    # the same TRADES step from the network trained on clean images only (the fast start above overfit to FGSM)
+    "standard_madry": Recipe(lambda: None, epochs=5, arch="madry", description="Madry et al.'s network: cross-entropy"),
+    "trades_linf_madry_std": Recipe(lambda: TradesObjective(norm="linf", epsilon=0.3, steps=40, step_size=0.01,
+                                                            beta=1.0), epochs=2, lr=5e-4, init="standard_madry",
+                                    arch="madry",
+                                    description="standard_madry, then 2 epochs of TRADES beta 1, Linf 0.3, 40 steps "
+                                                "of 0.01 (Adam 5e-4, cosine)"),
     "pgd_at_l2_ft": Recipe(lambda: MadryObjective(norm="l2", epsilon=2.0, steps=40), epochs=4, lr=5e-4,
                            init="standard", description="standard, then 4 epochs of Madry PGD, L2 2.0, 40 steps of "
                                                         "2.5 eps / 40 (Adam 5e-4, cosine)"),
