@@ -12,6 +12,7 @@ import torch
 
 from manifold_defense.attacks import FGSM, LinfPGD
 from manifold_defense.eval import AttackSpec, evaluate
+from manifold_defense.training import StandardObjective
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -78,10 +79,10 @@ def _recorded_config(robust_mnist, name: str, seed: int = 0) -> dict:
     """The ``config`` train_classifier records for benchmark recipe ``name`` (as its checkpoint would hold it)."""
     r = robust_mnist.RECIPES[name]
     return {"batch_size": r.batch_size, "lr": r.lr, "schedule": r.schedule, "seed": seed, "epochs": r.epochs,
-            "weight_decay": 0.0, "augment_shift": 0, **r.objective().config()}
+            "weight_decay": 0.0, "augment_shift": 0, **(r.objective() or StandardObjective()).config()}
 
 
-@pytest.mark.parametrize("name", ["fast_linf", "trades_linf_ft", "fast_linf_madry", "trades_linf_madry_ft"])
+@pytest.mark.parametrize("name", ["fast_linf", "trades_linf_ft", "standard_madry", "trades_linf_madry_std"])
 def test_exported_recipes_are_the_zoo_recipes(robust_mnist, name):
     """The zoo builds what the benchmark trained and exports (one edited without the other fails here)."""
     from manifold_defense import zoo
@@ -89,8 +90,10 @@ def test_exported_recipes_are_the_zoo_recipes(robust_mnist, name):
     entry = zoo.ENTRIES[robust_mnist.ZOO_NAMES[name]]
     config = _recorded_config(robust_mnist, name)
     assert robust_mnist.zoo_recipe_differences(name, entry, config, 0) == {}
-    assert set(robust_mnist.zoo_recipe_differences(name, entry, {**config, "lr": 1e-3}, 0)) == {"lr"}
-    assert set(robust_mnist.zoo_recipe_differences(name, entry, {**config, "step_size": 0.02}, 0)) == {"step_size"}
+    assert set(robust_mnist.zoo_recipe_differences(name, entry, {**config, "lr": config["lr"] * 2}, 0)) == {"lr"}
+    assert set(robust_mnist.zoo_recipe_differences(name, entry, {**config, "objective": "other"}, 0)) == {"objective"}
+    if "step_size" in config:
+        assert set(robust_mnist.zoo_recipe_differences(name, entry, {**config, "step_size": 0.02}, 0)) == {"step_size"}
     assert "architecture/seed" in robust_mnist.zoo_recipe_differences(name, entry, config, 1)
 
 
