@@ -246,21 +246,24 @@ def train(args) -> None:
 
 
 def _warm_start(model, init: str, seed: int, path: Path) -> dict:
-    """Load recipe ``init``'s finished weights into ``model``; returns what identifies them (recipe, digest, its
-    CPU hours). A run resumed from ``path`` must have started from the same weights."""
-    src = checkpoint_path(init, seed)
-    if not src.is_file() or not load_checkpoint(src)["complete"]:
-        raise SystemExit(f"recipe starts from {init!r}, which is not trained (or unfinished) at {src}: "
-                         f"run `python benchmarks/robust_mnist.py train --recipes {init}` first")
-    ckpt = load_checkpoint(src)
-    hist = ckpt["metadata"]["history"]
-    ident = {"recipe": init, "digest": ckpt["digest"], "epochs": len(hist),
+    """Load recipe ``init``'s finished weights into ``model`` (its checkpoint, or its shipped export: ``_trained``);
+    returns what identifies them (recipe, digest, its CPU hours). A run resumed from ``path`` must have started from
+    the same weights."""
+    trained = _trained(init, seed)
+    if trained is None:
+        raise SystemExit(f"recipe starts from {init!r}, which is not trained (or unfinished) at "
+                         f"{checkpoint_path(init, seed)}: run `python benchmarks/robust_mnist.py train --recipes "
+                         f"{init}` first")
+    start, ident = trained
+    hist = ident["history"]
+    ident = {"recipe": init, "digest": ident["digest"], "epochs": len(hist),
              "cpu_hours": sum(h.get("cpu_seconds", math.nan) for h in hist) / 3600}
     if path.is_file():
         before = load_checkpoint(path)["metadata"].get("init", {}).get("digest")
         if before != ident["digest"]:
-            raise SystemExit(f"{path} was started from other weights than {src} holds now; delete it to retrain")
-    model.load_state_dict(ckpt["modules"]["model"]["state_dict"])
+            raise SystemExit(f"{path} was started from other weights than {init}'s (digest {ident['digest'][:12]}); "
+                             f"delete it to retrain")
+    model.load_state_dict(start.state_dict())
     return ident
 
 
@@ -295,11 +298,11 @@ def _check_zoo_recipe(name: str, entry: zoo.ZooEntry, ckpt: dict, seed: int) -> 
     # from scratch, the same architecture and seed are the same initial weights: train() and the zoo both seed, then
     # build_model; a warm start must have started from the weights the zoo's start holds
     if r.init is not None:
-        start = load_checkpoint(checkpoint_path(r.init, seed))
-        if ckpt["metadata"]["init"]["digest"] != start["digest"]:
+        start, ident = _trained(r.init, seed) or (None, {})
+        if ckpt["metadata"]["init"]["digest"] != ident.get("digest"):
             raise SystemExit(f"{name} was trained from other weights than {r.init}'s checkpoint holds now")
         shipped = zoo.get(tc["init"], train=False, progress=False).state_dict()
-        if any(not torch.equal(v, shipped[k]) for k, v in start["modules"]["model"]["state_dict"].items()):
+        if any(not torch.equal(v, shipped[k]) for k, v in start.state_dict().items()):
             raise SystemExit(f"{name} starts from {r.init}, whose weights differ from the zoo's {tc['init']}: "
                              f"export {r.init} first")
 

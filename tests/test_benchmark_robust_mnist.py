@@ -114,9 +114,9 @@ def test_export_refuses_another_recipe_and_unfinished_runs(robust_mnist, monkeyp
 
 
 def test_trained_models_outlive_the_training_cache(robust_mnist, monkeypatch, tmp_path):
-    """On a new machine (no training checkpoint) the leaderboard measures the zoo's export of the same weights — one
-    model for the records, so an evaluation begun on the checkpoint resumes on the export — and only an export of
-    that recipe and seed."""
+    """On a new machine (no training checkpoint) the leaderboard measures, and warm starts from, the zoo's export of
+    the same weights — one model for the records, so an evaluation begun on the checkpoint resumes on the export —
+    and only an export of that recipe and seed."""
     from manifold_defense.eval.fingerprint import model_fingerprint
     from manifold_defense.models import build_model, save_model
 
@@ -124,19 +124,29 @@ def test_trained_models_outlive_the_training_cache(robust_mnist, monkeypatch, tm
     trained = build_model("defensegan-classifier", {"model": "A"})
     save_model(tmp_path / "fast_linf-0.pt", trained, {"history": [{"cpu_seconds": 1.0}], "config": {"lr": 1.0}})
     from_checkpoint, ident = robust_mnist._trained("fast_linf", 0)
-
-    exported = build_model("defensegan-classifier", {"model": "A"})
-    exported.load_state_dict(trained.state_dict())
-    monkeypatch.setattr(robust_mnist.zoo, "get", lambda name, **kw: exported)
     (tmp_path / "fast_linf-0.pt").unlink()  # the cache is gone
-    exported.metadata = {"benchmark": {"recipe": "fast_linf", "seed": 0, "digest": ident["digest"]},
-                         "history": [{"cpu_seconds": 1.0}], "quality": {}}
+
+    export = {"benchmark": {"recipe": "fast_linf", "seed": 0, "digest": ident["digest"]},
+              "history": [{"cpu_seconds": 1.0}], "quality": {}}
+
+    def zoo_get(name, **kw):  # as the zoo loads an export: a new model each time
+        model = build_model("defensegan-classifier", {"model": "A"})
+        model.load_state_dict(trained.state_dict())
+        model.metadata = dict(export)
+        return model
+
+    monkeypatch.setattr(robust_mnist.zoo, "get", zoo_get)
     from_zoo, ident_zoo = robust_mnist._trained("fast_linf", 0)
-    assert from_zoo is exported and ident_zoo == ident
-    assert model_fingerprint(from_zoo) == model_fingerprint(from_checkpoint)
+    assert ident_zoo == ident and model_fingerprint(from_zoo) == model_fingerprint(from_checkpoint)
+    fine_tuned = build_model("defensegan-classifier", {"model": "A"})
+    assert robust_mnist._warm_start(fine_tuned, "fast_linf", 0, tmp_path / "ft.pt")["digest"] == ident["digest"]
+    assert all(torch.equal(v, trained.state_dict()[k]) for k, v in fine_tuned.state_dict().items())
+    save_model(tmp_path / "ft.pt", fine_tuned, {"init": {"digest": "cd" * 32}})  # a run begun from other weights
+    with pytest.raises(SystemExit, match="other weights"):
+        robust_mnist._warm_start(fine_tuned, "fast_linf", 0, tmp_path / "ft.pt")
     assert robust_mnist._trained("fast_linf", 1) is None  # another seed's run
     assert robust_mnist._trained("standard", 0) is None  # a recipe the zoo does not hold
-    exported.metadata = {"history": []}  # the zoo's own build from the recipe: not the weights the leaderboard measured
+    export = {"history": []}  # the zoo's own build from the recipe: not the weights the leaderboard measured
     assert robust_mnist._trained("fast_linf", 0) is None
 
 
