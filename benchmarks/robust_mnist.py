@@ -268,8 +268,7 @@ def _warm_start(model, init: str, seed: int, path: Path) -> dict:
 
 
 #: the recipes shipped with the package, by zoo name (``export`` checks that the zoo's recipe is this one)
-ZOO_NAMES = {"fast_linf": "mnist-fast-linf", "trades_linf_ft": "mnist-trades-linf",
-             "standard_madry": "mnist-classifier-madry", "trades_linf_madry_std": "mnist-trades-linf-madry"}
+ZOO_NAMES = {"fast_linf": "mnist-fast-linf", "trades_linf_ft": "mnist-trades-linf"}
 
 
 def zoo_recipe_differences(name: str, entry: zoo.ZooEntry, config: dict, seed: int) -> dict:

@@ -54,12 +54,10 @@ def _classifier(name: str, model: str, epochs: int, budget: float) -> ZooEntry:
     )
 
 
-def _robust(name: str, train_config: dict[str, Any], what: str, budget: float, *, madry: bool = False) -> ZooEntry:
-    """An MNIST classifier of benchmarks/robust_mnist.py: classifier A of Defense-GAN, or Madry et al.'s network."""
-    arch = ("madry-mnist", {}, "Madry et al.'s MNIST network") if madry else (
-        "defensegan-classifier", {"model": "A"}, "Defense-GAN classifier A")
-    return ZooEntry(name, "classifier", "mnist", arch[0], arch[1], "classifier", {**train_config, "seed": 0},
-                    f"{arch[2]} on MNIST, {what}", budget)
+def _robust(name: str, train_config: dict[str, Any], what: str, budget: float) -> ZooEntry:
+    """A robust MNIST classifier of benchmarks/robust_mnist.py (classifier A of Defense-GAN)."""
+    return ZooEntry(name, "classifier", "mnist", "defensegan-classifier", {"model": "A"}, "classifier",
+                    {**train_config, "seed": 0}, f"Defense-GAN classifier A on MNIST, {what}", budget)
 
 
 _FAST = {"epochs": 10, "batch_size": 100, "lr": 5e-3, "schedule": "cyclic",
@@ -178,12 +176,6 @@ ENTRIES: dict[str, ZooEntry] = {
         _robust("mnist-fast-linf", _FAST, _FAST_WHAT.format("fast_linf"), 20.0),
         _robust("mnist-trades-linf", _trades("mnist-fast-linf", 3),
                 _TRADES_WHAT.format("mnist-fast-linf", 3, "trades_linf_ft"), 150.0),
-        _robust("mnist-classifier-madry", {"epochs": 5, "batch_size": 128, "lr": 1e-3, "schedule": "cosine",
-                                           "objective": {"preset": "standard"}},
-                "trained on clean images (Adam 1e-3, batch 128, cosine, 5 epochs; benchmarks/robust_mnist.py "
-                "standard_madry)", 10.0, madry=True),
-        _robust("mnist-trades-linf-madry", _trades("mnist-classifier-madry", 2),
-                _TRADES_WHAT.format("mnist-classifier-madry", 2, "trades_linf_madry_std"), 60.0, madry=True),
         ZooEntry(
             name="digits-class-vaes", kind="generator", dataset="digits", arch="class-vaes",
             arch_config={"image_shape": [1, 8, 8], "latent_dim": 4, "hidden": [128, 128], "num_classes": 10},
