@@ -513,13 +513,14 @@ def ambient_mnist_estimate(d: dict) -> str:
 def robust_mnist_probe(d: dict) -> str:
     rows = [[f"`{p['recipe']}`", str(p["epochs_done"]) + ("" if p["complete"] else " (unfinished)"),
              ci(p["clean"]["accuracy"], p["clean"].get("ci95")),
-             ci(p["apgd_ce_linf_0.3"]["accuracy"], p["apgd_ce_linf_0.3"].get("ci95")), num(p["cpu_seconds"], 3)]
-            for p in d.get("probes", [])]
+             ci(p["apgd_ce_linf_0.3"]["accuracy"], p["apgd_ce_linf_0.3"].get("ci95")), num(p["cpu_seconds"], 3),
+             f"`{p['digest'][:8]}`"] for p in d.get("probes", [])]
     n = {p["clean"]["n"] for p in d.get("probes", [])}
     return (f"APGD-CE (100 iterations) at ℓ∞ 0.3 on the first {', '.join(map(str, sorted(n)))} test images of a "
             "checkpoint, taken between epochs to decide whether more training is worth its CPU hours: an upper bound "
-            "on AutoAttack's number, not a leaderboard entry.\n\n"
-            + table(["recipe", "epochs", "clean", "APGD-CE ℓ∞ 0.3", "CPU s"], rows or [[DASH] * 5]))
+            "on AutoAttack's number, not a leaderboard entry. A recipe trained again gets other weights (another "
+            "digest): CPU training here is not bit-reproducible from run to run.\n\n"
+            + table(["recipe", "epochs", "clean", "APGD-CE ℓ∞ 0.3", "CPU s", "weights"], rows or [[DASH] * 6]))
 
 
 RENDERERS = {"projection_speed": projection_speed, "evaluation_speed": evaluation_speed, "cs_mnist": cs_mnist, "defense_mnist": defense_mnist,
