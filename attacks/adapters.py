@@ -35,7 +35,7 @@ def foolbox_model(model: nn.Module) -> Any:
 
 class CarliniWagnerL2(Attack):
     """C&W ℓ2 (foolbox): ``binary_search_steps`` × ``steps`` Adam iterations; a minimisation attack (run once
-    per sample, clipped per ε by ``sweep``)."""
+    per sample, clipped per ε by ``Attack.sweep``)."""
 
     norm = "l2"
     minimization = True

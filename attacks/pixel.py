@@ -72,7 +72,7 @@ class ProjectedGradientDescent(Attack):
     ``warm_steps`` = m > 0 against a deterministic ``DefendedModel`` (BPDA or
     implicit gradient): every ``check_every``-th step crafts on — and is scored by — the model itself (its cold
     projection); the steps in between craft on a projection warm-started at each row's previous ``ẑ`` (m
-    steps of the model's optimizer, ``classify_from``), and the
+    steps of the model's optimizer, ``DefendedModel.classify_from``), and the
     rows whose warm logits are already wrong are scored on the model. Cheaper crafting, same scoring: a
     success still needs the model's own answer. Behind the default projection the projection is only part of
     a step's cost, and the warm one crafts a little worse: implicit PGD at ℓ∞ 0.3 on 60 BPDA survivors of

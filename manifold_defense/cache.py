@@ -3,7 +3,7 @@
 The clean inputs of an evaluation are projected by the clean pass, then again by every attack that starts
 from the projection (latent reparameterisation, on-manifold PGD, the range-target attack's anchors), every
 escalation round of those, the sanity checks and the report's example grid. Inside
-``with ProjectionCache():`` ``project`` keeps each
+``with ProjectionCache():`` ``ProjectionConfig.project`` keeps each
 deterministic projection per input row and hands it back when the *exact same bytes* are projected again
 with the same settings onto the same generator.
 

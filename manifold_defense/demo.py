@@ -4,7 +4,7 @@ Load (or train) a generator and a classifier, report their quality, then attack 
 defended classifier with the non-adaptive transfer attack of the Defense-GAN paper, adaptive attacks
 (BPDA, implicit differentiation of the projection, latent reparameterisation; Athalye et al. 2018) and an
 on-manifold attack, run the sanity checks and write reports, plots and image grids. The attacks come from
-the registry (``manifold_defense.eval.registry``) with ``demo``
+the registry (``manifold_defense.eval.registry``) with ``AttackBudget.demo``
 budgets. ``dataset='digits'`` (embedded) or ``'mnist'`` (classifier A of Defense-GAN behind the CSGM VAE,
 at the threat models of the Defense-GAN and Athalye et al. evaluations; needs ``mnist.npz``).
 """

@@ -1,7 +1,7 @@
 """Weights shipped inside the package, verified against a manifest of sha256 hashes. Nothing is downloaded.
 
 ``manifold_defense/weights/manifest.json`` lists, per zoo name: the file, its sha256 and size, the sha256 of
-the recipe it was trained from (``spec``), the library version, the
+the recipe it was trained from (``ZooEntry.spec``), the library version, the
 training seconds and the model's quality figures. A listed file that is missing, whose hash differs
 (tampered, truncated) or whose recipe is not the library's is a ``CheckpointError``: never a silent
 retrain over it. Files are model-only checkpoints (no optimiser state), loaded with ``weights_only=True``.
