@@ -180,6 +180,7 @@ def train_epochs(
     progress: bool = True,
     writer: bool = True,
     log_path: str | os.PathLike | None = None,
+    guard: Any | None = None,
 ) -> list[dict[str, float]]:
     """Run ``epoch_fn(epoch)`` for ``epochs`` epochs with a checkpoint after each one.
 
@@ -190,6 +191,9 @@ def train_epochs(
     ``finalize()`` runs once at the end; its dict (e.g. test accuracy) is stored as
     ``metadata["quality"]``. Returns the per-epoch metrics history. ``log_path`` gets one JSON line of
     metrics per finished epoch. Only a ``writer`` (rank 0 of a distributed run) writes files.
+    ``guard`` (e.g. ``training.OverfitGuard``) judges each finished epoch (``after_epoch(epoch, modules,
+    optimizers)`` → metrics; it may restore earlier weights, and ends the run when its ``stopped`` is set); its
+    ``state_dict()`` is checkpointed and its ``summary()`` stored as ``metadata["guard"]``.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -219,7 +223,9 @@ def train_epochs(
         _set_rng_state(state["rng"])
         history = [dict(h) for h in state["history"]]
         start = int(state["epoch"])
-    if start >= epochs and path is not None:
+        if guard is not None and "guard" in state:
+            guard.load_state_dict(state["guard"])
+    if (start >= epochs or (guard is not None and guard.stopped)) and path is not None:
         return history
 
     def save(epoch: int, complete: bool, quality: Mapping[str, Any] | None = None) -> None:
@@ -228,6 +234,8 @@ def train_epochs(
         meta = {**metadata, "config": config, "epochs_done": epoch, "history": history}
         if quality is not None:
             meta["quality"] = dict(quality)
+        if guard is not None:
+            meta["guard"] = guard.summary()
         state = {
             "epoch": epoch,
             "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
@@ -237,6 +245,8 @@ def train_epochs(
         }
         if generator is not None:
             state["data_generator"] = generator.get_state()
+        if guard is not None:
+            state["guard"] = guard.state_dict()
         save_checkpoint(path, model_payload(modules, state, meta, complete=complete))
 
     bar = tqdm(range(start, epochs), desc=desc, disable=not (progress and writer), initial=start, total=epochs,
@@ -246,6 +256,8 @@ def train_epochs(
         for m in modules.values():
             m.train()
         metrics = {k: float(v) for k, v in epoch_fn(epoch).items()}
+        if guard is not None:  # before the epoch's timing ends: the check is part of what training costs
+            metrics.update({k: float(v) for k, v in guard.after_epoch(epoch, modules, optimizers).items()})
         for s in schedulers.values():
             s.step()
         metrics["epoch"] = epoch + 1
@@ -256,9 +268,11 @@ def train_epochs(
             with open(log_path, "a") as f:
                 f.write(json.dumps(metrics) + "\n")
         bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if k not in ("epoch",)})
-        last = epoch + 1 == epochs
-        if not last:
+        stopped = guard is not None and guard.stopped
+        if epoch + 1 < epochs and not stopped:
             save(epoch + 1, complete=False)
+        if stopped:
+            break
     for m in modules.values():
         m.eval()
     quality = dict(finalize()) if finalize is not None else None

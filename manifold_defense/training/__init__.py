@@ -1,5 +1,6 @@
 """Adversarial training on and off the manifold: the resumable, DDP-ready loop and its objectives."""
 
+from manifold_defense.training.guard import OverfitGuard
 from manifold_defense.training.loop import random_shift, train_classifier
 from manifold_defense.training.objectives import (
     PRESETS,
@@ -15,7 +16,7 @@ from manifold_defense.training.objectives import (
     objective_preset,
 )
 
-__all__ = ["train_classifier", "random_shift", "TrainingObjective", "StandardObjective", "MadryObjective",
+__all__ = ["train_classifier", "random_shift", "OverfitGuard", "TrainingObjective", "StandardObjective", "MadryObjective",
            "TradesObjective", "FastObjective",
            "OnManifoldObjective", "RobustManifoldObjective", "CombinedObjective", "objective_preset", "default_eta",
            "PRESETS"]

@@ -18,7 +18,8 @@ from torch import nn
 
 from manifold_defense.checkpoint import train_epochs
 from manifold_defense.classifiers import Classifier, accuracy
-from manifold_defense.training.objectives import StandardObjective, TrainingObjective
+from manifold_defense.training.guard import OverfitGuard
+from manifold_defense.training.objectives import FastObjective, StandardObjective, TrainingObjective
 from manifold_defense.utils import minibatches, seed_everything
 from manifold_defense.validation import InputError, check_images, check_labels
 
@@ -57,6 +58,7 @@ def train_classifier(
     progress: bool = True,
     objective: TrainingObjective | None = None,
     log_path: str | os.PathLike | None = None,
+    overfit_guard: OverfitGuard | bool | None = None,
 ) -> list[dict[str, float]]:
     """Cross-entropy training with Adam (Defense-GAN: lr 1e-3, batch 128), standard or adversarial.
 
@@ -68,6 +70,11 @@ def train_classifier(
     cross-entropy) plugs in an adversary: Madry PGD, on-manifold, the Robust Manifold Defense.
     ``log_path`` receives one JSON line of metrics per epoch.
 
+    ``overfit_guard`` watches for catastrophic overfitting (``OverfitGuard``, Wong et al. 2020): PGD accuracy on 512
+    training images after each epoch, rollback to the best epoch on a drop of more than 0.2. ``None`` (default)
+    turns it on for the FGSM objective (``FastObjective``, the one that overfits so) and off otherwise; ``True`` /
+    ``False`` force it on / off (on needs an objective with ``epsilon`` and ``norm``); or pass a guard.
+
     Under ``torchrun`` (an initialised ``torch.distributed`` process group) the same call trains with
     DistributedDataParallel: a DistributedSampler shards each epoch, every rank takes
     ``batch_size / world_size`` samples per step (the global batch is unchanged), metrics are
@@ -78,6 +85,7 @@ def train_classifier(
     if schedule not in ("cosine", "cyclic", "constant"):
         raise InputError(f"schedule must be 'cosine', 'cyclic' or 'constant', got {schedule!r}")
     objective = objective or StandardObjective()
+    guard = _guard(overfit_guard, objective, x_train, y_train, seed)
     gen = seed_everything(seed)
     device = next(model.parameters()).device
     x_train, y_train = x_train.to(device), y_train.to(device)
@@ -144,8 +152,25 @@ def train_classifier(
         config.update({"trainer": "adversarial", **objective.config()})
     if world > 1:
         config["world_size"] = world
+    if guard is not None:
+        config["overfit_guard"] = guard.config()
     return train_epochs(
         path=path, modules={"model": model}, optimizers={"adam": opt}, schedulers=schedulers, epochs=epochs,
         epoch_fn=epoch_fn, config=config, metadata=metadata, generator=gen, finalize=finalize,
-        desc=f"train {type(model).__name__}", progress=progress, writer=rank == 0, log_path=log_path,
+        desc=f"train {type(model).__name__}", progress=progress, writer=rank == 0, log_path=log_path, guard=guard,
     )
+
+
+def _guard(spec: OverfitGuard | bool | None, objective: TrainingObjective, x: torch.Tensor, y: torch.Tensor,
+           seed: int) -> OverfitGuard | None:
+    if isinstance(spec, OverfitGuard) or spec is False:
+        return spec or None
+    if spec not in (None, True):
+        raise InputError(f"overfit_guard must be an OverfitGuard, True, False or None, got {type(spec).__name__}")
+    if spec is None and objective.name != FastObjective.name:
+        return None
+    config = objective.config()
+    if "epsilon" not in config or config.get("norm") not in ("l2", "linf"):
+        raise InputError(f"overfit_guard=True needs a pixel-space adversary with epsilon and norm; the "
+                         f"{objective.name!r} objective has none")
+    return OverfitGuard.from_training_data(x, y, seed=seed, epsilon=config["epsilon"], norm=config["norm"])
