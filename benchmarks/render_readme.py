@@ -476,7 +476,10 @@ def robust_mnist(d: dict) -> str:
     published = [[p["name"], f"{p['threat_model']} {p['eps']:g}", num(p["clean_acc"]), num(p.get("autoattack_acc")),
                   num(p.get("reported"))] for p in d.get("published", [])]
     ours = []
-    for name, m in d.get("models", {}).items():
+    earlier = {f"`{k.split('@')[0]}`, earlier weights"
+               + ("" if k.endswith("@unrecorded") else f" `{k.split('@')[1][:8]}`"): m
+               for k, m in d.get("earlier_weights", {}).items()}
+    for name, m in [*d.get("models", {}).items(), *earlier.items()]:
         aa = m.get("autoattack", {})
         overall = m.get("worst_case") or {}
         aa_l2 = acc((aa.get("l2") or {}).get("worst_case"))
@@ -484,11 +487,11 @@ def robust_mnist(d: dict) -> str:
         if later is not None:  # run on what the other attacks left: it counts in the worst case, alone it says nothing
             left = len(later["indices"])
             aa_l2 = f"{left - later['worst_case']['correct'] if left else 0} more of the {left} left"
-        ours.append([f"`{name}`", acc(m.get("clean")), acc((aa.get("linf") or {}).get("worst_case")),
+        ours.append([name if name.startswith("`") else f"`{name}`", acc(m.get("clean")), acc((aa.get("linf") or {}).get("worst_case")),
                      aa_l2, worst(m.get("standard_suite"), "linf"),
                      worst(m.get("standard_suite"), "l2"), acc(overall.get("linf")), acc(overall.get("l2")),
                      num((m.get("training") or {}).get("cpu_hours"), 3)])
-    n = {m.get("clean", {}).get("n") for m in d.get("models", {}).values()} - {None}
+    n = {m.get("clean", {}).get("n") for m in [*d.get("models", {}).values(), *earlier.values()]} - {None}
     return "\n\n".join([
         "Published (percent; AutoAttack on 10,000 test images unless noted):",
         table(["model", "threat", "clean", "AutoAttack", "reported"], published),
@@ -496,7 +499,7 @@ def robust_mnist(d: dict) -> str:
          "images; AutoAttack 'standard' at its published budget; the `standard` suite's worst case; **worst**: per "
          "sample over every attack run on the model (AutoAttack, the suite, the APGD-CE probe; ABS: the suite, its "
          "latent descent, then AutoAttack on what they left); training CPU hours summed per epoch, a warm start's "
-         "included):"),
+         "included; *earlier weights*: a recipe's row measured on weights it has since been retrained away from):"),
         table(["model", "clean", "AA ℓ∞ 0.3", "AA ℓ2 2.0", "suite ℓ∞ 0.3", "suite ℓ2 2.0", "**worst ℓ∞ 0.3**",
                "**worst ℓ2 2.0**", "train CPU h"], ours or [[DASH] * 9])])
 

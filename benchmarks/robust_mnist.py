@@ -14,7 +14,7 @@ repository use — with Adam and the recipe's epochs, all on the 60,000 MNIST tr
 - ``rmd_linf`` / ``combined_linf`` — the manifold recipes at ``pgd_at_linf``'s budget: Madry ℓ∞ PGD plus the
   overpowered consistency term on ``mnist-vae20`` pairs (Ilyas et al. 2017), or plus on-manifold examples of
   ``mnist-class-vaes`` (Stutz et al. 2019);
-- warm starts, ``*_ft``: a finished model (``fast_linf``: 0.7 CPU h; ``standard`` for ℓ2) fine-tuned for 3–4
+- warm starts, ``*_ft``: a finished model (``fast_linf``: 0.7 CPU h; ``standard`` for ℓ2) fine-tuned for 2–4
   epochs with the 40-step adversaries (``trades_linf_ft``, ``pgd_at_linf_ft``, ``rmd_linf_ft``,
   ``combined_linf_ft``, ``pgd_at_l2_ft``) — what this machine affords (an epoch of 40-step PGD costs ~1.4 CPU h;
   Madry et al. trained ~83 epochs, TRADES 100); the model they start from counts in their CPU hours;
@@ -32,7 +32,8 @@ descent, then AutoAttack on the images they left (its own number alone is not re
 count and 95 % Wilson interval; every trained row its training CPU hours (summed per epoch from the checkpoint).
 
 Steps, each resumable (training checkpoints every epoch under ``$MANIFOLD_DEFENSE_CACHE/benchmarks/robust_mnist/``;
-evaluations keep per-batch records under ``benchmarks/results/robust_mnist/``):
+evaluations keep per-batch records under ``benchmarks/results/robust_mnist/<row>/weights-<digest>/``, one folder per
+set of weights; a recipe trained again starts a new row and moves the earlier one to ``earlier_weights``):
 
     python benchmarks/robust_mnist.py estimate [--recipes ...]   # time ~1 % of an epoch per recipe -> CPU hours
     python benchmarks/robust_mnist.py train --recipes pgd_at_linf [--epochs 20]
@@ -144,9 +145,10 @@ RECIPES: dict[str, Recipe] = {
                         schedule="cyclic", description="FGSM alpha 0.375 from a random start, cyclic lr up to 5e-3"),
     # Warm starts: the fast model (0.7 CPU h) fine-tuned with the 40-step adversaries for a few epochs instead of
     # training them from scratch for 20 (28 CPU h each; Madry et al. trained ~83 epochs, TRADES 100)
+    # 2 epochs: the 3-epoch run's probe (results/robust_mnist_probe.json) read .851, .868, .868 after epochs 1, 2, 3
     "trades_linf_ft": Recipe(lambda: TradesObjective(norm="linf", epsilon=0.3, steps=40, step_size=0.01, beta=1.0),
-                             epochs=3, lr=5e-4, init="fast_linf",
-                             description="fast_linf, then 3 epochs of TRADES beta 1, Linf 0.3, 40 steps of 0.01 "
+                             epochs=2, lr=5e-4, init="fast_linf",
+                             description="fast_linf, then 2 epochs of TRADES beta 1, Linf 0.3, 40 steps of 0.01 "
                                          "(Adam 5e-4, cosine)"),
     "pgd_at_linf_ft": Recipe(lambda: MadryObjective(norm="linf", epsilon=0.3, steps=40, step_size=0.01), epochs=3,
                              lr=5e-4, init="fast_linf",
@@ -386,6 +388,21 @@ def _probe_folder(name: str, digest: str) -> Path:
     return RESULTS / "robust_mnist" / name / f"probe-{digest[:12]}"
 
 
+def _weights_folder(row: str, digest: str) -> Path:
+    """Where the evaluations of one row's weights keep their records: a recipe trained again (other weights) gets a
+    folder of its own, beside the earlier weights' (whose rows stay in the JSON under ``earlier_weights``)."""
+    return RESULTS / "robust_mnist" / row / f"weights-{digest[:12]}"
+
+
+def _retire(result: dict, row: str, digest: str) -> None:
+    """Move ``row``'s entry, if it measured other weights than ``digest``, to ``result["earlier_weights"]``: what was
+    measured stays reported (with its folders), and the new weights' row starts afresh."""
+    old = result["models"].get(row)
+    if old is not None and old.get("digest") != digest:
+        key = f"{row}@{(old.get('digest') or 'unrecorded')[:12]}"
+        result.setdefault("earlier_weights", {})[key] = result["models"].pop(row)
+
+
 def probe(args, started: dict) -> dict:
     """APGD-CE (pyautoattack, 100 iterations) at ℓ∞ 0.3 on the first ``--n`` test images of each recipe's latest
     checkpoint, finished or not: a cheap upper bound on AutoAttack's robust accuracy, taken after an epoch to decide
@@ -531,6 +548,9 @@ def evaluate_rows(args, started: dict) -> dict:
                "training": {"epochs": len(hist), "cpu_hours": sum(h.get("cpu_seconds", math.nan) for h in hist) / 3600,
                             "wall_hours": sum(h["seconds"] for h in hist) / 3600}}
         row["digest"] = ckpt["digest"]  # the weights measured (export checks it)
+        _retire(result, name, ckpt["digest"])
+        _retire(result, f"defended_{name}", ckpt["digest"])
+        wf = _weights_folder(name, ckpt["digest"])
         init = ckpt["init"]
         if init is not None:  # a warm start: the model it started from is part of what it cost
             row["training"].update(init=init, own_cpu_hours=row["training"]["cpu_hours"],
@@ -541,11 +561,11 @@ def evaluate_rows(args, started: dict) -> dict:
         models[name] = row
         row["autoattack"] = {}
         for t in ("linf", "l2"):  # each evaluation lands in the JSON as it finishes: a long row shows its progress
-            row["autoattack"][t] = _attack(clf, x, y, f"autoattack_{t}", t, folder / name / f"autoattack_{t}", args)
+            row["autoattack"][t] = _attack(clf, x, y, f"autoattack_{t}", t, wf / f"autoattack_{t}", args)
             save()
-        row["standard_suite"] = _suite(clf, x, y, folder / name / "standard", args, ("linf", "l2"), classifier=clf)
+        row["standard_suite"] = _suite(clf, x, y, wf / "standard", args, ("linf", "l2"), classifier=clf)
         probed = _probe_folder(name, ckpt["digest"])  # APGD-CE run on these weights, if any
-        row["worst_case"] = {t: _worst_over([folder / name / f"autoattack_{t}", folder / name / "standard"]
+        row["worst_case"] = {t: _worst_over([wf / f"autoattack_{t}", wf / "standard"]
                                             + ([probed] if t == "linf" and probed.is_dir() else []), t,
                                             EPSILONS[t], len(y), _sanity_breaks(row["standard_suite"], t, EPSILONS[t]))
                              for t in ("linf", "l2")}
@@ -556,9 +576,9 @@ def evaluate_rows(args, started: dict) -> dict:
             xd, yd = x[: args.defended_n], y[: args.defended_n]
             models[f"defended_{name}"] = {
                 "name": f"defended_{name}", "dataset": "mnist", "architecture": "default projection onto mnist-vae20 "
-                f"+ {name}", "additional_data": False, "venue": "this repository",
-                "standard_suite": _suite(defended, xd, yd, folder / f"defended_{name}" / "standard", args,
-                                         ("linf", "l2", "on_manifold"), classifier=clf)}
+                f"+ {name}", "additional_data": False, "venue": "this repository", "digest": ckpt["digest"],
+                "standard_suite": _suite(defended, xd, yd, _weights_folder(f"defended_{name}", ckpt["digest"])
+                                         / "standard", args, ("linf", "l2", "on_manifold"), classifier=clf)}
             save()
     if args.abs_n:
         from manifold_defense.attacks import LatentDescent

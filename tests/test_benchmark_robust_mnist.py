@@ -157,3 +157,17 @@ def test_recipes_build_their_architecture(robust_mnist):
     assert isinstance(robust_mnist._classifier(robust_mnist.RECIPES["trades_linf_ft"].arch), DefenseGANClassifier)
     for name, r in robust_mnist.RECIPES.items():  # a warm start continues the weights of its own architecture
         assert r.init is None or robust_mnist.RECIPES[r.init].arch == r.arch, name
+
+
+def test_retrained_weights_get_their_own_row_and_folders(robust_mnist):
+    """A recipe trained again (another digest) starts a new row in new folders; the earlier weights' row stays in the
+    JSON, under ``earlier_weights``, so a retraining can never resume into (or overwrite) another model's numbers."""
+    a, b = "a" * 64, "b" * 64
+    assert robust_mnist._weights_folder("fast_linf", a) != robust_mnist._weights_folder("fast_linf", b)
+    result = {"models": {"fast_linf": {"clean": 1}, "trades_linf_ft": {"digest": a, "clean": 2}}}
+    robust_mnist._retire(result, "fast_linf", b)  # a row from before rows recorded their digest
+    robust_mnist._retire(result, "trades_linf_ft", a)  # the same weights: resumed, not retired
+    assert result["models"] == {"trades_linf_ft": {"digest": a, "clean": 2}}
+    robust_mnist._retire(result, "trades_linf_ft", b)
+    assert result == {"models": {}, "earlier_weights": {"fast_linf@unrecorded": {"clean": 1},
+                                                        "trades_linf_ft@aaaaaaaaaaaa": {"digest": a, "clean": 2}}}
