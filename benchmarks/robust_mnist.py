@@ -7,9 +7,9 @@ repository use — with Adam and the recipe's epochs, all on the 60,000 MNIST tr
 - ``pgd_at_linf`` — Madry et al. 2018: PGD, ℓ∞ ε = 0.3, 40 steps of 0.01 from a random start;
 - ``trades_linf`` — Zhang et al. 2019: TRADES, β = 1, the same PGD on the KL;
 - ``fast_linf`` — Wong, Rice, Kolter 2020: FGSM of α = 0.375 from a random start, cyclic learning rate up to 5e-3,
-  batch 100, with their guard against catastrophic overfitting (``training.OverfitGuard``: PGD accuracy of 512
-  training images after each epoch, rollback on a drop of more than 0.2; a run without it gave .775 once and .062
-  the next time);
+  batch 100, with their guard against catastrophic overfitting (``training.OverfitGuard``: APGD-CE accuracy of 512
+  training images after each epoch, rollback on a drop of more than 0.2, the best epoch's weights at the end; a run
+  without it gave .775 once and .062 the next time);
 - ``pgd_at_l2`` — Madry PGD, ℓ2 ε = 2.0, 40 steps;
 - ``rmd_linf`` / ``combined_linf`` — the manifold recipes at ``pgd_at_linf``'s budget: Madry ℓ∞ PGD plus the
   overpowered consistency term on ``mnist-vae20`` pairs (Ilyas et al. 2017), or plus on-manifold examples of

@@ -273,6 +273,8 @@ def train_epochs(
             save(epoch + 1, complete=False)
         if stopped:
             break
+    if guard is not None:
+        guard.finish(modules)
     for m in modules.values():
         m.eval()
     quality = dict(finalize()) if finalize is not None else None

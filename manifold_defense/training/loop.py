@@ -70,8 +70,9 @@ def train_classifier(
     cross-entropy) plugs in an adversary: Madry PGD, on-manifold, the Robust Manifold Defense.
     ``log_path`` receives one JSON line of metrics per epoch.
 
-    ``overfit_guard`` watches for catastrophic overfitting (``OverfitGuard``, Wong et al. 2020): PGD accuracy on 512
-    training images after each epoch, rollback to the best epoch on a drop of more than 0.2. ``None`` (default)
+    ``overfit_guard`` watches for catastrophic overfitting (``OverfitGuard``, Wong et al. 2020): APGD-CE accuracy on
+    512 training images after each epoch, rollback to the best epoch on a drop of more than 0.2, the best epoch's
+    weights at the end. ``None`` (default)
     turns it on for the FGSM objective (``FastObjective``, the one that overfits so) and off otherwise; ``True`` /
     ``False`` force it on / off (on needs an objective with ``epsilon`` and ``norm``); or pass a guard.
 

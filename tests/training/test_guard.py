@@ -71,16 +71,29 @@ class TestRollback:
         model, guard = DigitsCNN(), _guard(x, y, max_rollbacks=0)
         hist = _train(model, x, y, _Sabotaged(2 * EPOCH + 1), guard, 5, tmp_path / "m.pt")
         assert len(hist) == 3 and hist[2]["rolled_back_to"] == 2
-        assert hist[1]["guard_pgd_acc"] - hist[2]["guard_pgd_acc"] > 0.2
+        assert hist[1]["guard_robust_acc"] - hist[2]["guard_robust_acc"] > 0.2
         for a, b in zip(ref.state_dict().values(), model.state_dict().values()):
             torch.testing.assert_close(a, b)
         meta = load_checkpoint(tmp_path / "m.pt")["metadata"]
-        assert meta["guard"] == {"best_epoch": 2, "best_pgd_acc": hist[1]["guard_pgd_acc"], "rollbacks": 1,
+        assert meta["guard"] == {"best_epoch": 2, "best_robust_acc": hist[1]["guard_robust_acc"], "rollbacks": 1,
                                  "stopped_early": True}
         assert meta["config"]["overfit_guard"]["max_rollbacks"] == 0
         # rerunning the finished call trains nothing more
         assert _train(DigitsCNN(), x, y, _Sabotaged(2 * EPOCH + 1), _guard(x, y, max_rollbacks=0), 5,
                       tmp_path / "m.pt") == hist
+
+    def test_a_worse_last_epoch_is_not_kept(self, digits_512, tmp_path):
+        """A drop within the tolerance rolls nothing back, but the run still ends on the best epoch's weights."""
+        x, y = digits_512
+        torch.manual_seed(0)
+        ref = DigitsCNN()
+        _train(ref, x, y, StandardObjective(), False, 2)
+        torch.manual_seed(0)
+        model = DigitsCNN()
+        hist = _train(model, x, y, _Sabotaged(2 * EPOCH + 1), _guard(x, y, tolerance=0.99), 3)
+        assert "rolled_back_to" not in hist[2] and hist[2]["guard_robust_acc"] < hist[1]["guard_robust_acc"]
+        for a, b in zip(ref.state_dict().values(), model.state_dict().values()):
+            torch.testing.assert_close(a, b)
 
     def test_rollback_then_training_goes_on_and_resumes_after_a_kill(self, digits_512, tmp_path):
         """A collapse in epoch 3 only: rolled back, epoch 4 trains from the best weights and recovers; a run killed in
@@ -91,7 +104,7 @@ class TestRollback:
         ref = DigitsCNN()
         hist = _train(ref, x, y, _Sabotaged(*sabotage), _guard(x, y), 4, tmp_path / "ref.pt")
         assert [h.get("rolled_back_to") for h in hist] == [None, None, 2.0, None]
-        assert hist[3]["guard_pgd_acc"] > hist[2]["guard_pgd_acc"] + 0.2
+        assert hist[3]["guard_robust_acc"] > hist[2]["guard_robust_acc"] + 0.2
         torch.manual_seed(0)
         with pytest.raises(_Killed):
             _train(DigitsCNN(), x, y, _DiesAt(3 * EPOCH + 3, *sabotage), _guard(x, y), 4, tmp_path / "run.pt")
@@ -100,7 +113,7 @@ class TestRollback:
         resumed_objective = _Sabotaged(*sabotage)
         resumed_objective.calls = 3 * EPOCH  # the objective's own counter is the test's, not the checkpoint's
         again = _train(resumed, x, y, resumed_objective, _guard(x, y), 4, tmp_path / "run.pt")
-        assert [h["guard_pgd_acc"] for h in again] == pytest.approx([h["guard_pgd_acc"] for h in hist], abs=1e-6)
+        assert [h["guard_robust_acc"] for h in again] == pytest.approx([h["guard_robust_acc"] for h in hist], abs=1e-6)
         for a, b in zip(ref.state_dict().values(), resumed.state_dict().values()):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
         assert load_checkpoint(tmp_path / "run.pt")["metadata"]["guard"]["rollbacks"] == 1
@@ -113,7 +126,7 @@ class TestDefault:
             path = tmp_path / f"{objective.name}.pt"
             hist = train_classifier(DigitsCNN(), x, y, objective=objective, epochs=1, batch_size=256, path=path,
                                     progress=False)
-            assert ("guard_pgd_acc" in hist[0]) is on
+            assert ("guard_robust_acc" in hist[0]) is on
             assert ("overfit_guard" in load_checkpoint(path)["metadata"]["config"]) is on
 
 
