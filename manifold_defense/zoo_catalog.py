@@ -66,7 +66,7 @@ _FAST_WHAT = ("fast adversarial training (Wong, Rice, Kolter 2020: FGSM of 1.25 
               "cyclic lr up to 5e-3, batch 100, 10 epochs, rolled back on catastrophic overfitting by OverfitGuard; "
               "benchmarks/robust_mnist.py {})")
 _TRADES_WHAT = ("{} fine-tuned with TRADES (Zhang et al. 2019: beta 1, Linf eps 0.3, 40 steps of 0.01; Adam 5e-4, "
-                "cosine, {} epochs; benchmarks/robust_mnist.py {})")
+                "cosine, {} epoch(s); benchmarks/robust_mnist.py {})")
 
 
 def _trades(init: str, epochs: int) -> dict[str, Any]:
@@ -175,8 +175,8 @@ ENTRIES: dict[str, ZooEntry] = {
             budget_minutes=15.0,
         ),
         _robust("mnist-fast-linf", _FAST, _FAST_WHAT.format("fast_linf"), 20.0),
-        _robust("mnist-trades-linf", _trades("mnist-fast-linf", 2),
-                _TRADES_WHAT.format("mnist-fast-linf", 2, "trades_linf_ft"), 100.0),
+        _robust("mnist-trades-linf", _trades("mnist-fast-linf", 1),
+                _TRADES_WHAT.format("mnist-fast-linf", 1, "trades_linf_ft"), 60.0),
         ZooEntry(
             name="digits-class-vaes", kind="generator", dataset="digits", arch="class-vaes",
             arch_config={"image_shape": [1, 8, 8], "latent_dim": 4, "hidden": [128, 128], "num_classes": 10},
