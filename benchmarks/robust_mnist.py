@@ -337,9 +337,15 @@ def export(args) -> None:
                 quality["autoattack_n"] = res["worst_case"]["n"]
             for threat, res in row.get("worst_case", {}).items():
                 quality[f"worst_case_{threat}_{EPSILONS[threat]}"] = res["accuracy"]
+        probes = RESULTS / "robust_mnist_probe.json"
+        for p in json.loads(probes.read_text())["probes"] if probes.is_file() else []:
+            if p["digest"] == ckpt["digest"]:  # APGD-CE on these weights: an upper bound on AutoAttack's number
+                quality["probe_apgd_ce_linf_0.3"] = p["apgd_ce_linf_0.3"]["accuracy"]
+                quality["probe_n"] = p["apgd_ce_linf_0.3"]["n"]
         zmeta = {"zoo_name": entry.name, "zoo_spec": entry.spec(), "dataset": "mnist", "kind": "classifier",
                  "description": entry.description, "architecture": entry.arch, "config": meta["config"],
                  "history": meta["history"], "epochs_done": meta["epochs_done"], "quality": quality,
+                 **({"guard": meta["guard"]} if "guard" in meta else {}),
                  "train_seconds": float(sum(h.get("seconds", 0.0) for h in meta["history"])),
                  "library_version": meta.get("library_version"),
                  "exported_from": f"benchmarks/robust_mnist.py {name} (seed {args.seed}, digest {ckpt['digest'][:12]})",

@@ -90,7 +90,7 @@ def export(name: str, checkpoint: str | Path, spec: Mapping[str, Any], root: str
     meta = dict(payload["metadata"])
     keep = {k: meta[k] for k in ("zoo_name", "zoo_spec", "dataset", "description", "kind", "architecture",
                                  "latent_dim", "quality", "train_seconds", "history", "library_version",
-                                 "projection", "config", "init", "benchmark") if k in meta}
+                                 "projection", "config", "init", "benchmark", "guard") if k in meta}
     slim = {**payload, "modules": {"model": payload["modules"]["model"]}, "state": {}, "metadata": keep}
     root = _root(root)
     root.mkdir(parents=True, exist_ok=True)
