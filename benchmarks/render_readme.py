@@ -514,7 +514,9 @@ def ambient_mnist_estimate(d: dict) -> str:
 
 
 def robust_mnist_probe(d: dict) -> str:
-    rows = [[f"`{p['recipe']}`", str(p["epochs_done"]) + ("" if p["complete"] else " (unfinished)"),
+    rows = [[f"`{p['recipe']}`", str(p["epochs_done"]) + ("" if p["complete"] else " (unfinished)")
+             + (f" (epoch {p['weights_epoch']}'s weights)" if p.get("weights_epoch", p["epochs_done"]) != p["epochs_done"]
+                else ""),
              ci(p["clean"]["accuracy"], p["clean"].get("ci95")),
              ci(p["apgd_ce_linf_0.3"]["accuracy"], p["apgd_ce_linf_0.3"].get("ci95")), num(p["cpu_seconds"], 3),
              f"`{p['digest'][:8]}`"] for p in d.get("probes", [])]

@@ -385,7 +385,7 @@ def _trained(name: str, seed: int, *, finished: bool = True) -> tuple[torch.nn.M
         ident = {"digest": bench["digest"], "complete": True}
     else:
         return None
-    ident.update(history=meta["history"], init=meta.get("init"))
+    ident.update(history=meta["history"], init=meta.get("init"), guard=meta.get("guard"))
     # the records' model fingerprint covers public attributes: the same weights from either source are one model
     model.metadata = {"recipe": name, "seed": seed, "digest": ident["digest"]}
     return model.eval(), ident
@@ -436,6 +436,8 @@ def probe(args, started: dict) -> dict:
                       dataset="mnist", workers=args.workers).to_dict()
         (robust,) = ev["worst_case"].values()
         entry = {"recipe": name, "epochs_done": len(ckpt["history"]), "complete": ckpt["complete"],
+                 # a finished run with an OverfitGuard holds its best epoch's weights
+                 **({"weights_epoch": ckpt["guard"]["best_epoch"]} if ckpt["complete"] and ckpt["guard"] else {}),
                  "digest": ckpt["digest"], "clean": ev["clean"], "apgd_ce_linf_0.3": robust,
                  "folder": str(folder.relative_to(REPO_ROOT)), "cpu_seconds": _cpu() - c0,
                  "wall_seconds": time.perf_counter() - t0, "provenance": started}

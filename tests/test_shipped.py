@@ -40,15 +40,16 @@ class TestSmoke:
         assert {r["name"]: r for r in zoo.status()}["digits-classifier"]["state"].startswith("shipped")
 
     def test_export_keeps_what_identifies_the_training_run(self, weights, tmp_path):
-        """A benchmark goes on measuring shipped weights once its training cache is gone: their start, settings and
-        the training checkpoint's digest travel with them (benchmarks/robust_mnist.py ``_trained``)."""
+        """A benchmark goes on measuring shipped weights once its training cache is gone: their start, settings, the
+        overfitting guard's choice and the training checkpoint's digest travel with them (benchmarks/robust_mnist.py
+        ``_trained``)."""
         payload = load_checkpoint(zoo.path("digits-classifier"))
         run = {"benchmark": {"recipe": "r", "seed": 0, "digest": "ab" * 32}, "init": {"zoo_name": "x"},
-               "config": {"lr": 1e-3}, "scratch": 1}
+               "config": {"lr": 1e-3}, "guard": {"best_epoch": 5, "rollbacks": 3}, "scratch": 1}
         save_checkpoint(tmp_path / "run.pt", {**payload, "metadata": {**payload["metadata"], **run}})
         shipped.export("digits-classifier", tmp_path / "run.pt", zoo.ENTRIES["digits-classifier"].spec(), root=weights)
         meta = zoo.get("digits-classifier").metadata
-        kept = ("benchmark", "init", "config")
+        kept = ("benchmark", "init", "config", "guard")
         assert {k: meta[k] for k in kept} == {k: run[k] for k in kept}
         assert "scratch" not in meta
 
