@@ -441,6 +441,10 @@ def probe(args, started: dict) -> dict:
                  "digest": ckpt["digest"], "clean": ev["clean"], "apgd_ce_linf_0.3": robust,
                  "folder": str(folder.relative_to(REPO_ROOT)), "cpu_seconds": _cpu() - c0,
                  "wall_seconds": time.perf_counter() - t0, "provenance": started}
+        for p in result["probes"]:  # probed before (its records resumed): what it cost then counts
+            if p["digest"] == ckpt["digest"]:
+                entry["cpu_seconds"] += p["cpu_seconds"]
+                entry["wall_seconds"] += p["wall_seconds"]
         result["probes"] = [p for p in result["probes"] if p["digest"] != ckpt["digest"]] + [entry]
         result["provenance"] = started  # the last probe's; each entry keeps its own
         atomic_write_text(out_path, json.dumps(result, indent=2))
