@@ -105,6 +105,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                                                                 "combined; default: l2)")
             t.add_argument("--attack-steps", type=positive_int, default=None,
                            help="attack steps per batch (every adversarial preset; default: 10)")
+            t.add_argument("--overfit-guard", choices=["auto", "on", "off"], default="auto",
+                           help="APGD-CE on 512 training images after each epoch, rollback on a drop of more than "
+                                "0.2 (Wong et al. 2020's guard against catastrophic overfitting); auto: on for fast")
             t.add_argument("--loss-weight", type=positive_float, default=None,
                            help="weight of the second loss term (rmd: overpowered consistency, default 1e-2; "
                                 "combined: on-manifold loss, default 0.5)")
@@ -225,6 +228,8 @@ def run_classifier(args: argparse.Namespace) -> int:
         refuse_unused(args, PRESET_FLAGS[preset], _FLAG_NAMES, f"--preset {preset}")
         if "generator" in PRESET_FLAGS[preset] and args.generator is None:
             raise InputError(f"--preset {preset} needs --generator (a zoo name or checkpoint)")
+        if args.overfit_guard == "on" and "epsilon" not in PRESET_FLAGS[preset]:
+            raise InputError(f"--overfit-guard on needs a pixel adversary (--epsilon); --preset {preset} has none")
         if preset == "fast":
             args.norm = "linf"
         for k, v in _PRESET_DEFAULTS.items():
@@ -259,7 +264,9 @@ def run_classifier(args: argparse.Namespace) -> int:
         hist = train_classifier(model, train.images, train.labels, test=(test.images, test.labels),
                                 epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
                                 seed=args.seed, path=out, metadata=metadata, objective=objective, log_path=log,
-                                progress=rank == 0)
+                                progress=rank == 0,
+                                overfit_guard={"auto": None, "on": True, "off": False}[getattr(args, "overfit_guard",
+                                                                                               "auto")])
         if rank == 0:
             print(json.dumps(hist[-1]))
             print(f"saved {out}" + (f" (trained on {world} processes)" if world > 1 else ""))

@@ -104,6 +104,17 @@ class TestSmoke:
         assert main(["adv-train", *argv, "--epochs", "1", "--out", str(out)]) == 0
         stored = load_model(out).metadata["config"]
         assert {k: stored[k] for k in config} == config
+        # FGSM training is guarded against catastrophic overfitting unless told otherwise; PGD training is not
+        assert ("overfit_guard" in stored) is (config["objective"] == "fast")
+
+    @pytest.mark.parametrize("argv, guarded", [(["--preset", "fast", "--overfit-guard", "off"], False),
+                                               (["--preset", "trades", "--norm", "linf", "--attack-steps", "1",
+                                                 "--overfit-guard", "on"], True)], ids=["fast-off", "trades-on"])
+    def test_overfit_guard_flag(self, argv, guarded, tmp_path):
+        out = tmp_path / "m.pt"
+        assert main(["adv-train", *argv, "--epochs", "1", "--out", str(out)]) == 0
+        meta = load_model(out).metadata
+        assert ("overfit_guard" in meta["config"]) is guarded and ("guard" in meta) is guarded
 
 
 class TestException:
@@ -124,6 +135,7 @@ class TestException:
          "--generator digits-classifier is a classifier in the zoo, not a generator"),
         (["adv-train", "--preset", "rmd", "--generator", "digits-class-vaes"], "pass an unconditional generator"),
         (["adv-train", "--preset", "combined"], "--preset combined needs --generator"),
+        (["adv-train", "--preset", "standard", "--overfit-guard", "on"], "--overfit-guard on needs a pixel adversary"),
         (["train-generator", "--arch", "wgan"], "28x28"),
         (["train-generator", "--arch", "vae", "--iterations", "300"], "--iterations is not used by --arch vae"),
         (["train-generator", "--arch", "wgan", "--dataset", "mnist", "--iterations", "150"], "multiple of 100"),
