@@ -476,10 +476,8 @@ def robust_mnist(d: dict) -> str:
     published = [[p["name"], f"{p['threat_model']} {p['eps']:g}", num(p["clean_acc"]), num(p.get("autoattack_acc")),
                   num(p.get("reported"))] for p in d.get("published", [])]
     ours = []
-    earlier = {f"`{k.split('@')[0]}`, earlier weights"
-               + ("" if k.endswith("@unrecorded") else f" `{k.split('@')[1][:8]}`"): m
-               for k, m in d.get("earlier_weights", {}).items()}
-    for name, m in [*d.get("models", {}).items(), *earlier.items()]:
+    earlier = [(f"`{k.split('@')[0]}`, earlier weights", m) for k, m in d.get("earlier_weights", {}).items()]
+    for name, m in [*d.get("models", {}).items(), *earlier]:
         aa = m.get("autoattack", {})
         overall = m.get("worst_case") or {}
         aa_l2 = acc((aa.get("l2") or {}).get("worst_case"))
@@ -490,8 +488,9 @@ def robust_mnist(d: dict) -> str:
         ours.append([name if name.startswith("`") else f"`{name}`", acc(m.get("clean")), acc((aa.get("linf") or {}).get("worst_case")),
                      aa_l2, worst(m.get("standard_suite"), "linf"),
                      worst(m.get("standard_suite"), "l2"), acc(overall.get("linf")), acc(overall.get("l2")),
-                     num((m.get("training") or {}).get("cpu_hours"), 3)])
-    n = {m.get("clean", {}).get("n") for m in [*d.get("models", {}).values(), *earlier.values()]} - {None}
+                     num((m.get("training") or {}).get("cpu_hours"), 3),
+                     f"`{m['digest'][:8]}`" if m.get("digest") else "unrecorded"])
+    n = {m.get("clean", {}).get("n") for m in [*d.get("models", {}).values(), *(m for _, m in earlier)]} - {None}
     return "\n\n".join([
         "Published (percent; AutoAttack on 10,000 test images unless noted):",
         table(["model", "threat", "clean", "AutoAttack", "reported"], published),
@@ -499,9 +498,10 @@ def robust_mnist(d: dict) -> str:
          "images; AutoAttack 'standard' at its published budget; the `standard` suite's worst case; **worst**: per "
          "sample over every attack run on the model (AutoAttack, the suite, the APGD-CE probe; ABS: the suite, its "
          "latent descent, then AutoAttack on what they left); training CPU hours summed per epoch, a warm start's "
-         "included; *earlier weights*: a recipe's row measured on weights it has since been retrained away from):"),
+         "included; *earlier weights*: a recipe's row measured on weights it has since been retrained away from; "
+         "**weights**: the digest of the weights measured, *unrecorded* for rows from before rows kept it):"),
         table(["model", "clean", "AA ℓ∞ 0.3", "AA ℓ2 2.0", "suite ℓ∞ 0.3", "suite ℓ2 2.0", "**worst ℓ∞ 0.3**",
-               "**worst ℓ2 2.0**", "train CPU h"], ours or [[DASH] * 9])])
+               "**worst ℓ2 2.0**", "train CPU h", "weights"], ours or [[DASH] * 10])])
 
 
 def ambient_mnist_estimate(d: dict) -> str:
