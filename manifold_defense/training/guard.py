@@ -115,6 +115,7 @@ class OverfitGuard:
                 "stopped": self.stopped, "snapshot": self.snapshot}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what ``state_dict`` saved (a resumed run)."""
         self.best, self.best_epoch = float(state["best"]), int(state["best_epoch"])
         self.rollbacks, self.stopped, self.snapshot = int(state["rollbacks"]), bool(state["stopped"]), state["snapshot"]
 
