@@ -18,6 +18,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from manifold_defense.training.objectives import _EvalMode
 from manifold_defense.utils import tensor_digest
 from manifold_defense.validation import InputError, check_labels
 
@@ -72,15 +73,10 @@ class OverfitGuard:
         x, y = self.x.to(device), self.y.to(device)
         attack = AutoAttack(norm=self.norm, version="custom", attacks=["apgd-ce"], n_iter=self.steps, seed=self.seed,
                             batch_size=len(x))
-        was = model.training
-        model.eval()
-        try:
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                adv = attack.run(model, x, y, self.epsilon).adversarial
+        with _EvalMode(model), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            adv = attack.run(model, x, y, self.epsilon).adversarial
             with torch.inference_mode():
                 return float((model(adv).argmax(1) == y).float().mean())
-        finally:
-            model.train(was)
 
     def after_epoch(self, epoch: int, modules: Mapping[str, nn.Module],
                     optimizers: Mapping[str, torch.optim.Optimizer]) -> dict[str, float]:
