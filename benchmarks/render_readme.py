@@ -518,14 +518,20 @@ def robust_mnist_probe(d: dict) -> str:
              + (f" (epoch {p['weights_epoch']}'s weights)" if p.get("weights_epoch", p["epochs_done"]) != p["epochs_done"]
                 else ""),
              ci(p["clean"]["accuracy"], p["clean"].get("ci95")),
-             ci(p["apgd_ce_linf_0.3"]["accuracy"], p["apgd_ce_linf_0.3"].get("ci95")), num(p["cpu_seconds"], 3),
-             f"`{p['digest'][:8]}`"] for p in d.get("probes", [])]
+             *_probe_cells(p), num(p["cpu_seconds"], 3), f"`{p['digest'][:8]}`"] for p in d.get("probes", [])]
     n = {p["clean"]["n"] for p in d.get("probes", [])}
-    return (f"APGD-CE (100 iterations) at ℓ∞ 0.3 on the first {', '.join(map(str, sorted(n)))} test images of a "
+    return (f"APGD-CE (100 iterations) in the recipe's threat model on the first {', '.join(map(str, sorted(n)))} "
+            "test images of a "
             "checkpoint, taken between epochs to decide whether more training is worth its CPU hours: an upper bound "
             "on AutoAttack's number, not a leaderboard entry. A recipe trained again gets other weights (another "
             "digest): CPU training here is not bit-reproducible from run to run.\n\n"
-            + table(["recipe", "epochs", "clean", "APGD-CE ℓ∞ 0.3", "CPU s", "weights"], rows or [[DASH] * 6]))
+            + table(["recipe", "epochs", "clean", "APGD-CE ℓ∞ 0.3", "APGD-CE ℓ2 2.0", "CPU s", "weights"],
+                    rows or [[DASH] * 7]))
+
+
+def _probe_cells(p: dict) -> list[str]:
+    """A probe entry's APGD-CE accuracy under its threat model's column (ℓ∞ 0.3, ℓ2 2.0), a dash under the other."""
+    return [ci(p[k]["accuracy"], p[k].get("ci95")) if k in p else DASH for k in ("apgd_ce_linf_0.3", "apgd_ce_l2_2.0")]
 
 
 RENDERERS = {"projection_speed": projection_speed, "evaluation_speed": evaluation_speed, "cs_mnist": cs_mnist, "defense_mnist": defense_mnist,

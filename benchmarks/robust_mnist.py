@@ -16,7 +16,7 @@ repository use — with Adam and the recipe's epochs, all on the 60,000 MNIST tr
   ``mnist-class-vaes`` (Stutz et al. 2019);
 - warm starts, ``*_ft``: a finished model (``fast_linf``: 0.7 CPU h; ``standard`` for ℓ2) fine-tuned for 1–4
   epochs with the 40-step adversaries (``trades_linf_ft``, ``pgd_at_linf_ft``, ``rmd_linf_ft``,
-  ``combined_linf_ft``, ``pgd_at_l2_ft``) — what this machine affords (an epoch of 40-step PGD costs ~1.4 CPU h;
+  ``combined_linf_ft``) or ℓ2 PGD of 10 steps (``pgd_at_l2_ft``) — what this machine affords (an epoch of 40-step PGD costs ~1.4 CPU h;
   Madry et al. trained ~83 epochs, TRADES 100); the model they start from counts in their CPU hours;
 - ``fast_linf_madry`` → ``trades_linf_madry_ft``: the same two steps on Madry et al.'s MNIST network (3.3 M weights,
   four times classifier A's, for about the same arithmetic per image; the capacity their ℓ∞ 0.3 results needed),
@@ -110,6 +110,8 @@ class Recipe:
     extra: dict = field(default_factory=dict)
     #: another recipe whose finished checkpoint (same seed) the model starts from; its CPU hours count in this row's
     init: str | None = None
+    #: the threat model it trains against: the probe's APGD-CE runs there (``EPSILONS[threat]``)
+    threat: str = "linf"
 
 
 def architecture(arch: str) -> tuple[str, dict]:
@@ -179,10 +181,13 @@ RECIPES: dict[str, Recipe] = {
                                     arch="madry",
                                     description="standard_madry, then 2 epochs of TRADES beta 1, Linf 0.3, 40 steps "
                                                 "of 0.01 (Adam 5e-4, cosine)"),
-    "pgd_at_l2_ft": Recipe(lambda: MadryObjective(norm="l2", epsilon=2.0, steps=40), epochs=4, lr=5e-4,
-                           init="standard", description="standard, then 4 epochs of Madry PGD, L2 2.0, 40 steps of "
-                                                        "2.5 eps / 40 (Adam 5e-4, cosine)"),
-    "pgd_at_l2": Recipe(lambda: MadryObjective(norm="l2", epsilon=2.0, steps=40), epochs=20,
+    # ℓ2: 10 steps of 2.5 eps / 10 (0.5) from a random start, the ℓ2 adversary of Rice et al. 2020's and most ℓ2
+    # training; 40 steps cost 4x (~1.4 CPU h an epoch) for a training adversary that is not the evaluation's
+    "pgd_at_l2_ft": Recipe(lambda: MadryObjective(norm="l2", epsilon=2.0, steps=10), epochs=4, lr=5e-4,
+                           init="standard", threat="l2",
+                           description="standard, then 4 epochs of Madry PGD, L2 2.0, 10 steps of 2.5 eps / 10 "
+                                       "(Adam 5e-4, cosine)"),
+    "pgd_at_l2": Recipe(lambda: MadryObjective(norm="l2", epsilon=2.0, steps=40), epochs=20, threat="l2",
                         description="Madry PGD, L2 2.0, 40 steps of 2.5 eps / 40, random start"),
     "rmd_linf": Recipe(_rmd, epochs=20, description="Madry Linf PGD + overpowered consistency on mnist-vae20 "
                                                     "(Ilyas et al. 2017)"),
@@ -340,8 +345,9 @@ def export(args) -> None:
         probes = RESULTS / "robust_mnist_probe.json"
         for p in json.loads(probes.read_text())["probes"] if probes.is_file() else []:
             if p["digest"] == ckpt["digest"]:  # APGD-CE on these weights: an upper bound on AutoAttack's number
-                quality["probe_apgd_ce_linf_0.3"] = p["apgd_ce_linf_0.3"]["accuracy"]
-                quality["probe_n"] = p["apgd_ce_linf_0.3"]["n"]
+                key = probe_key(RECIPES[name].threat)
+                quality[f"probe_{key}"] = p[key]["accuracy"]
+                quality["probe_n"] = p[key]["n"]
         zmeta = {"zoo_name": entry.name, "zoo_spec": entry.spec(), "dataset": "mnist", "kind": "classifier",
                  "description": entry.description, "architecture": entry.arch, "config": meta["config"],
                  "history": meta["history"], "epochs_done": meta["epochs_done"], "quality": quality,
@@ -410,10 +416,15 @@ def _retire(result: dict, row: str, digest: str) -> None:
         result.setdefault("earlier_weights", {})[key] = result["models"].pop(row)
 
 
+def probe_key(threat: str) -> str:
+    """A probe entry's key for its APGD-CE number, e.g. ``apgd_ce_linf_0.3``."""
+    return f"apgd_ce_{threat}_{EPSILONS[threat]}"
+
+
 def probe(args, started: dict) -> dict:
-    """APGD-CE (pyautoattack, 100 iterations) at ℓ∞ 0.3 on the first ``--n`` test images of each recipe's latest
-    checkpoint, finished or not: a cheap upper bound on AutoAttack's robust accuracy, taken after an epoch to decide
-    whether more training is worth its CPU hours. Recorded per sample (``<recipe>/probe-<weights digest>``), so the
+    """APGD-CE (pyautoattack, 100 iterations) in the recipe's threat model (ℓ∞ 0.3 or ℓ2 2.0) on the first ``--n``
+    test images of each recipe's latest checkpoint, finished or not: a cheap upper bound on AutoAttack's robust
+    accuracy, taken after an epoch to decide whether more training is worth its CPU hours. Recorded per sample (``<recipe>/probe-<weights digest>``), so the
     finished model's worst case counts what it broke."""
     from manifold_defense.attacks import AutoAttack
     from manifold_defense.eval import AttackSpec
@@ -429,8 +440,9 @@ def probe(args, started: dict) -> dict:
             continue
         clf, ckpt = trained
         c0, t0 = _cpu(), time.perf_counter()
-        spec = AttackSpec("apgd_ce_linf", AutoAttack(norm="linf", version="custom", attacks=["apgd-ce"]),
-                          [EPSILONS["linf"]], "linf")
+        threat = RECIPES[name].threat
+        spec = AttackSpec(f"apgd_ce_{threat}", AutoAttack(norm=threat, version="custom", attacks=["apgd-ce"]),
+                          [EPSILONS[threat]], threat)
         folder = _probe_folder(name, ckpt["digest"])
         ev = evaluate(clf, x, y, [spec], batch_size=args.batch_size, out_dir=folder, progress=not args.quiet,
                       dataset="mnist", workers=args.workers).to_dict()
@@ -438,7 +450,7 @@ def probe(args, started: dict) -> dict:
         entry = {"recipe": name, "epochs_done": len(ckpt["history"]), "complete": ckpt["complete"],
                  # a finished run with an OverfitGuard holds its best epoch's weights
                  **({"weights_epoch": ckpt["guard"]["best_epoch"]} if ckpt["complete"] and ckpt["guard"] else {}),
-                 "digest": ckpt["digest"], "clean": ev["clean"], "apgd_ce_linf_0.3": robust,
+                 "digest": ckpt["digest"], "clean": ev["clean"], probe_key(threat): robust,
                  "folder": str(folder.relative_to(REPO_ROOT)), "cpu_seconds": _cpu() - c0,
                  "wall_seconds": time.perf_counter() - t0, "provenance": started}
         for p in result["probes"]:  # probed before (its records resumed): what it cost then counts
@@ -448,7 +460,7 @@ def probe(args, started: dict) -> dict:
         result["probes"] = [p for p in result["probes"] if p["digest"] != ckpt["digest"]] + [entry]
         result["provenance"] = started  # the last probe's; each entry keeps its own
         atomic_write_text(out_path, json.dumps(result, indent=2))
-        print(json.dumps({k: entry[k] for k in ("recipe", "epochs_done", "clean", "apgd_ce_linf_0.3")}))
+        print(json.dumps({k: entry[k] for k in ("recipe", "epochs_done", "clean", probe_key(threat))}))
     return result
 
 

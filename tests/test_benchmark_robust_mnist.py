@@ -159,6 +159,18 @@ def test_recipes_build_their_architecture(robust_mnist):
         assert r.init is None or robust_mnist.RECIPES[r.init].arch == r.arch, name
 
 
+def test_recipes_probe_the_threat_they_train_against(robust_mnist):
+    """The between-epochs probe of an ℓ2 recipe is APGD-CE at ℓ2 2.0, not ℓ∞ 0.3 (an ℓ2 model reads ~0 there)."""
+    assert robust_mnist.RECIPES["pgd_at_l2_ft"].threat == "l2"
+    assert robust_mnist.probe_key("l2") == "apgd_ce_l2_2.0"
+    for name, r in robust_mnist.RECIPES.items():
+        if r.objective in (robust_mnist._rmd, robust_mnist._combined):  # ℓ∞ presets that load generators
+            assert r.threat == "linf", name
+            continue
+        objective = r.objective()
+        assert r.threat == getattr(objective, "norm", "linf"), name
+
+
 def test_retrained_weights_get_their_own_row_and_folders(robust_mnist):
     """A recipe trained again (another digest) starts a new row in new folders; the earlier weights' row stays in the
     JSON, under ``earlier_weights``, so a retraining can never resume into (or overwrite) another model's numbers."""
