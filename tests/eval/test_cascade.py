@@ -261,6 +261,19 @@ class TestException:
             evaluate(model, digits_test.images[:8], digits_test.labels[:8], suite="standard")
 
 
+class _Quantized(nn.Module):
+    """A classifier behind input quantisation (rounding to eighths): gradient zero almost everywhere, its decisions
+    those of the classifier on nearby inputs (Athalye et al. 2018's shattered gradients)."""
+
+    def __init__(self, classifier: nn.Module) -> None:
+        super().__init__()
+        self.classifier = classifier
+        self.input_shape, self.num_classes = classifier.input_shape, classifier.num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.round(x * 8) / 8)
+
+
 class TestSuites:
     def test_suites_are_named_and_versioned(self):
         assert set(SUITES) == {"standard", "rand", "columns"}
@@ -272,6 +285,36 @@ class TestSuites:
         assert "autoattack_rand_linf" in linf  # v3 dropped it; on one row it broke what the others left (v4)
         assert linf.index("autoattack_rand_linf") > linf.index("pgd_linf_implicit")  # the weaker one after (v5)
         assert not SUITES["columns"].cascade and SUITES["rand"].attempts > 1
+
+    def test_an_undefended_model_gets_autoattack_at_its_published_budget(self, digits_classifier, digits_vae):
+        """v6: AutoAttack 'standard' (100 iterations whatever the budget) in both threat models of an undefended
+        model, instead of 'rand'; a defended model keeps 'rand' and no Square."""
+        from manifold_defense.defended import DefendedModel
+        from manifold_defense.eval import AttackBudget, build_plan
+
+        plan = build_plan("standard", digits_classifier, budget=AttackBudget.quick(), threats=["linf", "l2"])
+        aa = {s.name: s.attack for s in plan.specs if s.name.startswith("autoattack")}
+        assert set(aa) == {"autoattack_linf", "autoattack_l2"}
+        assert all(a.version == "standard" and a.n_iter == 100 for a in aa.values())
+        defended = build_plan("standard", DefendedModel(digits_classifier, digits_vae), threats=["linf", "l2"])
+        assert [s.name for s in defended.specs if s.name.startswith("autoattack")] == ["autoattack_rand_linf"]
+
+    @pytest.mark.slow
+    def test_a_gradient_masked_undefended_model_is_broken_by_the_query_attack(self, digits_classifier, digits_test,
+                                                                              tmp_path):
+        """Input quantisation zeroes every gradient: PGD, its escalation and FGSM find nothing, and a suite without
+        a query attack would report the clean accuracy. AutoAttack's Square breaks it (fails with v5's stages)."""
+        from manifold_defense.eval import AttackBudget
+
+        model = _Quantized(digits_classifier).eval()
+        x, y = digits_test.images[:16], digits_test.labels[:16]
+        ev = evaluate(model, x, y, suite="standard", budget=AttackBudget.quick(), threats=["linf"], batch_size=16,
+                      out_dir=tmp_path, progress=False)
+        by_name = {s["attack"]: s for s in ev.stages}
+        gradient_breaks = sum(s["broken"] for n, s in by_name.items() if n != "autoattack_linf")
+        # measured: PGD's random starts broke 4 of 16, AutoAttack the other 12
+        assert by_name["autoattack_linf"]["broken"] >= 8 > gradient_breaks
+        assert ev.worst_case()[("linf", 0.3)][0] <= 0.25 < ev.accuracy()[0] - 0.5
 
     @pytest.mark.slow
     def test_standard_on_a_defended_model(self, digits_classifier, digits_vae, digits_test, tmp_path):
