@@ -33,7 +33,7 @@ count and 95 % Wilson interval; every trained row its training CPU hours (summed
 
 Steps, each resumable (training checkpoints every epoch under ``$MANIFOLD_DEFENSE_CACHE/benchmarks/robust_mnist/``;
 evaluations keep per-batch records under ``benchmarks/results/robust_mnist/<row>/weights-<digest>/``, one folder per
-set of weights; a recipe trained again starts a new row and moves the earlier one to ``earlier_weights``):
+set of weights, the suite's in ``standard-v<version>`` (every version run on the weights counts in the worst case); a recipe trained again starts a new row and moves the earlier one to ``earlier_weights``):
 
     python benchmarks/robust_mnist.py estimate [--recipes ...]   # time ~1 % of an epoch per recipe -> CPU hours
     python benchmarks/robust_mnist.py train --recipes pgd_at_linf [--epochs 20]
@@ -64,7 +64,7 @@ from common import REPO_ROOT, cpu_seconds, provenance
 from manifold_defense import data, zoo
 from manifold_defense.checkpoint import CheckpointError, atomic_write_text, load_checkpoint, save_checkpoint
 from manifold_defense.defended import DefendedModel, ProjectionConfig
-from manifold_defense.eval import AttackBudget, build_attack, evaluate, sanity_checks, wilson_interval
+from manifold_defense.eval import SUITES, AttackBudget, build_attack, evaluate, sanity_checks, wilson_interval
 from manifold_defense.models import build_model, load_model
 from manifold_defense.training import (FastObjective, MadryObjective, TradesObjective, objective_preset,
                                        train_classifier)
@@ -532,6 +532,17 @@ def _sanity_breaks(suite: dict, threat: str, epsilon: float) -> list[int]:
                    if k.split("@")[0] == threat and float(k.split("@")[1]) <= epsilon + 1e-12 for i in v})
 
 
+#: the ``standard`` suite's records, one folder per version (a changed suite is refused in another's folder)
+SUITE_FOLDER = f"standard-v{SUITES['standard'].version}"
+
+
+def _probe_threat(folder: Path) -> str | None:
+    """The threat model of a probe's records (``apgd_ce_linf`` or ``apgd_ce_l2``; None before its first)."""
+    with (folder / "records.jsonl").open() as f:
+        first = next((r for r in map(json.loads, f) if r.get("kind") == "attack"), None)
+    return None if first is None else first["threat"]
+
+
 def _suite(model, x, y, folder: Path, args, threats, **kw) -> dict:
     eps = {"linf": [EPSILONS["linf"]], "l2": [EPSILONS["l2"]], "on_manifold": [1.5]}
     ev = evaluate(model, x, y, suite="standard", epsilons={t: eps[t] for t in threats}, threats=list(threats),
@@ -588,11 +599,14 @@ def evaluate_rows(args, started: dict) -> dict:
         for t in ("linf", "l2"):  # each evaluation lands in the JSON as it finishes: a long row shows its progress
             row["autoattack"][t] = _attack(clf, x, y, f"autoattack_{t}", t, wf / f"autoattack_{t}", args)
             save()
-        row["standard_suite"] = _suite(clf, x, y, wf / "standard", args, ("linf", "l2"), classifier=clf)
+        row["standard_suite"] = _suite(clf, x, y, wf / SUITE_FOLDER, args, ("linf", "l2"), classifier=clf)
         probed = _probe_folder(name, ckpt["digest"])  # APGD-CE run on these weights, if any
-        row["worst_case"] = {t: _worst_over([wf / f"autoattack_{t}", wf / "standard"]
-                                            + ([probed] if t == "linf" and probed.is_dir() else []), t,
-                                            EPSILONS[t], len(y), _sanity_breaks(row["standard_suite"], t, EPSILONS[t]))
+        # every suite version run on these weights counts: a sample one of them broke is broken
+        suites = sorted(p for p in wf.glob("standard*") if (p / "records.jsonl").is_file())
+        row["worst_case"] = {t: _worst_over([wf / f"autoattack_{t}", *suites]
+                                            + ([probed] if probed.is_dir() and _probe_threat(probed) == t else []),
+                                            t, EPSILONS[t], len(y),
+                                            _sanity_breaks(row["standard_suite"], t, EPSILONS[t]))
                              for t in ("linf", "l2")}
         save()
         if args.defended_n:
@@ -603,7 +617,7 @@ def evaluate_rows(args, started: dict) -> dict:
                 "name": f"defended_{name}", "dataset": "mnist", "architecture": "default projection onto mnist-vae20 "
                 f"+ {name}", "additional_data": False, "venue": "this repository", "digest": ckpt["digest"],
                 "standard_suite": _suite(defended, xd, yd, _weights_folder(f"defended_{name}", ckpt["digest"])
-                                         / "standard", args, ("linf", "l2", "on_manifold"), classifier=clf)}
+                                         / SUITE_FOLDER, args, ("linf", "l2", "on_manifold"), classifier=clf)}
             save()
     if args.abs_n:
         from manifold_defense.attacks import LatentDescent
@@ -616,7 +630,7 @@ def evaluate_rows(args, started: dict) -> dict:
                                "architecture": "analysis by synthesis on mnist-class-vaes", "venue": "this repository"}
         # the suite first: its cascade attacks AutoAttack's survivors only when run after it, but AutoAttack's
         # Square (5,000 queries of a model that fits ten VAEs per query) is the dearest part, so it goes last
-        row["standard_suite"] = _suite(model, xa, ya, folder / "abs" / "standard", args, ("linf", "l2"))
+        row["standard_suite"] = _suite(model, xa, ya, folder / "abs" / SUITE_FOLDER, args, ("linf", "l2"))
         save()
         # the paper's own attack on it: walk towards the closest wrong class's reconstruction (no gradient)
         descent = AttackSpec("latent_descent_l2", LatentDescent(norm="l2", steps=50, step_size=0.1),
@@ -629,7 +643,7 @@ def evaluate_rows(args, started: dict) -> dict:
         # AutoAttack on what the suite and the latent descent left standing: the worst case is per sample, so an
         # image already broken needs no more attacks, and AutoAttack on all 100 would cost ~15 CPU h here (Square:
         # 5,000 queries, each fitting ten VAEs); its own number alone is therefore not reported for this row
-        earlier = [folder / "abs" / "standard", folder / "abs" / "latent_descent_l2"]
+        earlier = [folder / "abs" / SUITE_FOLDER, folder / "abs" / "latent_descent_l2"]
         sanity_broken = _sanity_breaks(row["standard_suite"], "l2", EPSILONS["l2"])
         alive = _survivors(earlier, "l2", EPSILONS["l2"], len(ya), sanity_broken)
         aa_folder = folder / "abs" / "autoattack_l2_survivors"

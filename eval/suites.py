@@ -74,8 +74,8 @@ __all__ = ["Stage", "Suite", "SUITES", "Plan", "build_plan", "escalated_attack",
 class Stage:
     """One attack of a suite: a registered attack name and when it applies (``when``: 'generator' — a generator
     is known; 'dead_zone' — a projection with ILO's dead zone, whose own gradient is masked; 'surrogate' — adaptive
-    attacks craft on a surrogate projection; 'defended' / 'undefended' — the model is / is not a
-    ``DefendedModel``; None — always).
+    attacks craft on a surrogate projection; 'defended' / 'undefended' — the model does / does not run a generator
+    in its forward (a ``DefendedModel``, analysis by synthesis); None — always).
     ``smooth_surrogate``: craft on the generator's smooth default projection (a dead zone masks its own)."""
 
     attack: str
@@ -258,8 +258,10 @@ def build_plan(suite: "str | Suite | Plan | None", model: nn.Module, *, attacks:
     if bad:
         raise InputError(f"suite {s.name!r} has no threat model {bad}; it has {', '.join(s.stages)}")
     conditions = {None: True, "generator": generator is not None, "surrogate": surrogate is not None,
-                  "dead_zone": defended and model.projection.dead_zone > 0, "defended": defended,
-                  "undefended": not defended}
+                  "dead_zone": defended and model.projection.dead_zone > 0}
+    # a generator in the model's forward (a projection, analysis by synthesis): every query is an optimisation
+    conditions["defended"] = defended or getattr(model, "generator", None) is not None
+    conditions["undefended"] = not conditions["defended"]
     specs, origin = [], {}
     for t in chosen:
         if not eps.get(t) or min(eps[t]) <= 0:

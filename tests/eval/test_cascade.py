@@ -286,7 +286,8 @@ class TestSuites:
         assert linf.index("autoattack_rand_linf") > linf.index("pgd_linf_implicit")  # the weaker one after (v5)
         assert not SUITES["columns"].cascade and SUITES["rand"].attempts > 1
 
-    def test_an_undefended_model_gets_autoattack_at_its_published_budget(self, digits_classifier, digits_vae):
+    def test_an_undefended_model_gets_autoattack_at_its_published_budget(self, digits_classifier, digits_vae,
+                                                                         digits_class_vaes):
         """v6: AutoAttack 'standard' (100 iterations whatever the budget) in both threat models of an undefended
         model, instead of 'rand'; a defended model keeps 'rand' and no Square."""
         from manifold_defense.defended import DefendedModel
@@ -298,6 +299,10 @@ class TestSuites:
         assert all(a.version == "standard" and a.n_iter == 100 for a in aa.values())
         defended = build_plan("standard", DefendedModel(digits_classifier, digits_vae), threats=["linf", "l2"])
         assert [s.name for s in defended.specs if s.name.startswith("autoattack")] == ["autoattack_rand_linf"]
+        from manifold_defense.synthesis import AnalysisBySynthesis  # a generator in its forward too
+
+        abs_plan = build_plan("standard", AnalysisBySynthesis(digits_class_vaes), threats=["linf", "l2"])
+        assert [s.name for s in abs_plan.specs if s.name.startswith("autoattack")] == ["autoattack_rand_linf"]
 
     @pytest.mark.slow
     def test_a_gradient_masked_undefended_model_is_broken_by_the_query_attack(self, digits_classifier, digits_test,
