@@ -188,7 +188,8 @@ RECIPES: dict[str, Recipe] = {
                            init="standard", threat="l2",
                            description="standard, then 4 epochs of Madry PGD, L2 2.0, 10 steps of 2.5 eps / 10 "
                                        "(Adam 5e-4, cosine)"),
-    # pgd_at_l2_ft's 4 epochs read AutoAttack ℓ2 2.0 ~.67 against the published 69.2: two more at a lower lr
+    # pgd_at_l2_ft's 4 epochs read AutoAttack ℓ2 2.0 .668 against the published 69.2: two more at a lower lr gained
+    # nothing (APGD-CE probe .683 [.654, .711] after them, .689 before; 0.43 CPU h): not worth evaluating
     "pgd_at_l2_ft6": Recipe(lambda: MadryObjective(norm="l2", epsilon=2.0, steps=10), epochs=2, lr=2e-4,
                             init="pgd_at_l2_ft", threat="l2",
                             description="pgd_at_l2_ft, then 2 more epochs of Madry PGD, L2 2.0, 10 steps of 2.5 eps / "
