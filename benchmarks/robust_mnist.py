@@ -34,7 +34,8 @@ count and 95 % Wilson interval; every trained row its training CPU hours (summed
 
 Steps, each resumable (training checkpoints every epoch under ``$MANIFOLD_DEFENSE_CACHE/benchmarks/robust_mnist/``;
 evaluations keep per-batch records under ``benchmarks/results/robust_mnist/<row>/weights-<digest>/``, one folder per
-set of weights, the suite's in ``standard-v<version>`` (every version run on the weights counts in the worst case); a recipe trained again starts a new row and moves the earlier one to ``earlier_weights``):
+set of weights, the suite's in ``standard-v<version>`` (every version run on the weights counts in the worst case);
+a recipe trained again starts a new row and moves the earlier one to ``earlier_weights``):
 
     python benchmarks/robust_mnist.py estimate [--recipes ...]   # time ~1 % of an epoch per recipe -> CPU hours
     python benchmarks/robust_mnist.py train --recipes pgd_at_linf [--epochs 20]
@@ -431,8 +432,8 @@ def probe_key(threat: str) -> str:
 def probe(args, started: dict) -> dict:
     """APGD-CE (pyautoattack, 100 iterations) in the recipe's threat model (ℓ∞ 0.3 or ℓ2 2.0) on the first ``--n``
     test images of each recipe's latest checkpoint, finished or not: a cheap upper bound on AutoAttack's robust
-    accuracy, taken after an epoch to decide whether more training is worth its CPU hours. Recorded per sample (``<recipe>/probe-<weights digest>``), so the
-    finished model's worst case counts what it broke."""
+    accuracy, taken after an epoch to decide whether more training is worth its CPU hours. Recorded per sample
+    (``<recipe>/probe-<weights digest>``), so the finished model's worst case counts what it broke."""
     from manifold_defense.attacks import AutoAttack
     from manifold_defense.eval import AttackSpec
 
