@@ -48,7 +48,7 @@ find what FAB and Square find on a model whose ℓ∞ training flattened its gra
 same for ℓ∞-trained MNIST models at ℓ2). Of 60 samples v5 left at ℓ2 that AutoAttack broke, FAB-T alone broke 58
 (32 CPU s), Square 34, APGD-T 11, APGD-CE 3; at ℓ∞, APGD-CE at 100 iterations broke 18 of the 24 (v5's AutoAttack
 'rand' ran 25). So on an undefended model the cascade runs AutoAttack 'standard' at its published budget in both
-threat models, in the place of 'rand' (a deterministic model needs no EOT). Behind a projection, where each of
+threat models, before 'rand' (v7 keeps 'rand' after it, on what it leaves: v6 had replaced it). Behind a projection, where each of
 Square's 5,000 queries is a projection, it is not in the suite (unmeasured there; the decision-based sanity check
 stands for the query attacks).
 """
@@ -104,9 +104,10 @@ class Suite:
 
 _LINF = (Stage("fgsm_transfer"), Stage("pgd_linf"), Stage("pgd_linf_implicit"),
          Stage("range_target_pgd_linf", when="dead_zone", smooth_surrogate=True))
-#: after implicit PGD: AutoAttack 'rand' (APGD with EOT over a stochastic variant of the projection) on a defended
-#: model (v5); AutoAttack 'standard' at its published budget on an undefended one (v6)
-_AA_LINF = (Stage("autoattack_rand_linf", when="defended"), Stage("autoattack_linf", when="undefended"))
+#: after implicit PGD: AutoAttack 'standard' at its published budget on an undefended model (v6), then AutoAttack
+#: 'rand' (APGD with EOT over a stochastic variant of the projection; v5) on every model — on an undefended one it
+#: takes the few samples 'standard' left, so no sample v5 broke can survive v7 (v6 dropped it there)
+_AA_LINF = (Stage("autoattack_linf", when="undefended"), Stage("autoattack_rand_linf"))
 _LINF_RAND = _LINF[:3] + _AA_LINF + _LINF[3:]
 #: the per-attack table keeps v4's order (a column's number does not depend on it)
 _LINF_COLUMNS = _LINF[:2] + _AA_LINF + (Stage("pgd_linf_implicit"),
@@ -116,13 +117,13 @@ _L2 = (Stage("fgm_transfer"), Stage("pgd_l2"), Stage("pgd_l2_implicit"), Stage("
 _ON = (Stage("on_manifold", when="generator"),)
 
 SUITES: dict[str, Suite] = {s.name: s for s in [
-    Suite("standard", 6, {"linf": _LINF_RAND, "l2": _L2, "on_manifold": _ON},
+    Suite("standard", 7, {"linf": _LINF_RAND, "l2": _L2, "on_manifold": _ON},
           description="the strongest attacks per threat model as a survivor cascade, then escalation to convergence "
                       "(deterministic projections)"),
-    Suite("rand", 6, {"linf": _LINF_RAND, "l2": _L2, "on_manifold": _ON}, attempts=5, for_stochastic=True,
+    Suite("rand", 7, {"linf": _LINF_RAND, "l2": _L2, "on_manifold": _ON}, attempts=5, for_stochastic=True,
           description="the standard cascade on a stochastic projection, with AutoAttack 'rand': EOT gradients, "
                       "every answer over 5 draws"),
-    Suite("columns", 5, {"linf": _LINF_COLUMNS, "l2": _L2, "on_manifold": _ON}, cascade=False,
+    Suite("columns", 6, {"linf": _LINF_COLUMNS, "l2": _L2, "on_manifold": _ON}, cascade=False,
           description="every attack on every sample (a per-attack table), then escalation on the worst case's "
                       "survivors"),
 ]}
