@@ -195,6 +195,16 @@ RECIPES: dict[str, Recipe] = {
                             init="pgd_at_l2_ft", threat="l2",
                             description="pgd_at_l2_ft, then 2 more epochs of Madry PGD, L2 2.0, 10 steps of 2.5 eps / "
                                         "10 (Adam 2e-4, cosine)"),
+    # two ways past that plateau from pgd_at_l2_ft, 2 epochs each (~0.3 CPU h): a larger training ball (ε 2.5, the
+    # evaluation's 2.0 inside it) and TRADES (Zhang et al. 2019) at ε 2.0, β 3 (clean accuracy has room to give)
+    "pgd_at_l2_ft_e25": Recipe(lambda: MadryObjective(norm="l2", epsilon=2.5, steps=10), epochs=2, lr=5e-4,
+                               init="pgd_at_l2_ft", threat="l2",
+                               description="pgd_at_l2_ft, then 2 epochs of Madry PGD, L2 2.5, 10 steps of 2.5 eps / "
+                                           "10 (Adam 5e-4, cosine)"),
+    "trades_l2_ft": Recipe(lambda: TradesObjective(norm="l2", epsilon=2.0, steps=10, beta=3.0), epochs=2, lr=5e-4,
+                           init="pgd_at_l2_ft", threat="l2",
+                           description="pgd_at_l2_ft, then 2 epochs of TRADES beta 3, L2 2.0, 10 steps of 2.5 eps / 10 "
+                                       "(Adam 5e-4, cosine)"),
     "pgd_at_l2": Recipe(lambda: MadryObjective(norm="l2", epsilon=2.0, steps=40), epochs=20, threat="l2",
                         description="Madry PGD, L2 2.0, 40 steps of 2.5 eps / 40, random start"),
     "rmd_linf": Recipe(_rmd, epochs=20, description="Madry Linf PGD + overpowered consistency on mnist-vae20 "
