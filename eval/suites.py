@@ -242,6 +242,11 @@ def build_plan(suite: "str | Suite | Plan | None", model: nn.Module, *, attacks:
         return Plan(None, list(attacks), cascade=False, escalation_rounds=escalation_rounds or 0)
     s = get_suite(suite or "standard")
     defended = isinstance(model, DefendedModel)
+    if not defended and any(isinstance(m, DefendedModel) for m in model.modules()):
+        # the adaptive attacks (implicit gradients, latent, transfer) need the projection: a suite on the wrapper
+        # would run the static-model stages only and read the defense as far more robust than it is
+        raise InputError(f"a DefendedModel inside {type(model).__name__}: a suite's adaptive attacks need the "
+                         "DefendedModel itself; fold the wrapper's work into its classifier, or pass attacks=")
     stochastic = defended and model.projection.stochastic
     if stochastic and not s.for_stochastic:
         raise InputError(f"suite {s.name!r} is for deterministic projections; this model's projection is stochastic: "

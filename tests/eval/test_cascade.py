@@ -261,6 +261,16 @@ class TestException:
             evaluate(model, digits_test.images[:8], digits_test.labels[:8], suite="standard")
 
 
+    def test_a_wrapped_defended_model_is_refused_by_a_suite(self, digits_classifier, digits_vae, digits_test):
+        """A suite on a module around a ``DefendedModel`` would skip every attack that needs the projection."""
+        from manifold_defense.defended import DefendedModel
+
+        wrapped = nn.Sequential(nn.Identity(), DefendedModel(digits_classifier, digits_vae))
+        wrapped.input_shape, wrapped.num_classes = digits_classifier.input_shape, digits_classifier.num_classes
+        with pytest.raises(InputError, match="DefendedModel inside Sequential"):
+            evaluate(wrapped, digits_test.images[:8], digits_test.labels[:8], suite="standard")
+
+
 class _Quantized(nn.Module):
     """A classifier behind input quantisation (rounding to eighths): gradient zero almost everywhere, its decisions
     those of the classifier on nearby inputs (Athalye et al. 2018's shattered gradients)."""
