@@ -16,7 +16,8 @@ repository use — with Adam and the recipe's epochs, all on the 60,000 MNIST tr
   ``mnist-class-vaes`` (Stutz et al. 2019);
 - warm starts, ``*_ft``: a finished model (``fast_linf``: 0.7 CPU h; ``standard`` for ℓ2) fine-tuned for 1–4
   epochs with the 40-step adversaries (``trades_linf_ft``, ``pgd_at_linf_ft``, ``rmd_linf_ft``,
-  ``combined_linf_ft``) or ℓ2 PGD of 10 steps (``pgd_at_l2_ft``; ``pgd_at_l2_ft6``: 2 epochs more) — what this
+  ``combined_linf_ft``) or ℓ2 PGD of 10 steps (``pgd_at_l2_ft``; from it, 2 epochs more: ``pgd_at_l2_ft6``, the
+  same PGD; ``pgd_at_l2_ft_e25``, PGD at ε 2.5; ``trades_l2_ft``, TRADES β 3 at ε 2.0) — what this
   machine affords (an epoch of 40-step PGD costs ~1.4 CPU h; Madry et al. trained ~83 epochs, TRADES 100); the
   model they start from counts in their CPU hours;
 - ``fast_linf_madry`` → ``trades_linf_madry_ft``: the same two steps on Madry et al.'s MNIST network (3.3 M weights,
@@ -160,8 +161,8 @@ RECIPES: dict[str, Recipe] = {
                              description="fast_linf, then 3 epochs of Madry PGD, Linf 0.3, 40 steps of 0.01 "
                                          "(Adam 5e-4, cosine)"),
     "rmd_linf_ft": Recipe(_rmd, epochs=3, lr=5e-4, init="fast_linf",
-                          description="fast_linf, then 3 epochs of Madry Linf PGD (40 x 0.01) + overpowered consistency "
-                                      "on mnist-vae20 (Ilyas et al. 2017) (Adam 5e-4, cosine)"),
+                          description="fast_linf, then 3 epochs of Madry Linf PGD (40 x 0.01) + overpowered "
+                                      "consistency on mnist-vae20 (Ilyas et al. 2017) (Adam 5e-4, cosine)"),
     "combined_linf_ft": Recipe(_combined, epochs=3, lr=5e-4, init="fast_linf",
                                description="fast_linf, then 3 epochs of Madry Linf PGD (40 x 0.01) + 0.5 x on-manifold "
                                            "examples of mnist-class-vaes (Stutz et al. 2019) (Adam 5e-4, cosine)"),
@@ -653,8 +654,9 @@ def evaluate_rows(args, started: dict) -> dict:
         # the paper's own attack on it: walk towards the closest wrong class's reconstruction (no gradient)
         descent = AttackSpec("latent_descent_l2", LatentDescent(norm="l2", steps=50, step_size=0.1),
                              [EPSILONS["l2"]], "l2")
-        ev = evaluate(model, xa, ya, [descent], batch_size=args.batch_size, out_dir=folder / "abs" / "latent_descent_l2",
-                      progress=not args.quiet, dataset="mnist", workers=args.workers).to_dict()
+        ev = evaluate(model, xa, ya, [descent], batch_size=args.batch_size,
+                      out_dir=folder / "abs" / "latent_descent_l2", progress=not args.quiet, dataset="mnist",
+                      workers=args.workers).to_dict()
         row["latent_descent"] = {"l2": {"worst_case": ev["worst_case"][f"l2@{EPSILONS['l2']:g}"],
                                         "folder": str((folder / "abs" / "latent_descent_l2").relative_to(REPO_ROOT))}}
         save()
