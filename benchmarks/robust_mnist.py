@@ -17,7 +17,8 @@ repository use — with Adam and the recipe's epochs, all on the 60,000 MNIST tr
 - warm starts, ``*_ft``: a finished model (``fast_linf``: 0.7 CPU h; ``standard`` for ℓ2) fine-tuned for 1–4
   epochs with the 40-step adversaries (``trades_linf_ft``, ``pgd_at_linf_ft``, ``rmd_linf_ft``,
   ``combined_linf_ft``) or ℓ2 PGD of 10 steps (``pgd_at_l2_ft``; from it, 2 epochs more: ``pgd_at_l2_ft6``, the
-  same PGD; ``pgd_at_l2_ft_e25``, PGD at ε 2.5; ``trades_l2_ft``, TRADES β 3 at ε 2.0) — what this
+  same PGD; ``pgd_at_l2_ft_e25``, PGD at ε 2.5, then ``pgd_at_l2_ft_e3`` at 3.0; ``trades_l2_ft``, TRADES β 3 at
+  ε 2.0) — what this
   machine affords (an epoch of 40-step PGD costs ~1.4 CPU h; Madry et al. trained ~83 epochs, TRADES 100); the
   model they start from counts in their CPU hours;
 - ``fast_linf_madry`` → ``trades_linf_madry_ft``: the same two steps on Madry et al.'s MNIST network (3.3 M weights,
@@ -202,6 +203,11 @@ RECIPES: dict[str, Recipe] = {
                                init="pgd_at_l2_ft", threat="l2",
                                description="pgd_at_l2_ft, then 2 epochs of Madry PGD, L2 2.5, 10 steps of 2.5 eps / "
                                            "10 (Adam 5e-4, cosine)"),
+    # ε 2.5 read APGD-CE .707 (clean .986), TRADES .625 (clean .982): one step further along the larger ball
+    "pgd_at_l2_ft_e3": Recipe(lambda: MadryObjective(norm="l2", epsilon=3.0, steps=10), epochs=2, lr=5e-4,
+                              init="pgd_at_l2_ft_e25", threat="l2",
+                              description="pgd_at_l2_ft_e25, then 2 epochs of Madry PGD, L2 3.0, 10 steps of 2.5 eps "
+                                          "/ 10 (Adam 5e-4, cosine)"),
     "trades_l2_ft": Recipe(lambda: TradesObjective(norm="l2", epsilon=2.0, steps=10, beta=3.0), epochs=2, lr=5e-4,
                            init="pgd_at_l2_ft", threat="l2",
                            description="pgd_at_l2_ft, then 2 epochs of TRADES beta 3, L2 2.0, 10 steps of 2.5 eps / 10 "
