@@ -302,6 +302,20 @@ def _warm_start(model, init: str, seed: int, path: Path) -> dict:
     return ident
 
 
+def _start_chain(init: dict, seed: int) -> tuple[list[str], float]:
+    """The recipes a warm start descends from (its start, that one's start …) and their CPU hours summed; NaN when
+    a link's checkpoint is missing or holds other weights than the ones started from (its hours are unknown)."""
+    chain, hours = [], 0.0
+    while init is not None:
+        chain.append(init["recipe"])
+        hours += init["cpu_hours"]
+        trained = _trained(init["recipe"], seed)
+        if trained is None or trained[1]["digest"] != init["digest"]:
+            return chain, math.nan
+        init = trained[1]["init"]
+    return chain, hours
+
+
 #: the recipes shipped with the package, by zoo name (``export`` checks that the zoo's recipe is this one)
 ZOO_NAMES = {"fast_linf": "mnist-fast-linf", "trades_linf_ft": "mnist-trades-linf"}
 
@@ -613,9 +627,10 @@ def evaluate_rows(args, started: dict) -> dict:
         _retire(result, f"defended_{name}", ckpt["digest"])
         wf = _weights_folder(name, ckpt["digest"])
         init = ckpt["init"]
-        if init is not None:  # a warm start: the model it started from is part of what it cost
-            row["training"].update(init=init, own_cpu_hours=row["training"]["cpu_hours"],
-                                   cpu_hours=row["training"]["cpu_hours"] + init["cpu_hours"])
+        if init is not None:  # a warm start: the models it started from are part of what it cost
+            chain, chain_hours = _start_chain(init, args.seed)
+            row["training"].update(init=init, start_chain=chain, own_cpu_hours=row["training"]["cpu_hours"],
+                                   cpu_hours=row["training"]["cpu_hours"] + chain_hours)
         with torch.inference_mode():
             correct = int((clf(x).argmax(1) == y).sum())
         row["clean"] = _acc(correct, len(y))

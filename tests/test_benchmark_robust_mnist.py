@@ -4,6 +4,7 @@ above any one of them."""
 from __future__ import annotations
 
 import importlib
+import math
 import sys
 from pathlib import Path
 
@@ -183,3 +184,15 @@ def test_retrained_weights_get_their_own_row_and_folders(robust_mnist):
     robust_mnist._retire(result, "trades_linf_ft", b)
     assert result == {"models": {}, "earlier_weights": {"fast_linf@unrecorded": {"clean": 1},
                                                         "trades_linf_ft@aaaaaaaaaaaa": {"digest": a, "clean": 2}}}
+
+
+def test_a_warm_start_counts_its_whole_chain(robust_mnist, monkeypatch):
+    rm = robust_mnist
+    """A row started from a warm start counts every model up its chain, and NaN when a link holds other weights."""
+    links = {"b": {"digest": "B", "init": {"recipe": "a", "digest": "A", "cpu_hours": 0.5}},
+             "a": {"digest": "A", "init": None}}
+    monkeypatch.setattr(rm, "_trained", lambda name, seed: (None, links[name]) if name in links else None)
+    chain, hours = rm._start_chain({"recipe": "b", "digest": "B", "cpu_hours": 1.0}, 0)
+    assert chain == ["b", "a"] and hours == 1.5
+    links["a"]["digest"] = "retrained"
+    assert math.isnan(rm._start_chain({"recipe": "b", "digest": "B", "cpu_hours": 1.0}, 0)[1])
