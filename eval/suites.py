@@ -48,9 +48,9 @@ find what FAB and Square find on a model whose ℓ∞ training flattened its gra
 same for ℓ∞-trained MNIST models at ℓ2). Of 60 samples v5 left at ℓ2 that AutoAttack broke, FAB-T alone broke 58
 (32 CPU s), Square 34, APGD-T 11, APGD-CE 3; at ℓ∞, APGD-CE at 100 iterations broke 18 of the 24 (v5's AutoAttack
 'rand' ran 25). So on an undefended model the cascade runs AutoAttack 'standard' at its published budget in both
-threat models, before 'rand' (v7 keeps 'rand' after it, on what it leaves: v6 had replaced it). Behind a projection, where each of
-Square's 5,000 queries is a projection, it is not in the suite (unmeasured there; the decision-based sanity check
-stands for the query attacks).
+threat models, before 'rand' (v7 keeps 'rand' after it, on what it leaves: v6 had replaced it). Behind a
+projection, where each of Square's 5,000 queries is a projection, it is not in the suite (unmeasured there; the
+decision-based sanity check stands for the query attacks).
 """
 
 from __future__ import annotations

@@ -260,7 +260,6 @@ class TestException:
         with pytest.raises(InputError, match="rand"):
             evaluate(model, digits_test.images[:8], digits_test.labels[:8], suite="standard")
 
-
     def test_a_wrapped_defended_model_is_refused_by_a_suite(self, digits_classifier, digits_vae, digits_test):
         """A suite on a module around a ``DefendedModel`` would skip every attack that needs the projection."""
         from manifold_defense.defended import DefendedModel
@@ -318,7 +317,8 @@ class TestSuites:
     def test_a_gradient_masked_undefended_model_is_broken_by_the_query_attack(self, digits_classifier, digits_test,
                                                                               tmp_path):
         """Input quantisation zeroes every gradient: FGSM and PGD break only what their random starts hit, and a
-        suite without a query attack reports nearly the clean accuracy. AutoAttack's Square breaks it (fails with v5's stages)."""
+        suite without a query attack reports nearly the clean accuracy. AutoAttack's Square breaks it (fails with
+        v5's stages)."""
         from manifold_defense.eval import AttackBudget
 
         model = _Quantized(digits_classifier).eval()
