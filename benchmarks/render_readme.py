@@ -475,8 +475,12 @@ def robust_mnist(d: dict) -> str:
 
     published = [[p["name"], f"{p['threat_model']} {p['eps']:g}", num(p["clean_acc"]), num(p.get("autoattack_acc")),
                   num(p.get("reported"))] for p in d.get("published", [])]
+    def clean(m: dict) -> dict | None:  # a row evaluated by the suite alone (ABS) has the suite's clean accuracy
+        return m.get("clean") or (m.get("standard_suite") or {}).get("clean")
+
     ours = []
     earlier = [(f"`{k.split('@')[0]}`, earlier weights", m) for k, m in d.get("earlier_weights", {}).items()]
+    sizes = [clean(m)["n"] for m in [*d.get("models", {}).values(), *(m for _, m in earlier)] if clean(m)]
     for name, m in [*d.get("models", {}).items(), *earlier]:
         aa = m.get("autoattack", {})
         overall = m.get("worst_case") or {}
@@ -485,12 +489,15 @@ def robust_mnist(d: dict) -> str:
         if later is not None:  # run on what the other attacks left: it counts in the worst case, alone it says nothing
             left = len(later["indices"])
             aa_l2 = f"{left - later['worst_case']['correct'] if left else 0} more of the {left} left"
-        ours.append([name if name.startswith("`") else f"`{name}`", acc(m.get("clean")), acc((aa.get("linf") or {}).get("worst_case")),
+        label = name if name.startswith("`") else f"`{name}`"
+        if clean(m) and clean(m)["n"] != max(sizes):
+            label += f" (first {clean(m)['n']})"
+        ours.append([label, acc(clean(m)), acc((aa.get("linf") or {}).get("worst_case")),
                      aa_l2, worst(m.get("standard_suite"), "linf"),
                      worst(m.get("standard_suite"), "l2"), acc(overall.get("linf")), acc(overall.get("l2")),
                      num((m.get("training") or {}).get("cpu_hours"), 3),
                      f"`{m['digest'][:8]}`" if m.get("digest") else "unrecorded"])
-    n = {m.get("clean", {}).get("n") for m in [*d.get("models", {}).values(), *(m for _, m in earlier)]} - {None}
+    n = set(sizes)
     return "\n\n".join([
         "Published (percent; AutoAttack on 10,000 test images unless noted):",
         table(["model", "threat", "clean", "AutoAttack", "reported"], published),

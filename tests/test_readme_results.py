@@ -88,3 +88,14 @@ def test_provenance_is_json_safe_and_complete():
     assert prov["config"] == {"out": "a/b.json", "widths": [1, 2], "quick": True}
     assert prov["git_dirty"] in (True, False, None)
     json.dumps(prov)
+
+
+def test_a_row_measured_by_its_suite_alone_shows_its_clean_accuracy_and_images():
+    """The ABS row has no separate clean pass: its clean accuracy is the suite's, on its own (smaller) image count."""
+    interval = [0.9, 1.0]
+    d = {"models": {"a": {"clean": {"accuracy": 0.99, "n": 1000, "ci95": interval}},
+                    "abs": {"standard_suite": {"clean": {"accuracy": 0.97, "n": 100, "ci95": interval},
+                                               "worst_case": {}}}}}
+    rows = {line.split(" | ")[0]: line for line in rr.robust_mnist(d).splitlines() if line.startswith("| `")}
+    assert "0.97" in rows["| `abs` (first 100)"] and "0.99" in rows["| `a`"]
+    assert "first 100, 1000 test images" in rr.robust_mnist(d)
