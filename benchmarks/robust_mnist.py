@@ -516,8 +516,11 @@ def _acc(k: int, n: int) -> dict:
 def _attack(model, x, y, name: str, threat: str, folder: Path, args, **kw) -> dict:
     """One registered attack at full budget, as a recorded (resumable) evaluation."""
     spec = build_attack(name, [EPSILONS[threat]], budget=AttackBudget.full(), **kw)
-    ev = evaluate(model, x, y, [spec], batch_size=args.batch_size, out_dir=folder, progress=not args.quiet,
-                  dataset="mnist", workers=args.workers)
+    # a few images (e.g. ABS's survivors) in as many batches as there are workers, at most --batch-size each
+    workers = max(1, min(args.workers, len(x)))
+    batch_size = min(args.batch_size, -(-len(x) // workers))
+    ev = evaluate(model, x, y, [spec], batch_size=batch_size, out_dir=folder, progress=not args.quiet,
+                  dataset="mnist", workers=min(workers, -(-len(x) // batch_size)))
     (worst,) = ev.to_dict()["worst_case"].values()  # one attack at one ε
     return {"worst_case": worst, "folder": str(folder.relative_to(REPO_ROOT))}
 

@@ -76,6 +76,23 @@ def test_an_attack_on_the_survivors_counts_for_the_images_it_attacked(robust_mni
         sorted(alive[i] for i in b)
 
 
+def test_an_attack_on_fewer_images_than_a_batch_still_uses_the_workers(robust_mnist, digits_classifier, digits_test,
+                                                                       tmp_path, monkeypatch):
+    """AutoAttack on ABS's few survivors: fewer images than ``--batch-size`` with two workers run as two batches
+    (evaluate refuses more workers than batches), and every image is attacked."""
+    import argparse
+
+    monkeypatch.setattr(robust_mnist, "REPO_ROOT", tmp_path)
+    x, y = digits_test.images[:3], digits_test.labels[:3]
+    args = argparse.Namespace(batch_size=100, workers=2, quiet=True)
+    out = robust_mnist._attack(digits_classifier, x, y, "fgsm", "linf", tmp_path / "aa", args)
+    assert out["worst_case"]["n"] == 3 and out["folder"] == "aa"
+    from manifold_defense.eval.records import read_records
+
+    starts = sorted(r["start"] for r in read_records(tmp_path / "aa" / "records.jsonl") if r["kind"] == "attack")
+    assert starts == [0, 2]
+
+
 def _recorded_config(robust_mnist, name: str, seed: int = 0) -> dict:
     """The ``config`` train_classifier records for benchmark recipe ``name`` (as its checkpoint would hold it)."""
     r = robust_mnist.RECIPES[name]
