@@ -470,8 +470,11 @@ def robust_mnist(d: dict) -> str:
     def worst(suite: dict | None, threat: str) -> str:
         if not suite:
             return DASH
-        hit = [v for k, v in suite["worst_case"].items() if k.startswith(threat + "@")]
-        return acc(hit[0]) if hit else DASH
+        hit = [(k, v) for k, v in suite["worst_case"].items() if k.startswith(threat + "@")]
+        if not hit:
+            return DASH
+        unconverged = (suite.get("converged") or {}).get(hit[0][0]) is False  # escalation still breaking: a bound
+        return acc(hit[0][1]) + (" (not converged)" if unconverged else "")
 
     published = [[p["name"], f"{p['threat_model']} {p['eps']:g}", num(p["clean_acc"]), num(p.get("autoattack_acc")),
                   num(p.get("reported"))] for p in d.get("published", [])]
@@ -488,13 +491,15 @@ def robust_mnist(d: dict) -> str:
         later = (m.get("autoattack_on_survivors") or {}).get("l2")
         if later is not None:  # run on what the other attacks left: it counts in the worst case, alone it says nothing
             left = len(later["indices"])
-            aa_l2 = f"{left - later['worst_case']['correct'] if left else 0} more of the {left} left"
+            aa_l2 = (f"not run on the {left} left" if "not_run" in later else
+                     f"{left - later['worst_case']['correct'] if left else 0} more of the {left} left")
         label = name if name.startswith("`") else f"`{name}`"
         if clean(m) and clean(m)["n"] != max(sizes):
             label += f" (first {clean(m)['n']})"
         ours.append([label, acc(clean(m)), acc((aa.get("linf") or {}).get("worst_case")),
                      aa_l2, worst(m.get("standard_suite"), "linf"),
-                     worst(m.get("standard_suite"), "l2"), acc(overall.get("linf")), acc(overall.get("l2")),
+                     worst(m.get("standard_suite"), "l2"), acc(overall.get("linf")),
+                     acc(overall.get("l2")) + (" (upper bound)" if "upper_bound" in (overall.get("l2") or {}) else ""),
                      num((m.get("training") or {}).get("cpu_hours"), 3),
                      f"`{m['digest'][:8]}`" if m.get("digest") else "unrecorded"])
     n = set(sizes)
@@ -508,7 +513,10 @@ def robust_mnist(d: dict) -> str:
          "included; *earlier weights*: a recipe's row measured on weights it has since been retrained away from; "
          "**weights**: the digest of the weights measured, *unrecorded* for rows from before rows kept it):"),
         table(["model", "clean", "AA ℓ∞ 0.3", "AA ℓ2 2.0", "suite ℓ∞ 0.3", "suite ℓ2 2.0", "**worst ℓ∞ 0.3**",
-               "**worst ℓ2 2.0**", "train CPU h", "weights"], ours or [[DASH] * 10])])
+               "**worst ℓ2 2.0**", "train CPU h", "weights"], ours or [[DASH] * 10]),
+        *[f"`{name}` under the paper's own attack alone (latent descent towards the closest wrong class's "
+          f"reconstruction, Schott et al. 2019): ℓ2 2.0 {acc(m['latent_descent']['l2']['worst_case'])}; it counts "
+          "in the worst case." for name, m in d.get("models", {}).items() if m.get("latent_descent")]])
 
 
 def ambient_mnist_estimate(d: dict) -> str:

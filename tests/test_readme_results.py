@@ -99,3 +99,17 @@ def test_a_row_measured_by_its_suite_alone_shows_its_clean_accuracy_and_images()
     rows = {line.split(" | ")[0]: line for line in rr.robust_mnist(d).splitlines() if line.startswith("| `")}
     assert "0.97" in rows["| `abs` (first 100)"] and "0.99" in rows["| `a`"]
     assert "first 100, 1000 test images" in rr.robust_mnist(d)
+
+
+def test_an_unfinished_worst_case_is_marked_as_a_bound():
+    """A suite whose escalation still broke samples, and a worst case AutoAttack did not finish, read as bounds."""
+    e = {"accuracy": 0.48, "n": 100, "ci95": [0.38, 0.58]}
+    d = {"models": {"abs": {"standard_suite": {"clean": e, "worst_case": {"l2@2": e}, "converged": {"l2@2": False}},
+                            "autoattack_on_survivors": {"l2": {"indices": list(range(48)), "not_run": "flag"}},
+                            "worst_case": {"l2": {**e, "upper_bound": "AutoAttack did not run"}},
+                            "latent_descent": {"l2": {"worst_case": {**e, "accuracy": 0.76}}}}}}
+    text = rr.robust_mnist(d)
+    assert "not run on the 48 left" in text and "(not converged)" in text and "(upper bound)" in text
+    assert "paper's own attack alone" in text and "0.76" in text
+    del d["models"]["abs"]["standard_suite"]["converged"], d["models"]["abs"]["worst_case"]["l2"]["upper_bound"]
+    assert "(not converged)" not in rr.robust_mnist(d) and "(upper bound)" not in rr.robust_mnist(d)
