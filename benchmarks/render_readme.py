@@ -501,7 +501,7 @@ def robust_mnist(d: dict) -> str:
                      worst(m.get("standard_suite"), "l2"), acc(overall.get("linf")),
                      acc(overall.get("l2")) + (" (upper bound)" if "upper_bound" in (overall.get("l2") or {}) else ""),
                      num((m.get("training") or {}).get("cpu_hours"), 3),
-                     f"`{m['digest'][:8]}`" if m.get("digest") else "unrecorded"])
+                     f"`{m['digest'][:8]}`" if m.get("digest") else "unrecorded" if m.get("training") else DASH])
     n = set(sizes)
     return "\n\n".join([
         "Published (percent; AutoAttack on 10,000 test images unless noted):",
