@@ -488,8 +488,8 @@ def probe(args, started: dict) -> dict:
         spec = AttackSpec(f"apgd_ce_{threat}", AutoAttack(norm=threat, version="custom", attacks=["apgd-ce"]),
                           [EPSILONS[threat]], threat)
         folder = _probe_folder(name, ckpt["digest"])
-        ev = evaluate(clf, x, y, [spec], batch_size=args.batch_size, out_dir=folder, progress=not args.quiet,
-                      dataset="mnist", workers=args.workers).to_dict()
+        ev = evaluate(clf, x, y, [spec], out_dir=folder, progress=not args.quiet, dataset="mnist",
+                      **_batching(len(x), args)).to_dict()
         (robust,) = ev["worst_case"].values()
         entry = {"recipe": name, "epochs_done": len(ckpt["history"]), "complete": ckpt["complete"],
                  # a finished run with an OverfitGuard holds its best epoch's weights
@@ -516,13 +516,19 @@ def _acc(k: int, n: int) -> dict:
 def _attack(model, x, y, name: str, threat: str, folder: Path, args, **kw) -> dict:
     """One registered attack at full budget, as a recorded (resumable) evaluation."""
     spec = build_attack(name, [EPSILONS[threat]], budget=AttackBudget.full(), **kw)
-    # a few images (e.g. ABS's survivors) in as many batches as there are workers, at most --batch-size each
-    workers = max(1, min(args.workers, len(x)))
-    batch_size = min(args.batch_size, -(-len(x) // workers))
-    ev = evaluate(model, x, y, [spec], batch_size=batch_size, out_dir=folder, progress=not args.quiet,
-                  dataset="mnist", workers=min(workers, -(-len(x) // batch_size)))
+    ev = evaluate(model, x, y, [spec], out_dir=folder, progress=not args.quiet, dataset="mnist",
+                  **_batching(len(x), args))
     (worst,) = ev.to_dict()["worst_case"].values()  # one attack at one ε
     return {"worst_case": worst, "folder": str(folder.relative_to(REPO_ROOT))}
+
+
+def _batching(n: int, args) -> dict:
+    """``batch_size`` and ``workers`` for ``n`` images: at most ``--batch-size`` per batch, and at least as many
+    batches as workers when there are that many images (e.g. a defended row's 100 images, ABS's survivors: evaluate
+    refuses more workers than batches)."""
+    workers = max(1, min(args.workers, n))
+    batch_size = max(1, min(args.batch_size, -(-n // workers)))
+    return {"batch_size": batch_size, "workers": min(workers, -(-n // batch_size))}
 
 
 Folders = list  # of Path, or (Path, the test-image index of each of its samples) for an evaluation of a subset
@@ -593,8 +599,7 @@ def _probe_threat(folder: Path) -> str | None:
 def _suite(model, x, y, folder: Path, args, threats, **kw) -> dict:
     eps = {"linf": [EPSILONS["linf"]], "l2": [EPSILONS["l2"]], "on_manifold": [1.5]}
     ev = evaluate(model, x, y, suite="standard", epsilons={t: eps[t] for t in threats}, threats=list(threats),
-                  batch_size=args.batch_size, out_dir=folder, progress=not args.quiet, dataset="mnist",
-                  workers=args.workers, **kw)
+                  out_dir=folder, progress=not args.quiet, dataset="mnist", **_batching(len(x), args), **kw)
     c0 = _cpu()
     # Carlini et al. 2019's checks (a decision-based attack no stronger, gradients that agree with finite
     # differences, ε = 1 breaks all, escalation converged); what their own attacks break counts in the worst case
@@ -683,9 +688,8 @@ def evaluate_rows(args, started: dict) -> dict:
         # the paper's own attack on it: walk towards the closest wrong class's reconstruction (no gradient)
         descent = AttackSpec("latent_descent_l2", LatentDescent(norm="l2", steps=50, step_size=0.1),
                              [EPSILONS["l2"]], "l2")
-        ev = evaluate(model, xa, ya, [descent], batch_size=args.batch_size,
-                      out_dir=folder / "abs" / "latent_descent_l2", progress=not args.quiet, dataset="mnist",
-                      workers=args.workers).to_dict()
+        ev = evaluate(model, xa, ya, [descent], out_dir=folder / "abs" / "latent_descent_l2", progress=not args.quiet,
+                      dataset="mnist", **_batching(len(xa), args)).to_dict()
         row["latent_descent"] = {"l2": {"worst_case": ev["worst_case"][f"l2@{EPSILONS['l2']:g}"],
                                         "folder": str((folder / "abs" / "latent_descent_l2").relative_to(REPO_ROOT))}}
         save()

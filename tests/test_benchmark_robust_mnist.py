@@ -93,6 +93,15 @@ def test_an_attack_on_fewer_images_than_a_batch_still_uses_the_workers(robust_mn
     assert starts == [0, 2]
 
 
+@pytest.mark.parametrize("n, batch_size, workers", [(1000, 100, 2), (100, 50, 2), (48, 24, 2), (3, 2, 2), (1, 1, 1)])
+def test_batching_gives_every_worker_a_batch(robust_mnist, n, batch_size, workers):
+    """The defaults (--batch-size 100, --workers 2) on a defended row's 100 images: two batches, not a refusal."""
+    import argparse
+
+    assert robust_mnist._batching(n, argparse.Namespace(batch_size=100, workers=2)) == \
+        {"batch_size": batch_size, "workers": workers}
+
+
 def _recorded_config(robust_mnist, name: str, seed: int = 0) -> dict:
     """The ``config`` train_classifier records for benchmark recipe ``name`` (as its checkpoint would hold it)."""
     r = robust_mnist.RECIPES[name]
