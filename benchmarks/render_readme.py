@@ -474,7 +474,9 @@ def robust_mnist(d: dict) -> str:
         if not hit:
             return DASH
         unconverged = (suite.get("converged") or {}).get(hit[0][0]) is False  # escalation still breaking: a bound
-        return acc(hit[0][1]) + (" (not converged)" if unconverged else "")
+        failed = [k for k, ok in (suite.get("sanity") or {}).items() if ok is False]  # a check that flags the run
+        return acc(hit[0][1]) + (" (not converged)" if unconverged else "") + \
+            (f" (fails {', '.join(failed)})" if failed else "")
 
     published = [[p["name"], f"{p['threat_model']} {p['eps']:g}", num(p["clean_acc"]), num(p.get("autoattack_acc")),
                   num(p.get("reported"))] for p in d.get("published", [])]
@@ -514,6 +516,10 @@ def robust_mnist(d: dict) -> str:
          "**weights**: the digest of the weights measured, *unrecorded* for rows from before rows kept it):"),
         table(["model", "clean", "AA ℓ∞ 0.3", "AA ℓ2 2.0", "suite ℓ∞ 0.3", "suite ℓ2 2.0", "**worst ℓ∞ 0.3**",
                "**worst ℓ2 2.0**", "train CPU h", "weights"], ours or [[DASH] * 10]),
+        *[f"`{name}` (first {m['standard_suite']['clean']['n']}): the classifier alone on the same images, worst "
+          f"ℓ∞ 0.3 {acc(m['undefended_worst_case']['linf'])}, ℓ2 2.0 {acc(m['undefended_worst_case']['l2'])}; "
+          f"behind the projection, on-manifold 1.5 {worst(m['standard_suite'], 'on_manifold')}."
+          for name, m in d.get("models", {}).items() if m.get("undefended_worst_case")],
         *[f"`{name}` under the paper's own attack alone (latent descent towards the closest wrong class's "
           f"reconstruction, Schott et al. 2019): ℓ2 2.0 {acc(m['latent_descent']['l2']['worst_case'])}; it counts "
           "in the worst case." for name, m in d.get("models", {}).items() if m.get("latent_descent")]])

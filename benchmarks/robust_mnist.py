@@ -534,11 +534,11 @@ def _batching(n: int, args) -> dict:
 Folders = list  # of Path, or (Path, the test-image index of each of its samples) for an evaluation of a subset
 
 
-def _standing(folders: Folders, threat: str, epsilon: float, n: int,
-              also_broken: list[int] = ()) -> tuple[dict[int, bool], set[int]]:
+def _standing(folders: Folders, threat: str, epsilon: float, n: int, also_broken: list[int] = (),
+              subset: bool = False) -> tuple[dict[int, bool], set[int]]:
     """Per test image of the first ``n``: clean-correct, and the set broken at (``threat``, ε' ≤ ``epsilon``) by
     any attack recorded in ``folders`` or in ``also_broken``; refuses evaluations whose clean answers differ or
-    that leave images out."""
+    that leave images out, and (unless ``subset``: the first ``n`` of a larger evaluation) that hold more."""
     from manifold_defense.eval.records import read_records
 
     correct: dict[int, bool] = {}
@@ -556,9 +556,9 @@ def _standing(folders: Folders, threat: str, epsilon: float, n: int,
     paths = [e[0] if isinstance(e, tuple) else e for e in folders]
     if not set(range(n)) <= set(correct):
         raise RuntimeError(f"the evaluations in {[str(f) for f in paths]} do not cover the first {n} images")
-    if set(correct) - set(range(n)):
+    if set(correct) - set(range(n)) and not subset:
         raise RuntimeError(f"the evaluations in {[str(f) for f in paths]} hold images beyond the first {n}")
-    return correct, broken
+    return {i: correct[i] for i in range(n)}, {i for i in broken if i < n}
 
 
 def _survivors(folders: Folders, threat: str, epsilon: float, n: int, also_broken: list[int] = ()) -> list[int]:
@@ -567,12 +567,14 @@ def _survivors(folders: Folders, threat: str, epsilon: float, n: int, also_broke
     return [i for i in range(n) if correct[i] and i not in broken]
 
 
-def _worst_over(folders: Folders, threat: str, epsilon: float, n: int, also_broken: list[int] = ()) -> dict:
+def _worst_over(folders: Folders, threat: str, epsilon: float, n: int, also_broken: list[int] = (),
+                subset: bool = False) -> dict:
     """Per sample, robust only if clean-correct and unbroken by every attack at (``threat``, ε ≤ ``epsilon``) in every
     folder: the worst case over separate evaluations of one model on the same first ``n`` images (AutoAttack and
     the suite each miss points the other finds); ``also_broken``: samples a sanity check's own attack broke. A
-    folder may hold an evaluation of a subset, given as ``(folder, the test-image index of each of its samples)``."""
-    correct, broken = _standing(folders, threat, epsilon, n, also_broken)
+    folder may hold an evaluation of a subset, given as ``(folder, the test-image index of each of its samples)``;
+    ``subset``: the first ``n`` images of evaluations of more (a defended row's images, on its classifier's row)."""
+    correct, broken = _standing(folders, threat, epsilon, n, also_broken, subset)
     out = _acc(sum(c and i not in broken for i, c in correct.items()), n)
     paths = [e[0] if isinstance(e, tuple) else e for e in folders]
     out["from"] = [str(f.relative_to(REPO_ROOT)) if f.is_relative_to(REPO_ROOT) else str(f) for f in paths]
@@ -656,9 +658,9 @@ def evaluate_rows(args, started: dict) -> dict:
         probed = _probe_folder(name, ckpt["digest"])  # APGD-CE run on these weights, if any
         # every suite version run on these weights counts: a sample one of them broke is broken
         suites = sorted(p for p in wf.glob("standard*") if (p / "records.jsonl").is_file())
-        row["worst_case"] = {t: _worst_over([wf / f"autoattack_{t}", *suites]
-                                            + ([probed] if probed.is_dir() and _probe_threat(probed) == t else []),
-                                            t, EPSILONS[t], len(y),
+        evaluations = {t: [wf / f"autoattack_{t}", *suites]
+                       + ([probed] if probed.is_dir() and _probe_threat(probed) == t else []) for t in ("linf", "l2")}
+        row["worst_case"] = {t: _worst_over(evaluations[t], t, EPSILONS[t], len(y),
                                             _sanity_breaks(row["standard_suite"], t, EPSILONS[t]))
                              for t in ("linf", "l2")}
         save()
@@ -670,7 +672,11 @@ def evaluate_rows(args, started: dict) -> dict:
                 "name": f"defended_{name}", "dataset": "mnist", "architecture": "default projection onto mnist-vae20 "
                 f"+ {name}", "additional_data": False, "venue": "this repository", "digest": ckpt["digest"],
                 "standard_suite": _suite(defended, xd, yd, _weights_folder(f"defended_{name}", ckpt["digest"])
-                                         / SUITE_FOLDER, args, ("linf", "l2", "on_manifold"), classifier=clf)}
+                                         / SUITE_FOLDER, args, ("linf", "l2", "on_manifold"), classifier=clf),
+                # the classifier alone on the same images: what the projection adds or takes away
+                "undefended_worst_case": {t: _worst_over(evaluations[t], t, EPSILONS[t], len(yd), [
+                    i for i in _sanity_breaks(row["standard_suite"], t, EPSILONS[t]) if i < len(yd)], subset=True)
+                    for t in ("linf", "l2")}}
             save()
     if args.abs_n:
         from manifold_defense.attacks import LatentDescent

@@ -49,6 +49,16 @@ def test_worst_over_is_the_per_sample_worst(robust_mnist, digits_classifier, dig
         int((digits_classifier(x).argmax(1) == y).sum())
 
 
+def test_worst_over_the_first_images_of_a_larger_evaluation(robust_mnist, digits_classifier, digits_test, tmp_path):
+    """A defended row's first 100 images against its classifier's row of 1000: only when asked for a subset."""
+    x, y = digits_test.images[:48], digits_test.labels[:48]
+    robust = _run(digits_classifier, x, y, FGSM(), "fgsm", tmp_path / "a")
+    with pytest.raises(RuntimeError, match="beyond the first 16"):
+        robust_mnist._worst_over([tmp_path / "a"], "linf", 0.1, 16)
+    first = robust_mnist._worst_over([tmp_path / "a"], "linf", 0.1, 16, [0, 40], subset=True)
+    assert (first["n"], first["correct"]) == (16, len({i for i in robust if i < 16} - {0}))
+
+
 def test_worst_over_refuses_mixed_models_and_missing_samples(robust_mnist, digits_classifier, digits_test, tmp_path):
     x, y = digits_test.images[:32], digits_test.labels[:32]
     _run(digits_classifier, x, y, FGSM(), "fgsm", tmp_path / "a")

@@ -111,5 +111,8 @@ def test_an_unfinished_worst_case_is_marked_as_a_bound():
     text = rr.robust_mnist(d)
     assert "not run on the 48 left" in text and "(not converged)" in text and "(upper bound)" in text
     assert "paper's own attack alone" in text and "0.76" in text
+    d["models"]["abs"]["standard_suite"]["sanity"] = {"gradients_informative": False, "monotone_in_epsilon": True}
+    assert "(fails gradients_informative)" in rr.robust_mnist(d)
+    d["models"]["abs"]["standard_suite"]["sanity"] = {"monotone_in_epsilon": True}
     del d["models"]["abs"]["standard_suite"]["converged"], d["models"]["abs"]["worst_case"]["l2"]["upper_bound"]
     assert "(not converged)" not in rr.robust_mnist(d) and "(upper bound)" not in rr.robust_mnist(d)
