@@ -45,6 +45,7 @@ a recipe trained again starts a new row and moves the earlier one to ``earlier_w
     python benchmarks/robust_mnist.py probe --recipes trades_linf_ft   # APGD-CE on the latest checkpoint
     python benchmarks/robust_mnist.py evaluate [--recipes ...] [--n 1000] [--defended-n 100] [--abs-n 100]
     python benchmarks/robust_mnist.py evaluate --recipes --abs-n 100             # the ABS row alone
+    python benchmarks/robust_mnist.py evaluate --recipes --no-abs-autoattack     # ... without AutoAttack (a bound)
     python benchmarks/robust_mnist.py export --recipes fast_linf trades_linf_ft   # -> the zoo's cache, checked
     manifold-defense zoo ship mnist-fast-linf mnist-trades-linf                   # (maintainers) -> the package
 
