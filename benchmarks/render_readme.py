@@ -480,6 +480,7 @@ def robust_mnist(d: dict) -> str:
 
     published = [[p["name"], f"{p['threat_model']} {p['eps']:g}", num(p["clean_acc"]), num(p.get("autoattack_acc")),
                   num(p.get("reported"))] for p in d.get("published", [])]
+
     def clean(m: dict) -> dict | None:  # a row evaluated by the suite alone (ABS) has the suite's clean accuracy
         return m.get("clean") or (m.get("standard_suite") or {}).get("clean")
 
