@@ -45,6 +45,7 @@ a recipe trained again starts a new row and moves the earlier one to ``earlier_w
     python benchmarks/robust_mnist.py probe --recipes trades_linf_ft   # APGD-CE on the latest checkpoint
     python benchmarks/robust_mnist.py evaluate [--recipes ...] [--n 1000] [--defended-n 100] [--abs-n 100]
     python benchmarks/robust_mnist.py evaluate --recipes --abs-n 100             # the ABS row alone
+    python benchmarks/robust_mnist.py evaluate --recipes rmd_linf_ft --no-undefended --abs-n 0  # its defended row alone
     python benchmarks/robust_mnist.py evaluate --recipes --no-abs-autoattack     # ... without AutoAttack (a bound)
     python benchmarks/robust_mnist.py export --recipes fast_linf trades_linf_ft   # -> the zoo's cache, checked
     manifold-defense zoo ship mnist-fast-linf mnist-trades-linf                   # (maintainers) -> the package
@@ -622,6 +623,45 @@ def _suite(model, x, y, folder: Path, args, threats, **kw) -> dict:
             "attack_seconds": sum(s["seconds"] for s in ev.stages), "folder": str(folder.relative_to(REPO_ROOT))}
 
 
+def _undefended_folders(name: str, digest: str, wf: Path) -> dict[str, list[Path]]:
+    """Per threat, every evaluation of recipe ``name``'s weights (folder ``wf``): AutoAttack, every suite version run
+    on them (a sample one of them broke is broken) and the APGD-CE probe in its own threat model."""
+    probed = _probe_folder(name, digest)
+    suites = sorted(p for p in wf.glob("standard*") if (p / "records.jsonl").is_file())
+    return {t: [wf / f"autoattack_{t}", *suites] + ([probed] if probed.is_dir() and _probe_threat(probed) == t else [])
+            for t in ("linf", "l2")}
+
+
+def _evaluate_undefended(name: str, clf: torch.nn.Module, ckpt: dict, x: torch.Tensor, y: torch.Tensor, wf: Path,
+                         models: dict, save: Callable[[], None], args) -> None:
+    """Recipe ``name``'s row: clean, AutoAttack 'standard' per threat, the ``standard`` suite, the worst case over
+    all of them (and the probe), its training CPU hours; saved after each evaluation (a long row shows progress)."""
+    hist = ckpt["history"]
+    row = {"name": name, "dataset": "mnist", "architecture": _architecture_name(RECIPES[name].arch),
+           "additional_data": False, "venue": "this repository", "recipe": RECIPES[name].description,
+           "training": {"epochs": len(hist), "cpu_hours": sum(h.get("cpu_seconds", math.nan) for h in hist) / 3600,
+                        "wall_hours": sum(h["seconds"] for h in hist) / 3600},
+           "digest": ckpt["digest"]}  # the weights measured (export checks it)
+    init = ckpt["init"]
+    if init is not None:  # a warm start: the models it started from are part of what it cost
+        chain, chain_hours = _start_chain(init, args.seed)
+        row["training"].update(init=init, start_chain=chain, own_cpu_hours=row["training"]["cpu_hours"],
+                               cpu_hours=row["training"]["cpu_hours"] + chain_hours)
+    with torch.inference_mode():
+        correct = int((clf(x).argmax(1) == y).sum())
+    row["clean"] = _acc(correct, len(y))
+    models[name] = row
+    row["autoattack"] = {}
+    for t in ("linf", "l2"):
+        row["autoattack"][t] = _attack(clf, x, y, f"autoattack_{t}", t, wf / f"autoattack_{t}", args)
+        save()
+    row["standard_suite"] = _suite(clf, x, y, wf / SUITE_FOLDER, args, ("linf", "l2"), classifier=clf)
+    evaluations = _undefended_folders(name, ckpt["digest"], wf)
+    row["worst_case"] = {t: _worst_over(evaluations[t], t, EPSILONS[t], len(y),
+                                        _sanity_breaks(row["standard_suite"], t, EPSILONS[t])) for t in ("linf", "l2")}
+    save()
+
+
 def evaluate_rows(args, started: dict) -> dict:
     out_path = RESULTS / "robust_mnist.json"
     result = json.loads(out_path.read_text()) if out_path.is_file() else {}
@@ -641,38 +681,12 @@ def evaluate_rows(args, started: dict) -> dict:
             print(f"{name}: not trained (or unfinished) at {checkpoint_path(name, args.seed)}; skipped")
             continue
         clf, ckpt = trained
-        hist = ckpt["history"]
-        row = {"name": name, "dataset": "mnist", "architecture": _architecture_name(RECIPES[name].arch),
-               "additional_data": False, "venue": "this repository", "recipe": RECIPES[name].description,
-               "training": {"epochs": len(hist), "cpu_hours": sum(h.get("cpu_seconds", math.nan) for h in hist) / 3600,
-                            "wall_hours": sum(h["seconds"] for h in hist) / 3600}}
-        row["digest"] = ckpt["digest"]  # the weights measured (export checks it)
         _retire(result, name, ckpt["digest"])
         _retire(result, f"defended_{name}", ckpt["digest"])
         wf = _weights_folder(name, ckpt["digest"])
-        init = ckpt["init"]
-        if init is not None:  # a warm start: the models it started from are part of what it cost
-            chain, chain_hours = _start_chain(init, args.seed)
-            row["training"].update(init=init, start_chain=chain, own_cpu_hours=row["training"]["cpu_hours"],
-                                   cpu_hours=row["training"]["cpu_hours"] + chain_hours)
-        with torch.inference_mode():
-            correct = int((clf(x).argmax(1) == y).sum())
-        row["clean"] = _acc(correct, len(y))
-        models[name] = row
-        row["autoattack"] = {}
-        for t in ("linf", "l2"):  # each evaluation lands in the JSON as it finishes: a long row shows its progress
-            row["autoattack"][t] = _attack(clf, x, y, f"autoattack_{t}", t, wf / f"autoattack_{t}", args)
-            save()
-        row["standard_suite"] = _suite(clf, x, y, wf / SUITE_FOLDER, args, ("linf", "l2"), classifier=clf)
-        probed = _probe_folder(name, ckpt["digest"])  # APGD-CE run on these weights, if any
-        # every suite version run on these weights counts: a sample one of them broke is broken
-        suites = sorted(p for p in wf.glob("standard*") if (p / "records.jsonl").is_file())
-        evaluations = {t: [wf / f"autoattack_{t}", *suites]
-                       + ([probed] if probed.is_dir() and _probe_threat(probed) == t else []) for t in ("linf", "l2")}
-        row["worst_case"] = {t: _worst_over(evaluations[t], t, EPSILONS[t], len(y),
-                                            _sanity_breaks(row["standard_suite"], t, EPSILONS[t]))
-                             for t in ("linf", "l2")}
-        save()
+        if args.undefended:
+            _evaluate_undefended(name, clf, ckpt, x, y, wf, models, save, args)
+        row = models.get(name) if (models.get(name) or {}).get("digest") == ckpt["digest"] else None
         if args.defended_n:
             gen = zoo.get("mnist-vae20", progress=False)
             defended = DefendedModel(clf, gen, ProjectionConfig.for_generator(gen)).eval()
@@ -681,11 +695,14 @@ def evaluate_rows(args, started: dict) -> dict:
                 "name": f"defended_{name}", "dataset": "mnist", "architecture": "default projection onto mnist-vae20 "
                 f"+ {name}", "additional_data": False, "venue": "this repository", "digest": ckpt["digest"],
                 "standard_suite": _suite(defended, xd, yd, _weights_folder(f"defended_{name}", ckpt["digest"])
-                                         / SUITE_FOLDER, args, ("linf", "l2", "on_manifold"), classifier=clf),
-                # the classifier alone on the same images: what the projection adds or takes away
-                "undefended_worst_case": {t: _worst_over(evaluations[t], t, EPSILONS[t], len(yd), [
-                    i for i in _sanity_breaks(row["standard_suite"], t, EPSILONS[t]) if i < len(yd)], subset=True)
-                    for t in ("linf", "l2")}}
+                                         / SUITE_FOLDER, args, ("linf", "l2", "on_manifold"), classifier=clf)}
+            if row is not None and "worst_case" in row:  # the classifier alone on the same images: what the
+                # projection adds or takes away (absent when its evaluation has not run: --no-undefended)
+                evaluations = _undefended_folders(name, ckpt["digest"], wf)
+                models[f"defended_{name}"]["undefended_worst_case"] = {t: _worst_over(
+                    evaluations[t], t, EPSILONS[t], len(yd), [i for i in _sanity_breaks(row["standard_suite"], t,
+                                                                                         EPSILONS[t]) if i < len(yd)],
+                    subset=True) for t in ("linf", "l2")}
             save()
     if args.abs_n:
         from manifold_defense.attacks import LatentDescent
@@ -743,6 +760,9 @@ def main(argv=None) -> int:
     p.add_argument("--fraction", type=float, default=0.01, help="estimate: the share of an epoch timed")
     p.add_argument("--n", type=int, default=1000, help="evaluate: test images (from the first)")
     p.add_argument("--defended-n", type=int, default=100, help="evaluate: images of the defended rows (0: none)")
+    p.add_argument("--undefended", action=argparse.BooleanOptionalAction, default=True,
+                   help="evaluate: the recipes' classifiers alone (AutoAttack, the suite); --no-undefended: only their "
+                        "defended rows (compared with the classifier alone when that has been evaluated)")
     p.add_argument("--abs-n", type=int, default=100, help="evaluate: images of the ABS row (0: none)")
     p.add_argument("--abs-scale", type=float, default=1.0, help="ABS logit scale")
     p.add_argument("--abs-autoattack", action=argparse.BooleanOptionalAction, default=True,

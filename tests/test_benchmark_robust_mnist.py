@@ -3,7 +3,9 @@ above any one of them."""
 
 from __future__ import annotations
 
+import argparse
 import importlib
+import json
 import math
 import sys
 from pathlib import Path
@@ -232,3 +234,29 @@ def test_a_warm_start_counts_its_whole_chain(robust_mnist, monkeypatch):
     assert chain == ["b", "a"] and hours == 1.5
     links["a"]["digest"] = "retrained"
     assert math.isnan(rm._start_chain({"recipe": "b", "digest": "B", "cpu_hours": 1.0}, 0)[1])
+
+
+def test_a_defended_row_alone_evaluates_no_classifier_and_claims_no_comparison(robust_mnist, monkeypatch, tmp_path):
+    """``evaluate --no-undefended``: only the defended suite runs; the row compares with the classifier alone only
+    when that classifier's own row measured the same weights (an earlier model's row is retired, never compared)."""
+    rm = robust_mnist
+    x, y = torch.rand(8, 1, 28, 28), torch.arange(8) % 10
+    monkeypatch.setattr(rm.data, "load", lambda *a, **k: type("D", (), {"images": x, "labels": y}))
+    monkeypatch.setattr(rm, "_trained", lambda name, seed: (torch.nn.Flatten(), {"digest": "d" * 64}))
+    monkeypatch.setattr(rm, "RESULTS", tmp_path)
+    monkeypatch.setattr(rm.zoo, "get", lambda name, **k: name)
+    monkeypatch.setattr(rm, "DefendedModel", lambda clf, gen, cfg: torch.nn.Identity())
+    monkeypatch.setattr(rm.ProjectionConfig, "for_generator", staticmethod(lambda gen: None))
+    suites = []
+    monkeypatch.setattr(rm, "_suite", lambda model, xs, ys, folder, args, threats, **k: suites.append(
+        (len(xs), threats)) or {"worst_case": {}, "clean": rm._acc(len(xs), len(xs))})
+    monkeypatch.setattr(rm, "_evaluate_undefended", lambda *a: pytest.fail("the classifier alone was evaluated"))
+    (tmp_path / "robust_mnist.json").write_text(json.dumps({"models": {"pgd_at_linf_ft": {
+        "digest": "e" * 64, "worst_case": {"linf": {}}}}}))
+    args = argparse.Namespace(
+        recipes=["pgd_at_linf_ft"], seed=0, n=8, defended_n=4, undefended=False, abs_n=0)
+    result = rm.evaluate_rows(args, {})
+    assert suites == [(4, ("linf", "l2", "on_manifold"))]
+    assert "undefended_worst_case" not in result["models"]["defended_pgd_at_linf_ft"]
+    assert "pgd_at_linf_ft" not in result["models"]  # the other weights' row went to earlier_weights
+    assert result["earlier_weights"]["pgd_at_linf_ft@eeeeeeeeeeee"]["digest"] == "e" * 64
