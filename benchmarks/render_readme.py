@@ -521,6 +521,11 @@ def robust_mnist(d: dict) -> str:
           f"ℓ∞ 0.3 {acc(m['undefended_worst_case']['linf'])}, ℓ2 2.0 {acc(m['undefended_worst_case']['l2'])}; "
           f"behind the projection, on-manifold 1.5 {worst(m['standard_suite'], 'on_manifold')}."
           for name, m in d.get("models", {}).items() if m.get("undefended_worst_case")],
+        *[f"The seed's claim, `{name}` (first {m['standard_suite']['clean']['n']}): behind the projection, worst "
+          f"ℓ∞ 0.3 {worst(m['standard_suite'], 'linf')}, ℓ2 2.0 {worst(m['standard_suite'], 'l2')}; the classifiers "
+          "trained at the same budget, alone, on the same images: " + "; ".join(
+              f"`{o}` ℓ∞ 0.3 {acc(w['linf'])}, ℓ2 2.0 {acc(w['l2'])}" for o, w in m["same_budget_undefended"].items())
+          + "." for name, m in d.get("models", {}).items() if m.get("same_budget_undefended")],
         *[f"`{name}` under the paper's own attack alone (latent descent towards the closest wrong class's "
           f"reconstruction, Schott et al. 2019): ℓ2 2.0 {acc(m['latent_descent']['l2']['worst_case'])}; it counts "
           "in the worst case." for name, m in d.get("models", {}).items() if m.get("latent_descent")]])

@@ -332,7 +332,9 @@ def _start_chain(init: dict, seed: int) -> tuple[list[str], float]:
 
 
 #: the recipes shipped with the package, by zoo name (``export`` checks that the zoo's recipe is this one)
-ZOO_NAMES = {"fast_linf": "mnist-fast-linf", "trades_linf_ft": "mnist-trades-linf"}
+ZOO_NAMES = {"fast_linf": "mnist-fast-linf", "trades_linf_ft": "mnist-trades-linf",
+             "standard_madry": "mnist-madry-standard", "pgd_at_l2_madry_ft": "mnist-madry-l2-e4",
+             "pgd_at_l2_madry_ft8": "mnist-madry-l2"}
 
 
 def zoo_recipe_differences(name: str, entry: zoo.ZooEntry, config: dict, seed: int) -> dict:
@@ -662,6 +664,22 @@ def _evaluate_undefended(name: str, clf: torch.nn.Module, ckpt: dict, x: torch.T
     save()
 
 
+#: recipes trained at one budget (the fast start, then one epoch of a 40-step ℓ∞ adversary): a defended row of one is
+#: set beside the others undefended on its images — the seed's claim (a projection plus a manifold-trained classifier
+#: against PGD-AT's classifier alone)
+SAME_BUDGET = {r: tuple(o for o in ("pgd_at_linf_ft", "trades_linf_ft", "rmd_linf_ft", "combined_linf_ft") if o != r)
+               for r in ("pgd_at_linf_ft", "trades_linf_ft", "rmd_linf_ft", "combined_linf_ft")}
+
+
+def _row_worst_on_first(row: dict, n: int) -> dict:
+    """An evaluated recipe row's worst case per threat over every evaluation of its weights, on its first ``n``
+    images (what its sanity checks broke included)."""
+    folders = _undefended_folders(row["name"], row["digest"], _weights_folder(row["name"], row["digest"]))
+    return {t: _worst_over(folders[t], t, EPSILONS[t], n, [i for i in _sanity_breaks(row["standard_suite"], t,
+                                                                                    EPSILONS[t]) if i < n],
+                           subset=True) for t in ("linf", "l2")}
+
+
 def evaluate_rows(args, started: dict) -> dict:
     out_path = RESULTS / "robust_mnist.json"
     result = json.loads(out_path.read_text()) if out_path.is_file() else {}
@@ -698,11 +716,12 @@ def evaluate_rows(args, started: dict) -> dict:
                                          / SUITE_FOLDER, args, ("linf", "l2", "on_manifold"), classifier=clf)}
             if row is not None and "worst_case" in row:  # the classifier alone on the same images: what the
                 # projection adds or takes away (absent when its evaluation has not run: --no-undefended)
-                evaluations = _undefended_folders(name, ckpt["digest"], wf)
-                models[f"defended_{name}"]["undefended_worst_case"] = {t: _worst_over(
-                    evaluations[t], t, EPSILONS[t], len(yd), [i for i in _sanity_breaks(row["standard_suite"], t,
-                                                                                         EPSILONS[t]) if i < len(yd)],
-                    subset=True) for t in ("linf", "l2")}
+                models[f"defended_{name}"]["undefended_worst_case"] = _row_worst_on_first(row, len(yd))
+            # the seed's claim: the other recipes of the same budget, undefended, on the same images
+            others = {o: _row_worst_on_first(models[o], len(yd)) for o in SAME_BUDGET.get(name, ())
+                      if "worst_case" in models.get(o, {})}
+            if others:
+                models[f"defended_{name}"]["same_budget_undefended"] = others
             save()
     if args.abs_n:
         from manifold_defense.attacks import LatentDescent

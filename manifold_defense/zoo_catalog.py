@@ -74,6 +74,21 @@ def _trades(init: str, epochs: int) -> dict[str, Any]:
             "objective": {"preset": "trades", "norm": "linf", "epsilon": 0.3, "steps": 40, "step_size": 0.01}}
 
 
+def _madry(name: str, train_config: dict[str, Any], what: str, budget: float) -> ZooEntry:
+    """An MNIST classifier of benchmarks/robust_mnist.py on Madry et al. 2018's network (3.3 M weights)."""
+    return ZooEntry(name, "classifier", "mnist", "madry-mnist", {}, "classifier", {**train_config, "seed": 0},
+                    f"Madry et al.'s MNIST network, {what}", budget)
+
+
+def _pgd_l2(init: str, epochs: int) -> dict[str, Any]:
+    """``init``'s weights, then Madry ℓ2 PGD at ε 2.5 (10 steps of 2.5 ε / 10; Adam 5e-4, cosine) for ``epochs``."""
+    return {"epochs": epochs, "batch_size": 128, "lr": 5e-4, "schedule": "cosine", "init": init,
+            "objective": {"preset": "pgd_at", "norm": "l2", "epsilon": 2.5, "steps": 10}}
+
+
+_PGD_L2_WHAT = ("{} fine-tuned with Madry PGD (L2 eps 2.5, 10 steps of 2.5 eps / 10; Adam 5e-4, cosine, {} epochs; "
+                "benchmarks/robust_mnist.py {})")
+
 #: The fast projection tuned for the 128-d GAN latents with an encoder (see mnist-wgan-inv's entry for why)
 _GAN_ENCODER_PROJECTION = {"optimizer": "sgd", "lr": 5.0, "momentum": 0.9, "schedule": "constant", "restarts": 1,
                            "init": "encoder", "steps": 90, "tol": 1e-4, "patience": 25, "prune_after": 0}
@@ -177,6 +192,15 @@ ENTRIES: dict[str, ZooEntry] = {
         _robust("mnist-fast-linf", _FAST, _FAST_WHAT.format("fast_linf"), 20.0),
         _robust("mnist-trades-linf", _trades("mnist-fast-linf", 1),
                 _TRADES_WHAT.format("mnist-fast-linf", 1, "trades_linf_ft"), 60.0),
+        # the ℓ2 2.0 chain of benchmarks/robust_mnist.py; only its last link is shipped
+        _madry("mnist-madry-standard", {"epochs": 5, "batch_size": 128, "lr": 1e-3, "schedule": "cosine",
+                                        "objective": {"preset": "standard"}},
+               "cross-entropy (Adam 1e-3, batch 128, cosine, 5 epochs; benchmarks/robust_mnist.py "
+               "standard_madry)", 10.0),
+        _madry("mnist-madry-l2-e4", _pgd_l2("mnist-madry-standard", 4),
+               _PGD_L2_WHAT.format("mnist-madry-standard", 4, "pgd_at_l2_madry_ft"), 30.0),
+        _madry("mnist-madry-l2", _pgd_l2("mnist-madry-l2-e4", 4),
+               _PGD_L2_WHAT.format("mnist-madry-l2-e4", 4, "pgd_at_l2_madry_ft8") + ", robust at L2 2.0", 30.0),
         ZooEntry(
             name="digits-class-vaes", kind="generator", dataset="digits", arch="class-vaes",
             arch_config={"image_shape": [1, 8, 8], "latent_dim": 4, "hidden": [128, 128], "num_classes": 10},

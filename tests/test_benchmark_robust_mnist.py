@@ -121,7 +121,8 @@ def _recorded_config(robust_mnist, name: str, seed: int = 0) -> dict:
             "weight_decay": 0.0, "augment_shift": 0, **(r.objective() or StandardObjective()).config()}
 
 
-@pytest.mark.parametrize("name", ["fast_linf", "trades_linf_ft"])
+@pytest.mark.parametrize("name", ["fast_linf", "trades_linf_ft", "standard_madry", "pgd_at_l2_madry_ft",
+                                  "pgd_at_l2_madry_ft8"])
 def test_exported_recipes_are_the_zoo_recipes(robust_mnist, name):
     """The zoo builds what the benchmark trained and exports (one edited without the other fails here)."""
     from manifold_defense import zoo
@@ -238,7 +239,8 @@ def test_a_warm_start_counts_its_whole_chain(robust_mnist, monkeypatch):
 
 def test_a_defended_row_alone_evaluates_no_classifier_and_claims_no_comparison(robust_mnist, monkeypatch, tmp_path):
     """``evaluate --no-undefended``: only the defended suite runs; the row compares with the classifier alone only
-    when that classifier's own row measured the same weights (an earlier model's row is retired, never compared)."""
+    when that classifier's own row measured the same weights (an earlier model's row is retired, never compared),
+    and with the evaluated recipes of the same budget, undefended, on its images (the seed's claim)."""
     rm = robust_mnist
     x, y = torch.rand(8, 1, 28, 28), torch.arange(8) % 10
     monkeypatch.setattr(rm.data, "load", lambda *a, **k: type("D", (), {"images": x, "labels": y}))
@@ -251,12 +253,17 @@ def test_a_defended_row_alone_evaluates_no_classifier_and_claims_no_comparison(r
     monkeypatch.setattr(rm, "_suite", lambda model, xs, ys, folder, args, threats, **k: suites.append(
         (len(xs), threats)) or {"worst_case": {}, "clean": rm._acc(len(xs), len(xs))})
     monkeypatch.setattr(rm, "_evaluate_undefended", lambda *a: pytest.fail("the classifier alone was evaluated"))
-    (tmp_path / "robust_mnist.json").write_text(json.dumps({"models": {"pgd_at_linf_ft": {
-        "digest": "e" * 64, "worst_case": {"linf": {}}}}}))
+    monkeypatch.setattr(rm, "_row_worst_on_first", lambda row, n: {"first": n, "of": row["digest"]})
+    (tmp_path / "robust_mnist.json").write_text(json.dumps({"models": {
+        "pgd_at_linf_ft": {"digest": "e" * 64, "worst_case": {"linf": {}}},
+        "trades_linf_ft": {"digest": "t" * 64, "worst_case": {"linf": {}}},  # same budget: set beside it
+        "pgd_at_l2_ft": {"digest": "l" * 64, "worst_case": {"linf": {}}}}}))  # another budget: not
     args = argparse.Namespace(
         recipes=["pgd_at_linf_ft"], seed=0, n=8, defended_n=4, undefended=False, abs_n=0)
     result = rm.evaluate_rows(args, {})
     assert suites == [(4, ("linf", "l2", "on_manifold"))]
     assert "undefended_worst_case" not in result["models"]["defended_pgd_at_linf_ft"]
+    assert result["models"]["defended_pgd_at_linf_ft"]["same_budget_undefended"] == {
+        "trades_linf_ft": {"first": 4, "of": "t" * 64}}
     assert "pgd_at_linf_ft" not in result["models"]  # the other weights' row went to earlier_weights
     assert result["earlier_weights"]["pgd_at_linf_ft@eeeeeeeeeeee"]["digest"] == "e" * 64

@@ -116,3 +116,15 @@ def test_an_unfinished_worst_case_is_marked_as_a_bound():
     d["models"]["abs"]["standard_suite"]["sanity"] = {"monotone_in_epsilon": True}
     del d["models"]["abs"]["standard_suite"]["converged"], d["models"]["abs"]["worst_case"]["l2"]["upper_bound"]
     assert "(not converged)" not in rr.robust_mnist(d) and "(upper bound)" not in rr.robust_mnist(d)
+
+
+def test_a_defended_row_is_set_beside_the_same_budget_models_alone():
+    """The seed's claim: a defended row shows its worst cases and the same-budget classifiers' alone on its images."""
+    e = {"accuracy": 0.5, "n": 100, "ci95": [0.4, 0.6]}
+    alone = {"accuracy": 0.83, "n": 100, "ci95": [0.75, 0.89]}
+    d = {"models": {"defended_rmd_linf_ft": {"standard_suite": {"clean": e, "worst_case": {"linf@0.3": e, "l2@2": e}},
+                                             "same_budget_undefended": {"trades_linf_ft": {"linf": alone, "l2": e}}}}}
+    text = rr.robust_mnist(d)
+    assert "The seed's claim, `defended_rmd_linf_ft` (first 100)" in text and "`trades_linf_ft` ℓ∞ 0.3 0.83" in text
+    del d["models"]["defended_rmd_linf_ft"]["same_budget_undefended"]
+    assert "seed's claim" not in rr.robust_mnist(d)
