@@ -341,10 +341,13 @@ def zoo_recipe_differences(name: str, entry: zoo.ZooEntry, config: dict, seed: i
     """What differs between recipe ``name`` (as its checkpoint's ``config`` recorded it, with ``seed``) and zoo
     ``entry``'s recipe: architecture, seed, start, training settings, objective (its ``config()``)."""
     r, tc = RECIPES[name], entry.train_config
+    objective = zoo.objective_from_config(tc.get("objective", {"preset": "standard"}), progress=False)
     want = {"batch_size": tc["batch_size"], "lr": tc["lr"], "schedule": tc["schedule"], "seed": tc["seed"],
             "epochs": tc["epochs"], "weight_decay": tc.get("weight_decay", 0.0),
             "augment_shift": tc.get("augment_shift", 0),
-            **zoo.objective_from_config(tc["objective"], progress=False).config()}
+            # as train_classifier records it: an adversarial objective's settings, nothing for cross-entropy
+            **({"trainer": "adversarial", **objective.config()} if objective.name != "standard"
+               else {"trainer": "standard", "objective": None})}
     differ = {k: (config.get(k), v) for k, v in want.items() if config.get(k) != v}
     if (entry.arch, entry.arch_config) != architecture(r.arch) or seed != tc["seed"]:
         differ["architecture/seed"] = ((architecture(r.arch), seed), ((entry.arch, entry.arch_config), tc["seed"]))

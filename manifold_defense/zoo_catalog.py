@@ -193,8 +193,7 @@ ENTRIES: dict[str, ZooEntry] = {
         _robust("mnist-trades-linf", _trades("mnist-fast-linf", 1),
                 _TRADES_WHAT.format("mnist-fast-linf", 1, "trades_linf_ft"), 60.0),
         # the ℓ2 2.0 chain of benchmarks/robust_mnist.py; only its last link is shipped
-        _madry("mnist-madry-standard", {"epochs": 5, "batch_size": 128, "lr": 1e-3, "schedule": "cosine",
-                                        "objective": {"preset": "standard"}},
+        _madry("mnist-madry-standard", {"epochs": 5, "batch_size": 128, "lr": 1e-3, "schedule": "cosine"},
                "cross-entropy (Adam 1e-3, batch 128, cosine, 5 epochs; benchmarks/robust_mnist.py "
                "standard_madry)", 10.0),
         _madry("mnist-madry-l2-e4", _pgd_l2("mnist-madry-standard", 4),

@@ -15,7 +15,6 @@ import torch
 
 from manifold_defense.attacks import FGSM, LinfPGD
 from manifold_defense.eval import AttackSpec, evaluate
-from manifold_defense.training import StandardObjective
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -117,8 +116,10 @@ def test_batching_gives_every_worker_a_batch(robust_mnist, n, batch_size, worker
 def _recorded_config(robust_mnist, name: str, seed: int = 0) -> dict:
     """The ``config`` train_classifier records for benchmark recipe ``name`` (as its checkpoint would hold it)."""
     r = robust_mnist.RECIPES[name]
+    objective = r.objective()  # train_classifier records an adversarial objective's settings, none for cross-entropy
     return {"batch_size": r.batch_size, "lr": r.lr, "schedule": r.schedule, "seed": seed, "epochs": r.epochs,
-            "weight_decay": 0.0, "augment_shift": 0, **(r.objective() or StandardObjective()).config()}
+            "weight_decay": 0.0, "augment_shift": 0,
+            **({"trainer": "adversarial", **objective.config()} if objective is not None else {"trainer": "standard"})}
 
 
 @pytest.mark.parametrize("name", ["fast_linf", "trades_linf_ft", "standard_madry", "pgd_at_l2_madry_ft",
