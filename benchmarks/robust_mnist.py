@@ -692,8 +692,12 @@ def evaluate_rows(args, started: dict) -> dict:
     x, y = test.images[: args.n], test.labels[: args.n]
     folder = RESULTS / "robust_mnist"
 
+    touched: set[str] = set()  # the rows this run evaluates: each keeps the command and commit that made it
+
     def save() -> None:
-        result["provenance"] = started
+        result["provenance"] = started  # the last run's
+        for row_name in touched & set(models):
+            models[row_name]["provenance"] = started
         atomic_write_text(out_path, json.dumps(result, indent=2))
 
     for name in args.recipes:
@@ -705,6 +709,7 @@ def evaluate_rows(args, started: dict) -> dict:
         _retire(result, name, ckpt["digest"])
         _retire(result, f"defended_{name}", ckpt["digest"])
         wf = _weights_folder(name, ckpt["digest"])
+        touched.update(([name] if args.undefended else []) + ([f"defended_{name}"] if args.defended_n else []))
         if args.undefended:
             _evaluate_undefended(name, clf, ckpt, x, y, wf, models, save, args)
         row = models.get(name) if (models.get(name) or {}).get("digest") == ckpt["digest"] else None
@@ -733,6 +738,7 @@ def evaluate_rows(args, started: dict) -> dict:
 
         model = AnalysisBySynthesis(zoo.get("mnist-class-vaes", progress=False), scale=args.abs_scale).eval()
         xa, ya = x[: args.abs_n], y[: args.abs_n]
+        touched.add("abs")
         row = models["abs"] = {"name": "abs", "dataset": "mnist", "additional_data": False,
                                "architecture": "analysis by synthesis on mnist-class-vaes", "venue": "this repository"}
         # the suite first: its cascade attacks AutoAttack's survivors only when run after it, but AutoAttack's

@@ -261,10 +261,13 @@ def test_a_defended_row_alone_evaluates_no_classifier_and_claims_no_comparison(r
         "pgd_at_l2_ft": {"digest": "l" * 64, "worst_case": {"linf": {}}}}}))  # another budget: not
     args = argparse.Namespace(
         recipes=["pgd_at_linf_ft"], seed=0, n=8, defended_n=4, undefended=False, abs_n=0)
-    result = rm.evaluate_rows(args, {})
+    result = rm.evaluate_rows(args, {"command": "this run"})
     assert suites == [(4, ("linf", "l2", "on_manifold"))]
     assert "undefended_worst_case" not in result["models"]["defended_pgd_at_linf_ft"]
     assert result["models"]["defended_pgd_at_linf_ft"]["same_budget_undefended"] == {
         "trades_linf_ft": {"first": 4, "of": "t" * 64}}
     assert "pgd_at_linf_ft" not in result["models"]  # the other weights' row went to earlier_weights
     assert result["earlier_weights"]["pgd_at_linf_ft@eeeeeeeeeeee"]["digest"] == "e" * 64
+    # each row keeps the run that made it; rows this run did not touch keep theirs (here: none)
+    assert result["models"]["defended_pgd_at_linf_ft"]["provenance"] == {"command": "this run"}
+    assert "provenance" not in result["models"]["trades_linf_ft"]
