@@ -661,9 +661,7 @@ def _evaluate_undefended(name: str, clf: torch.nn.Module, ckpt: dict, x: torch.T
         row["autoattack"][t] = _attack(clf, x, y, f"autoattack_{t}", t, wf / f"autoattack_{t}", args)
         save()
     row["standard_suite"] = _suite(clf, x, y, wf / SUITE_FOLDER, args, ("linf", "l2"), classifier=clf)
-    evaluations = _undefended_folders(name, ckpt["digest"], wf)
-    row["worst_case"] = {t: _worst_over(evaluations[t], t, EPSILONS[t], len(y),
-                                        _sanity_breaks(row["standard_suite"], t, EPSILONS[t])) for t in ("linf", "l2")}
+    row["worst_case"] = _row_worst_on_first(row, len(y), subset=False)
     save()
 
 
@@ -674,13 +672,13 @@ SAME_BUDGET = {r: tuple(o for o in ("pgd_at_linf_ft", "trades_linf_ft", "rmd_lin
                for r in ("pgd_at_linf_ft", "trades_linf_ft", "rmd_linf_ft", "combined_linf_ft")}
 
 
-def _row_worst_on_first(row: dict, n: int) -> dict:
+def _row_worst_on_first(row: dict, n: int, subset: bool = True) -> dict:
     """An evaluated recipe row's worst case per threat over every evaluation of its weights, on its first ``n``
-    images (what its sanity checks broke included)."""
+    images (what its sanity checks broke included); ``subset=False``: its evaluations must hold exactly those."""
     folders = _undefended_folders(row["name"], row["digest"], _weights_folder(row["name"], row["digest"]))
     return {t: _worst_over(folders[t], t, EPSILONS[t], n, [i for i in _sanity_breaks(row["standard_suite"], t,
                                                                                     EPSILONS[t]) if i < n],
-                           subset=True) for t in ("linf", "l2")}
+                           subset=subset) for t in ("linf", "l2")}
 
 
 def evaluate_rows(args, started: dict) -> dict:
