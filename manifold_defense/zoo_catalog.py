@@ -54,10 +54,13 @@ def _classifier(name: str, model: str, epochs: int, budget: float) -> ZooEntry:
     )
 
 
-def _robust(name: str, train_config: dict[str, Any], what: str, budget: float) -> ZooEntry:
-    """A robust MNIST classifier of benchmarks/robust_mnist.py (classifier A of Defense-GAN)."""
-    return ZooEntry(name, "classifier", "mnist", "defensegan-classifier", {"model": "A"}, "classifier",
-                    {**train_config, "seed": 0}, f"Defense-GAN classifier A on MNIST, {what}", budget)
+def _robust(name: str, train_config: dict[str, Any], what: str, budget: float, *, madry: bool = False) -> ZooEntry:
+    """An MNIST classifier of benchmarks/robust_mnist.py: classifier A of Defense-GAN, or with ``madry`` Madry et
+    al. 2018's network (3.3 M weights)."""
+    arch, config, network = (("madry-mnist", {}, "Madry et al.'s MNIST network") if madry else
+                             ("defensegan-classifier", {"model": "A"}, "Defense-GAN classifier A on MNIST"))
+    return ZooEntry(name, "classifier", "mnist", arch, config, "classifier", {**train_config, "seed": 0},
+                    f"{network}, {what}", budget)
 
 
 _FAST = {"epochs": 10, "batch_size": 100, "lr": 5e-3, "schedule": "cyclic",
@@ -72,12 +75,6 @@ _TRADES_WHAT = ("{} fine-tuned with TRADES (Zhang et al. 2019: beta 1, Linf eps 
 def _trades(init: str, epochs: int) -> dict[str, Any]:
     return {"epochs": epochs, "batch_size": 128, "lr": 5e-4, "schedule": "cosine", "init": init,
             "objective": {"preset": "trades", "norm": "linf", "epsilon": 0.3, "steps": 40, "step_size": 0.01}}
-
-
-def _madry(name: str, train_config: dict[str, Any], what: str, budget: float) -> ZooEntry:
-    """An MNIST classifier of benchmarks/robust_mnist.py on Madry et al. 2018's network (3.3 M weights)."""
-    return ZooEntry(name, "classifier", "mnist", "madry-mnist", {}, "classifier", {**train_config, "seed": 0},
-                    f"Madry et al.'s MNIST network, {what}", budget)
 
 
 def _pgd_l2(init: str, epochs: int) -> dict[str, Any]:
@@ -193,13 +190,14 @@ ENTRIES: dict[str, ZooEntry] = {
         _robust("mnist-trades-linf", _trades("mnist-fast-linf", 1),
                 _TRADES_WHAT.format("mnist-fast-linf", 1, "trades_linf_ft"), 60.0),
         # the ℓ2 2.0 chain of benchmarks/robust_mnist.py; only its last link is shipped
-        _madry("mnist-madry-standard", {"epochs": 5, "batch_size": 128, "lr": 1e-3, "schedule": "cosine"},
-               "cross-entropy (Adam 1e-3, batch 128, cosine, 5 epochs; benchmarks/robust_mnist.py "
-               "standard_madry)", 10.0),
-        _madry("mnist-madry-l2-e4", _pgd_l2("mnist-madry-standard", 4),
-               _PGD_L2_WHAT.format("mnist-madry-standard", 4, "pgd_at_l2_madry_ft"), 30.0),
-        _madry("mnist-madry-l2", _pgd_l2("mnist-madry-l2-e4", 4),
-               _PGD_L2_WHAT.format("mnist-madry-l2-e4", 4, "pgd_at_l2_madry_ft8") + ", robust at L2 2.0", 30.0),
+        _robust("mnist-madry-standard", {"epochs": 5, "batch_size": 128, "lr": 1e-3, "schedule": "cosine"},
+                "cross-entropy (Adam 1e-3, batch 128, cosine, 5 epochs; benchmarks/robust_mnist.py "
+                "standard_madry)", 10.0, madry=True),
+        _robust("mnist-madry-l2-e4", _pgd_l2("mnist-madry-standard", 4),
+                _PGD_L2_WHAT.format("mnist-madry-standard", 4, "pgd_at_l2_madry_ft"), 30.0, madry=True),
+        _robust("mnist-madry-l2", _pgd_l2("mnist-madry-l2-e4", 4),
+                _PGD_L2_WHAT.format("mnist-madry-l2-e4", 4, "pgd_at_l2_madry_ft8") + ", robust at L2 2.0", 30.0,
+                madry=True),
         ZooEntry(
             name="digits-class-vaes", kind="generator", dataset="digits", arch="class-vaes",
             arch_config={"image_shape": [1, 8, 8], "latent_dim": 4, "hidden": [128, 128], "num_classes": 10},
