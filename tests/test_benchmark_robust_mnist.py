@@ -271,3 +271,46 @@ def test_a_defended_row_alone_evaluates_no_classifier_and_claims_no_comparison(r
     # each row keeps the run that made it; rows this run did not touch keep theirs (here: none)
     assert result["models"]["defended_pgd_at_linf_ft"]["provenance"] == {"command": "this run"}
     assert "provenance" not in result["models"]["trades_linf_ft"]
+
+
+def test_the_autoattack_column_attacks_each_image_once(robust_mnist, digits_classifier, digits_test, tmp_path,
+                                                        monkeypatch):
+    """An undefended row's AutoAttack column: the suite's cascade ran AutoAttack on what PGD left, so the column
+    attacks only the images PGD broke — every clean-correct image exactly once — and an image neither attacked is
+    refused, not counted robust; a suite that ran AutoAttack otherwise leaves the column to a whole run."""
+    from manifold_defense.eval.records import read_records
+    from manifold_defense.eval.suites import Stage, Suite
+
+    rm, eps = robust_mnist, 0.05
+    monkeypatch.setattr(rm, "REPO_ROOT", tmp_path)
+    monkeypatch.setattr(rm, "EPSILONS", {"linf": eps, "l2": 2.0})
+    x, y = digits_test.images[:48], digits_test.labels[:48]
+    suite = Suite("pgd-then-autoattack", 1, {"linf": (Stage("pgd_linf"), Stage("autoattack_linf", when="undefended"))},
+                  escalation_rounds=0)
+    wf = tmp_path / "weights"
+    evaluate(digits_classifier, x, y, suite=suite, epsilons={"linf": [eps]}, threats=["linf"], out_dir=wf / "suite",
+             progress=False, batch_size=16)
+    args = argparse.Namespace(batch_size=100, workers=1, quiet=True)
+    out = rm._autoattack_column(digits_classifier, x, y, wf, "linf", args, wf / "suite")
+
+    def attacked(folder, index=None):
+        recs = [r for r in read_records(folder / "records.jsonl") if r.get("attack") == "autoattack_linf"]
+        at = (lambda i: i) if index is None else index.__getitem__
+        return ({at(i) for r in recs for i in r["indices"]},
+                {at(i) for r in recs for i, b in zip(r["indices"], r["broken"]) if not b})
+
+    with torch.inference_mode():
+        correct = set((digits_classifier(x).argmax(1) == y).nonzero().flatten().tolist())
+    in_suite, left_in_suite = attacked(wf / "suite")
+    rest = sorted(correct - in_suite)
+    here, left_here = attacked(wf / "autoattack_linf_rest", rest)
+    assert in_suite and here and not in_suite & here and in_suite | here == correct
+    assert out["attacked"] == {"in_the_suite": len(in_suite), "here": len(here)}
+    assert out["worst_case"]["correct"] == len(left_in_suite | left_here) and out["worst_case"]["n"] == len(y)
+    assert not (wf / "autoattack_linf").exists()
+    with pytest.raises(RuntimeError, match="did not attack"):  # PGD's breaks never met AutoAttack there
+        rm._worst_over([wf / "suite"], "linf", eps, len(y), attack="autoattack_linf")
+    # the column at another budget than the suite's stage: the suite's verdicts are not its own, so a whole run
+    monkeypatch.setattr(rm.AttackBudget, "full", classmethod(lambda cls: cls.quick()))
+    whole = rm._autoattack_column(digits_classifier, x, y, wf, "linf", args, wf / "suite")
+    assert "attacked" not in whole and attacked(wf / "autoattack_linf")[0] == correct
