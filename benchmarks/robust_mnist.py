@@ -188,7 +188,8 @@ RECIPES: dict[str, Recipe] = {
                                            "examples of mnist-class-vaes (Stutz et al. 2019) (Adam 5e-4, cosine)"),
     # towards Madry et al.'s 88.50: rmd_linf_ft's one epoch read APGD-CE .866 [.843, .886], where trades_linf_ft's
     # read .835 and a 3-epoch TRADES run .868 — two epochs more of the same objective (a fresh cosine from 5e-4,
-    # ~2.1 CPU h)
+    # ~2.1 CPU h). pgd_at_linf_ft's one epoch read .862 [.839, .882] (clean .984, 3,629 CPU s): Madry's objective is
+    # what gained over TRADES here, not the consistency term
     "rmd_linf_ft3": Recipe(_rmd, epochs=2, lr=5e-4, init="rmd_linf_ft",
                            description="rmd_linf_ft, then 2 more epochs of Madry Linf PGD (40 x 0.01) + overpowered "
                                        "consistency on mnist-vae20 (Ilyas et al. 2017) (Adam 5e-4, cosine)"),
