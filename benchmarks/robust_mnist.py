@@ -707,9 +707,12 @@ def _autoattack_column(clf: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, w
              if r["kind"] == "attack" and r["attack"] == name and abs(r["epsilon"] - eps) <= 1e-12]
     if (full / "records.jsonl").is_file() or not stage or any(r["attack_sha"] != sha for r in stage):
         return _attack(clf, x, y, name, threat, full, args)
-    correct, _ = _standing([suite_folder], threat, eps, n)
+    correct, broken = _standing([suite_folder], threat, eps, n)
     done = {i for r in stage for i in r["indices"]}
     rest = [i for i in range(n) if correct[i] and i not in done]
+    if not set(rest) <= broken:  # a survivor the suite's AutoAttack skipped: the suite itself is incomplete
+        raise RuntimeError(f"{suite_folder}: {name} did not attack {len(set(rest) - broken)} images its earlier "
+                           "attacks left standing (an incomplete suite); rerun the suite into its folder first")
     folders: Folders = [suite_folder]
     if rest:
         folders.append((wf / f"{name}_rest", rest))

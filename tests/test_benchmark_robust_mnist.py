@@ -310,6 +310,15 @@ def test_the_autoattack_column_attacks_each_image_once(robust_mnist, digits_clas
     assert not (wf / "autoattack_linf").exists()
     with pytest.raises(RuntimeError, match="did not attack"):  # PGD's breaks never met AutoAttack there
         rm._worst_over([wf / "suite"], "linf", eps, len(y), attack="autoattack_linf")
+    # a suite folder without one batch's AutoAttack record: its survivors there met no AutoAttack, refused
+    import shutil
+
+    shutil.copytree(wf / "suite", tmp_path / "cut" / "suite")
+    lines = (wf / "suite" / "records.jsonl").read_text().splitlines(keepends=True)
+    cut = next(k for k, line in enumerate(lines) if json.loads(line).get("attack") == "autoattack_linf")
+    (tmp_path / "cut" / "suite" / "records.jsonl").write_text("".join(lines[:cut] + lines[cut + 1:]))
+    with pytest.raises(RuntimeError, match="did not attack .* images its earlier attacks left standing"):
+        rm._autoattack_column(digits_classifier, x, y, tmp_path / "cut", "linf", args, tmp_path / "cut" / "suite")
     # the column at another budget than the suite's stage: the suite's verdicts are not its own, so a whole run
     monkeypatch.setattr(rm.AttackBudget, "full", classmethod(lambda cls: cls.quick()))
     whole = rm._autoattack_column(digits_classifier, x, y, wf, "linf", args, wf / "suite")
