@@ -578,7 +578,7 @@ def _standing(folders: Folders, threat: str, epsilon: float, n: int, also_broken
                     if correct.setdefault(at(i), bool(c)) != bool(c):
                         raise RuntimeError(f"{folder}: sample {at(i)}'s clean answer differs between evaluations")
             elif attack is not None:
-                if r["attack"] == attack and r["threat"] == threat and abs(r["epsilon"] - epsilon) <= 1e-12:
+                if r.get("attack") == attack and r["threat"] == threat and abs(r["epsilon"] - epsilon) <= 1e-12:
                     attacked.update(map(at, r["indices"]))
                     broken.update(at(i) for i, b in zip(r["indices"], r.get("broken_any", r["broken"])) if b)
             elif r["threat"] == threat and r["epsilon"] <= epsilon + 1e-12:  # within ε' ≤ ε is within ε
