@@ -7,6 +7,7 @@ import argparse
 import importlib
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -311,8 +312,6 @@ def test_the_autoattack_column_attacks_each_image_once(robust_mnist, digits_clas
     with pytest.raises(RuntimeError, match="did not attack"):  # PGD's breaks never met AutoAttack there
         rm._worst_over([wf / "suite"], "linf", eps, len(y), attack="autoattack_linf")
     # a suite folder without one batch's AutoAttack record: its survivors there met no AutoAttack, refused
-    import shutil
-
     shutil.copytree(wf / "suite", tmp_path / "cut" / "suite")
     lines = (wf / "suite" / "records.jsonl").read_text().splitlines(keepends=True)
     cut = next(k for k, line in enumerate(lines) if json.loads(line).get("attack") == "autoattack_linf")
